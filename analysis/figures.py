@@ -1,0 +1,518 @@
+"""The paper's figures from the tidy run frame (`analysis.runs.load_runs`).
+
+Every function takes the frame (or, for training curves, the history frame) and an output folder and writes
+NAME.png / NAME.pdf (formats configurable), NAME.txt (caption, which also says what is missing) and NAME.csv (the rows
+behind the plot). It returns a `FigureResult`; when the data a figure needs is absent nothing is written and the result
+carries `skipped` (the reason). Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot, no global backend
+switch), and saved without timestamps, so rerunning on the same runs gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+DISCRETE_HEADS = ("mbm", "softmax", "bitwise")
+HEAD_ORDER = ("mbm", "softmax", "bitwise", "diffusion")
+HEAD_LABEL = {"mbm": "MBM (BAR)", "softmax": "softmax", "bitwise": "per-bit", "diffusion": "diffusion"}
+FAMILY = {"fsq": "discrete (BAR-FSQ)", "ae": "continuous (AE)"}
+DEFAULT_FORMATS = ("png", "pdf")
+# Fixed metadata: no creation dates, no software strings -> reruns give identical bytes.
+_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None},
+             "svg": {"Date": None}}
+_RC = {"svg.hashsalt": "bar-analysis", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
+       "figure.dpi": 100, "savefig.dpi": 150, "pdf.fonttype": 42}
+
+
+@dataclass
+class FigureResult:
+    name: str
+    files: list[Path] = field(default_factory=list)
+    caption: str = ""
+    skipped: str | None = None
+
+    def __bool__(self) -> bool:  # truthy when something was drawn
+        return self.skipped is None
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+
+def _formats(formats) -> tuple[str, ...]:
+    if formats is None:
+        return DEFAULT_FORMATS
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    out = tuple(f.strip().lower().lstrip(".") for f in formats if f.strip())
+    bad = [f for f in out if f not in _METADATA]
+    if bad:
+        raise ValueError(f"unsupported figure format {', '.join(bad)} (use png, pdf or svg)")
+    return out
+
+
+def _col(df: pd.DataFrame, name: str) -> pd.Series:
+    """Column or an all-missing column of the frame's length."""
+    if name in df.columns:
+        return df[name]
+    return pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+def _num(df: pd.DataFrame, *names: str) -> pd.Series:
+    """First non-missing numeric value across the named columns, row by row (float, NaN where none)."""
+    out = pd.Series(np.nan, index=df.index, dtype=float)
+    for name in names:
+        if name in df.columns:
+            out = out.fillna(pd.to_numeric(df[name], errors="coerce").astype(float))
+    return out
+
+
+def _has(series: pd.Series) -> bool:
+    return bool(pd.to_numeric(series, errors="coerce").notna().any())
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _group_label(df: pd.DataFrame) -> pd.Series:
+    """'sweep (profile)' per row: used as a style when one figure mixes several sweeps or profiles."""
+    sweep = _col(df, "sweep").where(_col(df, "sweep").notna(), _col(df, "experiment")).fillna("?").astype(str)
+    profile = _col(df, "profile").fillna("?").astype(str)
+    return sweep + " (" + profile + ")"
+
+
+def _head_label(df: pd.DataFrame) -> pd.Series:
+    return _col(df, "head.name").map(lambda h: HEAD_LABEL.get(h, str(h)) if h is not None and h == h else "?")
+
+
+def _ordered(values, order) -> list:
+    present = [v for v in pd.unique(pd.Series(values)) if v is not None and v == v]
+    known = [v for v in order if v in present]
+    return known + sorted(v for v in present if v not in known)
+
+
+def _describe_missing(df: pd.DataFrame, need: list[str]) -> list[str]:
+    """One entry per run in `df` that is not finished or lacks a needed metric."""
+    notes = []
+    for _, row in df.sort_values(["run_name", "run_id"]).iterrows():
+        status = row.get("status")
+        lacking = [m for m in need if m not in df.columns or pd.isna(row.get(m))]
+        if status != "finished":
+            reason = status
+            err = row.get("error") if "error" in df.columns else None
+            if isinstance(err, str) and err:
+                reason += f": {err[:80]}"
+            notes.append(f"{row.get('run_name')} ({reason})")
+        elif lacking and len(lacking) == len(need):
+            notes.append(f"{row.get('run_name')} (finished, no {'/'.join(lacking)})")
+    return notes
+
+
+def _profiles_text(df: pd.DataFrame) -> str:
+    profiles = sorted(set(_col(df, "profile").dropna().astype(str)))
+    sweeps = sorted(set(_col(df, "sweep").dropna().astype(str)))
+    return (f"Sweeps: {', '.join(sweeps) or 'n/a'}; profiles: {', '.join(profiles) or 'n/a'}.")
+
+
+def _csv(df: pd.DataFrame, columns: list[str], sort: list[str]) -> pd.DataFrame:
+    cols = [c for c in dict.fromkeys(columns) if c in df.columns]
+    keys = [c for c in sort if c in cols]
+    out = df[cols].copy()
+    if keys:
+        out = out.sort_values(keys, kind="mergesort", na_position="last")
+    return out.reset_index(drop=True)
+
+
+def _save(fig: Figure, out_dir, name: str, formats, caption: str, data: pd.DataFrame) -> FigureResult:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    with mpl.rc_context(_RC):
+        for fmt in _formats(formats):
+            path = out / f"{name}.{fmt}"
+            fig.savefig(path, format=fmt, metadata=_METADATA[fmt], bbox_inches="tight")
+            files.append(path)
+    cap = out / f"{name}.txt"
+    cap.write_text(caption.rstrip() + "\n")
+    csv = out / f"{name}.csv"
+    data.to_csv(csv, index=False, lineterminator="\n")
+    files += [cap, csv]
+    return FigureResult(name=name, files=files, caption=caption)
+
+
+def _new_figure(ncols: int, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list]:
+    with mpl.rc_context(_RC), sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(width * ncols, height), layout="constrained")
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _draw(fn):
+    """Run drawing code under the module's style (seaborn whitegrid + fixed rc)."""
+    with mpl.rc_context(_RC), sns.axes_style("whitegrid"):
+        return fn()
+
+
+_MARKERS = ["o", "s", "D", "^", "v", "P", "<", ">", "p", "h"]  # no "x": it marks infeasible points
+
+
+def _style_kwargs(style: str | None, data: pd.DataFrame) -> dict:
+    """Marker settings for sns.lineplot: one marker per style level when there is a style, else plain dots."""
+    if style:
+        levels = sorted(data[style].dropna().unique())
+        return {"style": style, "style_order": levels, "dashes": False,
+                "markers": {lev: _MARKERS[i % len(_MARKERS)] for i, lev in enumerate(levels)}}
+    return {"marker": "o"}
+
+
+def _figure_legend(fig: Figure, axes, extra: list | None = None) -> None:
+    """One legend for the whole figure, outside on the right: the union of the panels' entries (first seen order)."""
+    entries = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        for h, lab in zip(handles, labels):
+            entries.setdefault(lab, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    for h, lab in extra or []:
+        entries.setdefault(lab, h)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside right upper", frameon=False)
+
+
+def _contributing(considered: pd.DataFrame, plotted: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `considered` that belong to a sweep with at least one plotted point (what a missing-list reports on)."""
+    if "sweep" not in considered.columns or "sweep" not in plotted.columns:
+        return considered
+    return considered[considered["sweep"].isin(set(plotted["sweep"].dropna()))]
+
+
+def _log2_axis(ax):
+    ax.set_xscale("log", base=2)
+
+
+def _skip(name: str, reason: str) -> FigureResult:
+    return FigureResult(name=name, skipped=reason)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))
+
+
+# ------------------------------------------------------------------------------------------------ 1. bits vs FID
+
+def bits_vs_fid(df: pd.DataFrame, out_dir, formats=None, name: str = "bits_vs_fid") -> FigureResult:
+    """Total bits in the latent (log x) vs rFID and gFID; series: discrete (tokenizer.kind=fsq) and continuous (ae).
+
+    For gFID the discrete series uses the MBM head where the frame names heads (the paper's BAR); the continuous series
+    uses whatever head its runs used (the diffusion head)."""
+    kind = _col(df, "tokenizer.kind")
+    sub = df[kind.isin(list(FAMILY))].copy()
+    if sub.empty:
+        return _skip(name, "no runs with tokenizer.kind fsq or ae")
+    sub["total_bits"] = _num(sub, "total_bits")
+    sub["series"] = _col(sub, "tokenizer.kind").map(FAMILY)
+    sub["group"] = _group_label(sub)
+    head = _col(sub, "head.name")
+    gfid_ok = (sub["tokenizer.kind"] != "fsq") | head.isna() | (head == "mbm")
+    sub["gfid_plotted"] = _num(sub, "gfid").where(gfid_ok)
+    sub["rfid_plotted"] = _num(sub, "rfid")
+    panels = [(m, label) for m, label in (("rfid_plotted", "rFID"), ("gfid_plotted", "gFID"))
+              if _has(sub[m].where(sub["total_bits"].notna()))]
+    if not panels:
+        return _skip(name, "no run has total_bits together with rfid or gfid")
+    plotted = sub[sub["total_bits"].notna() & (sub["rfid_plotted"].notna() | sub["gfid_plotted"].notna())]
+    style = "group" if plotted["group"].nunique() > 1 else None
+    hue_order = _ordered(plotted["series"], list(FAMILY.values()))
+
+    def draw():
+        fig, axes = _new_figure(len(panels))
+        for ax, (metric, label) in zip(axes, panels):
+            data = plotted[plotted[metric].notna()]
+            sns.lineplot(data=data, x="total_bits", y=metric, hue="series", hue_order=hue_order, ax=ax,
+                         errorbar=None, sort=True, **_style_kwargs(style, plotted))
+            _log2_axis(ax)
+            ax.set_xlabel("total bits in the latent (log scale)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label} vs bits")
+        _figure_legend(fig, axes)
+        return fig
+
+    fig = _draw(draw)
+    eligible = sub[(sub["tokenizer.kind"] == "ae") | gfid_ok | sub["rfid_plotted"].notna()]
+    missing = _describe_missing(_contributing(eligible, plotted), ["rfid", "gfid"])
+    n = plotted.groupby("series")["run_id"].nunique()
+    caption = (f"Reconstruction (rFID) and generation (gFID) quality against the total number of bits in the latent "
+               f"(discrete: h*w*bits_per_token; continuous: h*w*16*channels). Points: "
+               + ", ".join(f"{k} {v}" for k, v in n.items()) + ". "
+               + ("gFID of the discrete series uses the MBM head. " if head.notna().any() else "")
+               + _profiles_text(plotted)
+               + (f" Missing or incomplete: {'; '.join(missing)}." if missing else " No missing points."))
+    data = _csv(plotted, ["run_id", "run_name", "sweep", "profile", "status", "tokenizer.kind", "series", "head.name",
+                          "tokenizer.bits", "tokenizer.channels", "total_bits", "rfid", "gfid"],
+                ["series", "total_bits", "run_name", "run_id"])
+    return _save(fig, out_dir, name, formats, caption, data)
+
+
+# -------------------------------------------------------------------------------------------- 2. codebook scaling
+
+def _codebook_x(df: pd.DataFrame) -> pd.Series:
+    return _num(df, "codebook_log2", "bits_per_token", "tokenizer.bits")
+
+
+def codebook_scaling(df: pd.DataFrame, out_dir, formats=None, name: str = "codebook_scaling") -> FigureResult:
+    """gFID (and gFID without CFG) vs log2 C, one line per head (mbm / softmax / bitwise). Infeasible points (cannot
+    run, e.g. out of memory) are drawn as an x at the top of the axis and labelled, not dropped."""
+    sub = df[_col(df, "head.name").isin(list(DISCRETE_HEADS))].copy()
+    if sub.empty:
+        return _skip(name, "no runs with a discrete head (mbm, softmax, bitwise)")
+    sub["codebook_log2"] = _codebook_x(sub)
+    sub = sub[sub["codebook_log2"].notna()]
+    sub["head"] = _head_label(sub)
+    sub["group"] = _group_label(sub)
+    metrics = [(m, label) for m, label in (("gfid", "gFID (with CFG)"), ("gfid_nocfg", "gFID (no CFG)"))
+               if m in sub.columns and _has(sub[m])]
+    infeasible = sub[sub["status"] == "infeasible"]
+    if not metrics and infeasible.empty:
+        return _skip(name, "no discrete-head run has gfid or gfid_nocfg (and none is infeasible)")
+    if not metrics:
+        metrics = [("gfid", "gFID (with CFG)")]
+    plotted = sub[(sub["status"] == "infeasible") | sub[[m for m, _ in metrics if m in sub.columns]].notna().any(axis=1)
+                  ] if any(m in sub.columns for m, _ in metrics) else infeasible
+    hue_order = _ordered(plotted["head"], [HEAD_LABEL[h] for h in DISCRETE_HEADS])
+    palette = dict(zip(hue_order, sns.color_palette("deep", len(hue_order))))
+    style = "group" if plotted["group"].nunique() > 1 else None
+
+    def draw():
+        fig, axes = _new_figure(len(metrics))
+        for ax, (metric, label) in zip(axes, metrics):
+            data = plotted[plotted[metric].notna()] if metric in plotted.columns else plotted.iloc[0:0]
+            if not data.empty:
+                sns.lineplot(data=data, x="codebook_log2", y=metric, hue="head", hue_order=hue_order, palette=palette,
+                             errorbar=None, ax=ax, sort=True, **_style_kwargs(style, plotted))
+            else:
+                ax.text(0.5, 0.5, f"no {metric} measured", transform=ax.transAxes, ha="center", color="0.4")
+            if not infeasible.empty:
+                trans = ax.get_xaxis_transform()  # x in data units, y in axes units
+                for _, row in infeasible.sort_values(["codebook_log2", "head"]).iterrows():
+                    ax.plot([row["codebook_log2"]], [0.95], marker="x", ms=9, mew=2, ls="none",
+                            color=palette.get(row["head"], "0.3"), transform=trans, clip_on=False)
+                for x, heads in infeasible.groupby("codebook_log2")["head"]:
+                    ax.annotate("infeasible\n" + ", ".join(sorted(set(heads))), (x, 0.95), xycoords=trans,
+                                xytext=(0, -6), textcoords="offset points", ha="center", va="top", fontsize=7,
+                                color="0.3")
+                xs = sorted(set(plotted["codebook_log2"]))
+                if len(xs) == 1:
+                    ax.set_xlim(xs[0] - 2, xs[0] + 2)
+            ax.set_xlabel("log2 C (bits per token)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label} vs codebook size")
+            ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+        extra = [] if infeasible.empty else [(Line2D([], [], marker="x", ls="none", color="0.3", mew=2),
+                                              "infeasible (cannot run)")]
+        _figure_legend(fig, axes, extra)
+        return fig
+
+    fig = _draw(draw)
+    need = [m for m, _ in metrics]
+    missing = _describe_missing(_contributing(sub[sub["status"] != "infeasible"], plotted), need)
+    inf_text = "; ".join(f"{r['head']} at log2 C = {_fmt(r['codebook_log2'])}"
+                         for _, r in infeasible.sort_values(["head", "codebook_log2"]).iterrows())
+    sizes = sorted(set(plotted["codebook_log2"]))
+    caption = (f"Codebook scaling: gFID against log2 of the codebook size C, one line per head, at log2 C in "
+               f"{{{', '.join(_fmt(s) for s in sizes)}}}. "
+               + (f"Infeasible (marked x at the top): {inf_text}. " if inf_text else "No infeasible points. ")
+               + _profiles_text(plotted)
+               + (f" Missing or incomplete: {'; '.join(missing)}." if missing else " No missing points."))
+    data = _csv(plotted, ["run_id", "run_name", "sweep", "profile", "status", "head.name", "head", "codebook_log2",
+                          "gfid", "gfid_nocfg", "peak_mem_gb", "mem_estimate_gb", "error"],
+                ["head.name", "codebook_log2", "run_name", "run_id"])
+    return _save(fig, out_dir, name, formats, caption, data)
+
+
+# ---------------------------------------------------------------------------------------------- 3. quality vs cost
+
+def quality_vs_cost(df: pd.DataFrame, out_dir, formats=None, reported: pd.DataFrame | None = None,
+                    name: str = "quality_vs_cost") -> FigureResult:
+    """gFID vs sampling throughput (img/s, log x), one colour per head and patch size. When `reported` (the paper's
+    table, `tables.load_reported()`) is given, its points are overlaid in grey as a reference (other hardware)."""
+    sub = df.copy()
+    sub["sample_img_per_s"] = _num(sub, "sample_img_per_s")
+    sub["gfid"] = _num(sub, "gfid")
+    plotted = sub[sub["sample_img_per_s"].notna() & sub["gfid"].notna() & (sub["sample_img_per_s"] > 0)].copy()
+    if plotted.empty:
+        return _skip(name, "no run has both gfid and sample_img_per_s")
+    patch = _col(plotted, "model.patch_size")
+    plotted["variant"] = _head_label(plotted) + patch.map(lambda p: "" if p is None or p != p else f", p={p}")
+    plotted["group"] = _group_label(plotted)
+    style = "group" if plotted["group"].nunique() > 1 else None
+    order = sorted(plotted["variant"].unique())
+    ref = None
+    if reported is not None and {"gfid", "sample_img_per_s"} <= set(reported.columns):
+        ref = reported[pd.to_numeric(reported["sample_img_per_s"], errors="coerce").notna()
+                       & pd.to_numeric(reported["gfid"], errors="coerce").notna()]
+
+    def draw():
+        fig, (ax,) = _new_figure(1, width=5.6, height=4.0)
+        sns.scatterplot(data=plotted.sort_values(["variant", "run_name"]), x="sample_img_per_s", y="gfid",
+                        hue="variant", hue_order=order, s=60, ax=ax,
+                        **({k: v for k, v in _style_kwargs(style, plotted).items() if k != "dashes"} if style
+                           else {}))
+        if ref is not None and not ref.empty:
+            ax.scatter(ref["sample_img_per_s"].astype(float), ref["gfid"].astype(float), marker="*", s=90,
+                       facecolors="none", edgecolors="0.5", label="reported (paper, its hardware)")
+            for _, r in ref.iterrows():
+                ax.annotate(str(r["model"]), (float(r["sample_img_per_s"]), float(r["gfid"])), xytext=(4, 3),
+                            textcoords="offset points", fontsize=7, color="0.4")
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling throughput (images / s, log scale)")
+        ax.set_ylabel("gFID")
+        ax.set_title("quality vs sampling cost")
+        _figure_legend(fig, [ax])
+        return fig
+
+    fig = _draw(draw)
+    considered = _contributing(sub[_col(sub, "head.name").notna()], plotted)
+    missing = _describe_missing(considered, ["gfid", "sample_img_per_s"])
+    caption = ("Generation quality (gFID) against sampling throughput (images per second, log scale), coloured by "
+               f"head and token-group (patch) size: {', '.join(order)}. "
+               + ("Grey stars: the paper's reported numbers, measured on its hardware. " if ref is not None
+                  and not ref.empty else "")
+               + _profiles_text(plotted)
+               + (f" Missing or incomplete: {'; '.join(missing)}." if missing else " No missing points."))
+    data = _csv(plotted, ["run_id", "run_name", "sweep", "profile", "status", "head.name", "model.preset",
+                          "model.patch_size", "variant", "sample_img_per_s", "gfid"],
+                ["variant", "sample_img_per_s", "run_name", "run_id"])
+    return _save(fig, out_dir, name, formats, caption, data)
+
+
+# ---------------------------------------------------------------------------------------------- 4. training curves
+
+def _thin(group: pd.DataFrame, max_points: int) -> pd.DataFrame:
+    if len(group) <= max_points:
+        return group
+    idx = np.unique(np.linspace(0, len(group) - 1, max_points).round().astype(int))
+    return group.iloc[idx]
+
+
+def training_curves(history: pd.DataFrame, out_dir, formats=None, sweep: str | None = None,
+                    max_points: int = 2000) -> list[FigureResult]:
+    """Training curves (train_loss, tokenizer_loss vs step) from `load_metric_history`, one figure per sweep, named
+    training_curves_<sweep>. Long histories are thinned to at most `max_points` points per run and metric (evenly
+    spaced, first and last kept); the CSV holds the plotted points."""
+    if history is None or history.empty:
+        return [_skip("training_curves", "no metric history (train_loss / tokenizer_loss) logged")]
+    hist = history.copy()
+    hist["sweep"] = hist["sweep"].fillna("default")
+    sweeps = [sweep] if sweep is not None else sorted(hist["sweep"].unique())
+    results = []
+    for sw in sweeps:
+        name = f"training_curves_{_safe(sw)}"
+        h = hist[hist["sweep"] == sw]
+        if h.empty:
+            results.append(_skip(name, f"no metric history for sweep {sw}"))
+            continue
+        h = h.sort_values(["key", "run_name", "run_id", "step"], kind="mergesort")
+        h = (h.groupby(["key", "run_id"], sort=True, group_keys=False)[h.columns.tolist()]
+             .apply(lambda g: _thin(g, max_points)).reset_index(drop=True))
+        keys = [k for k in ("train_loss", "tokenizer_loss") if k in set(h["key"])]
+        keys += sorted(set(h["key"]) - set(keys))
+        runs = sorted(h["run_name"].fillna(h["run_id"]).unique())
+
+        def draw(h=h, keys=keys, runs=runs):
+            fig, axes = _new_figure(len(keys))
+            for ax, key in zip(axes, keys):
+                data = h[h["key"] == key].assign(run=lambda d: d["run_name"].fillna(d["run_id"]))
+                sns.lineplot(data=data, x="step", y="value", hue="run", hue_order=runs, errorbar=None,
+                             estimator=None, units="run_id", ax=ax, linewidth=1.0, sort=True)
+                ax.set_xlabel("step")
+                ax.set_ylabel(key)
+                ax.set_title(key)
+            _figure_legend(fig, axes)
+            return fig
+
+        fig = _draw(draw)
+        status = h.drop_duplicates("run_id")
+        not_done = sorted(f"{r.run_name} ({r.status})" for r in status.itertuples() if r.status != "finished")
+        absent = [k for k in ("train_loss", "tokenizer_loss") if k not in keys]
+        caption = (f"Training curves of sweep {sw}: {', '.join(keys)} against step, one line per run "
+                   f"({len(runs)} runs). "
+                   + (f"Not logged: {', '.join(absent)}. " if absent else "")
+                   + (f"Runs not finished (curves partial): {'; '.join(not_done)}." if not_done
+                      else "All runs finished."))
+        data = _csv(h, ["sweep", "run_id", "run_name", "profile", "status", "key", "step", "value"],
+                    ["key", "run_name", "run_id", "step"])
+        results.append(_save(fig, out_dir, name, formats, caption, data))
+    return results
+
+
+# -------------------------------------------------------------------------------------------------- 5. head memory
+
+def head_memory(df: pd.DataFrame, out_dir, formats=None, name: str = "head_memory") -> FigureResult:
+    """Memory vs bits per token, one colour per head: measured peak (peak_mem_gb, solid) and analytic estimate
+    (mem_estimate_gb, dashed). Infeasible points usually only have the estimate."""
+    sub = df[_col(df, "head.name").isin(list(DISCRETE_HEADS))].copy()
+    if sub.empty:
+        return _skip(name, "no runs with a discrete head (mbm, softmax, bitwise)")
+    sub["bits_per_token"] = _num(sub, "bits_per_token", "codebook_log2", "tokenizer.bits")
+    sub["head"] = _head_label(sub)
+    quantities = [(c, label) for c, label in (("peak_mem_gb", "measured peak"), ("mem_estimate_gb", "estimate"))
+                  if c in sub.columns]
+    if not quantities:
+        return _skip(name, "no run logged peak_mem_gb or mem_estimate_gb")
+    long = sub.melt(id_vars=[c for c in ("run_id", "run_name", "sweep", "profile", "status", "head.name", "head",
+                                         "bits_per_token") if c in sub.columns],
+                    value_vars=[c for c, _ in quantities], var_name="quantity_key", value_name="memory_gb")
+    long["quantity"] = long["quantity_key"].map(dict(quantities))
+    long = long[long["memory_gb"].notna() & long["bits_per_token"].notna() & (long["memory_gb"] > 0)]
+    if long.empty:
+        return _skip(name, "no run has both a bits-per-token value and a memory value")
+    hue_order = _ordered(long["head"], [HEAD_LABEL[h] for h in DISCRETE_HEADS])
+    style_order = [label for _, label in quantities if label in set(long["quantity"])]
+
+    def draw():
+        fig, (ax,) = _new_figure(1, width=5.6, height=4.0)
+        sns.lineplot(data=long, x="bits_per_token", y="memory_gb", hue="head", hue_order=hue_order, style="quantity",
+                     style_order=style_order, dashes={"measured peak": "", "estimate": (4, 2)}, markers=True,
+                     errorbar=None, ax=ax, sort=True)
+        ax.set_yscale("log")
+        ax.set_xlabel("bits per token (log2 C)")
+        ax.set_ylabel("memory (GB, log scale)")
+        ax.set_title("head memory vs bits per token")
+        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+        _figure_legend(fig, [ax])
+        return fig
+
+    fig = _draw(draw)
+    measured_only = [label for _, label in quantities]
+    missing = _describe_missing(_contributing(sub, long), [c for c, _ in quantities])
+    caption = ("Memory against bits per token, one colour per head; solid: measured peak memory, dashed: analytic "
+               f"estimate (present: {', '.join(measured_only)}). Infeasible points appear through their estimate. "
+               + _profiles_text(long)
+               + (f" Missing or incomplete: {'; '.join(missing)}." if missing else " No missing points."))
+    data = _csv(long, ["run_id", "run_name", "sweep", "profile", "status", "head.name", "head", "bits_per_token",
+                       "quantity_key", "quantity", "memory_gb"],
+                ["head.name", "quantity_key", "bits_per_token", "run_name", "run_id"])
+    return _save(fig, out_dir, name, formats, caption, data)
+
+
+def all_figures(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats=None,
+                reported: pd.DataFrame | None = None) -> list[FigureResult]:
+    """Every figure above, in order; skipped ones are returned with their reason."""
+    results = [bits_vs_fid(df, out_dir, formats), codebook_scaling(df, out_dir, formats),
+               quality_vs_cost(df, out_dir, formats, reported=reported)]
+    results += training_curves(history if history is not None else pd.DataFrame(), out_dir, formats)
+    results.append(head_memory(df, out_dir, formats))
+    return results

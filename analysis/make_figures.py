@@ -1,0 +1,95 @@
+"""Draw every figure the runs have data for, the results tables and REPORT.md.
+
+    python analysis/make_figures.py [--sweep NAME ...] [--tracking-uri URI] [--out paper_figs] [--format png,pdf]
+
+Tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///<project root>/outputs/mlflow.db.
+Figures, tables and the report are also logged to each sweep's latest parent run (tag role=parent) under `figures/`
+(--no-log to skip). Exit code 2 with a one-line message when the store is missing or empty or a sweep is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make `analysis` importable
+    sys.path.insert(0, str(ROOT))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_figures.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sweep", nargs="+", action="extend", metavar="NAME",
+                   help="sweep(s) to draw (default: every experiment in the store)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or the "
+                                                        "project's outputs/mlflow.db)")
+    p.add_argument("--out", default=str(ROOT / "paper_figs"), help="output folder (default: paper_figs/)")
+    p.add_argument("--format", default="png,pdf", help="comma-separated figure formats: png, pdf, svg")
+    p.add_argument("--profile", nargs="+", action="extend", metavar="NAME", help="keep only these profiles")
+    p.add_argument("--no-log", action="store_true", help="do not log the outputs to the parent runs")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"make_figures: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from analysis import figures, tables
+    from analysis.runs import StoreError, latest_parent_run, load_metric_history, load_runs
+
+    try:
+        formats = figures._formats(args.format)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        df = load_runs(args.tracking_uri, sweep=args.sweep, profile=args.profile)
+    except StoreError as exc:
+        return _fail(str(exc))
+    if df.empty:
+        where = f"sweep {', '.join(args.sweep)}" if args.sweep else "the store"
+        return _fail(f"no sweep points (runs tagged role=point) in {where}; run a sweep first")
+    history = load_metric_history(args.tracking_uri, runs=df)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reported = tables.load_reported()
+    results = figures.all_figures(df, history, out, formats, reported=reported)
+    for r in results:
+        if r.skipped:
+            print(f"skipped {r.name}: {r.skipped}", file=sys.stderr)
+        else:
+            print(f"wrote {r.name} ({', '.join(p.suffix.lstrip('.') for p in r.files)})")
+    table_files = tables.write_tables(df, out, reported)
+    report = tables.write_report(df, out, figures=results, reported=reported)
+    print(f"wrote {', '.join(p.name for p in table_files)}, {report.name} into {out}")
+    if not args.no_log:
+        _log_to_parents(args.tracking_uri, df, results, [*table_files, report], latest_parent_run)
+    return 0
+
+
+def _log_to_parents(tracking_uri, df, results, extra_files, latest_parent_run) -> None:
+    """Log the drawn files to each sweep's latest parent run under figures/ (a sweep's own training curves only)."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.figures import _safe
+    from analysis.runs import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    sweeps = sorted(set(df["sweep"].dropna() if "sweep" in df.columns else []) | set(df["experiment"].dropna()))
+    for sweep in sweeps:
+        parent = latest_parent_run(sweep, tracking_uri)
+        if parent is None:
+            continue
+        own_curves = f"training_curves_{_safe(sweep)}"
+        files = [p for r in results if not r.skipped
+                 and (not r.name.startswith("training_curves_") or r.name == own_curves) for p in r.files]
+        for path in [*files, *extra_files]:
+            client.log_artifact(parent, str(path), artifact_path="figures")
+        print(f"logged {len(files) + len(extra_files)} files to parent run {parent} of {sweep} under figures/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""MLflow runs -> tidy pandas frames (one row per sweep point, one row per metric step).
+
+Column layout of `load_runs`:
+- identity: run_id, run_name, experiment, experiment_id, parent_run_id, start_time, end_time, mlflow_status,
+  n_attempts (child runs that shared the point's signature; the kept one is the best, see `_dedupe`)
+- tags (bare names): status, sweep, signature, profile, point, fid_extractor, git_sha, error, role, slurm_job_id, ...
+  (`mlflow.*` system tags are dropped; run name and parent id are in the identity columns)
+- params (dotted names as logged): tokenizer.kind, tokenizer.bits, head.name, model.patch_size, ... cast from MLflow's
+  strings to int / float / bool / None where the text is one of those; anything else stays a string
+- metrics (bare names, latest value): rfid, gfid, gfid_nocfg, total_bits, sample_img_per_s, peak_mem_gb, ...
+A name present in more than one source keeps its bare name for the metric (or the tag over a param); the others get a
+`param.` / `tag.` prefix.
+
+mlflow is imported lazily so that `import analysis` stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+STATUSES = ("finished", "failed", "infeasible", "running")
+# Which attempt of a sweep point represents it when one point was launched several times.
+_STATUS_RANK = {"finished": 0, "infeasible": 1, "running": 2, "failed": 3}
+_MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
+                  "SCHEDULED": "running"}
+HISTORY_KEYS = ("train_loss", "tokenizer_loss")
+IDENTITY_COLUMNS = ["run_id", "run_name", "experiment", "experiment_id", "parent_run_id", "start_time", "end_time",
+                    "mlflow_status", "n_attempts"]
+
+
+class StoreError(RuntimeError):
+    """The tracking store is missing, empty, or lacks what was asked for (message is one line for the user)."""
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's sqlite store (absolute path)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def _client(tracking_uri: str | None):
+    uri = tracking_uri or default_tracking_uri()
+    path = _sqlite_path(uri)
+    if path is not None and str(path) != ":memory:" and not path.exists():
+        # Opening a missing sqlite file would silently create an empty store; say what is wrong instead.
+        raise StoreError(f"no MLflow store at {path} (run a sweep first, or pass --tracking-uri / MLFLOW_TRACKING_URI)")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def cast_value(text):
+    """MLflow param string -> int / float / bool / None, or the string itself."""
+    if text is None or not isinstance(text, str):
+        return text
+    s = text.strip()
+    if s in ("None", "null", "~", ""):
+        return None
+    if s in ("True", "true"):
+        return True
+    if s in ("False", "false"):
+        return False
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        value = float(s)
+    except ValueError:
+        return text
+    return value
+
+
+def _typed_column(values: pd.Series) -> pd.Series:
+    """Give a column of cast values one dtype where they agree (ints with gaps -> Int64, int/float mix -> float)."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not present:
+        return pd.Series([None] * len(values), index=values.index, dtype=object)
+    if all(isinstance(v, bool) for v in present):
+        return values.astype("boolean")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return values.astype("Int64")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.to_numeric(values.map(lambda v: float("nan") if v is None else v), errors="coerce").astype(float)
+    return values.astype(object)
+
+
+def _as_list(value) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _experiments(client, names: list[str] | None):
+    from mlflow.entities import ViewType
+
+    experiments = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000)
+    if names is None:
+        return experiments
+    return [e for e in experiments if e.name in names]
+
+
+def _search_all(client, experiment_ids: list[str], filter_string: str):
+    from mlflow.entities import ViewType
+
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _status(tags: dict, mlflow_status: str) -> str:
+    derived = _MLFLOW_STATUS.get(mlflow_status, mlflow_status.lower())
+    status = tags.get("status")
+    if not status:
+        return derived
+    if status == "running" and derived == "failed":  # the process died before it could tag the run
+        return "failed"
+    return status
+
+
+def _run_record(run, experiment_names: dict[str, str]) -> tuple[dict, dict, dict, dict]:
+    info, data = run.info, run.data
+    tags = {k: v for k, v in data.tags.items() if not k.startswith("mlflow.")}
+    tags["status"] = _status(tags, info.status)
+    identity = {
+        "run_id": info.run_id,
+        "run_name": info.run_name or data.tags.get("mlflow.runName"),
+        "experiment": experiment_names.get(info.experiment_id, info.experiment_id),
+        "experiment_id": info.experiment_id,
+        "parent_run_id": data.tags.get("mlflow.parentRunId"),
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+        "mlflow_status": info.status,
+    }
+    params = {k: cast_value(v) for k, v in data.params.items()}
+    return identity, tags, params, dict(data.metrics)
+
+
+def _frame(records: list[tuple[dict, dict, dict, dict]]) -> pd.DataFrame:
+    identity_keys = set(IDENTITY_COLUMNS)
+    metric_keys = sorted({k for r in records for k in r[3]})
+    tag_keys = sorted({k for r in records for k in r[1]})
+    param_keys = sorted({k for r in records for k in r[2]})
+    taken = identity_keys | set(metric_keys)
+    tag_names = {k: (f"tag.{k}" if k in taken else k) for k in tag_keys}
+    taken |= set(tag_names.values())
+    param_names = {k: (f"param.{k}" if k in taken else k) for k in param_keys}
+
+    rows = []
+    for identity, tags, params, metrics in records:
+        row = dict(identity)
+        row.update({tag_names[k]: v for k, v in tags.items()})
+        row.update({param_names[k]: v for k, v in params.items()})
+        row.update(metrics)
+        rows.append(row)
+    columns = ([c for c in IDENTITY_COLUMNS if c != "n_attempts"] + [tag_names[k] for k in tag_keys]
+               + [param_names[k] for k in param_keys] + metric_keys)
+    df = pd.DataFrame(rows, columns=columns)
+    for key in param_keys:  # from the records, before pandas turns ints with gaps into floats
+        values = pd.Series([r[2].get(key) for r in records], index=df.index, dtype=object)
+        df[param_names[key]] = _typed_column(values)
+    for key in metric_keys:
+        df[key] = pd.to_numeric(df[key], errors="coerce").astype(float)
+    for col in ("start_time", "end_time"):
+        df[col] = pd.to_datetime(df[col], unit="ms", utc=True)
+    return df
+
+
+def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep one run per sweep point: (experiment, signature) -> finished over infeasible over running over failed, then
+    the latest. Runs without a signature are their own point."""
+    if df.empty:
+        df["n_attempts"] = pd.Series(dtype="int64")
+        return df
+    sig = df["signature"] if "signature" in df.columns else pd.Series([None] * len(df), index=df.index)
+    key = df["experiment_id"].astype(str) + "/" + sig.where(sig.notna(), "run:" + df["run_id"]).astype(str)
+    ranked = df.assign(_key=key, _rank=df["status"].map(_STATUS_RANK).fillna(9),
+                       _start=df["start_time"].astype("int64"))
+    ranked["n_attempts"] = ranked.groupby("_key")["run_id"].transform("count").astype("int64")
+    ranked = ranked.sort_values(["_key", "_rank", "_start", "run_id"], ascending=[True, True, False, True])
+    return ranked.drop_duplicates("_key", keep="first").drop(columns=["_key", "_rank", "_start"])
+
+
+def _sort(df: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in ("sweep", "experiment", "run_name", "start_time", "run_id") if c in df.columns]
+    return df.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+def load_runs(tracking_uri: str | None = None, sweep: str | Sequence[str] | None = None,
+              experiment: str | Sequence[str] | None = None, profile: str | Sequence[str] | None = None,
+              run_ids: Iterable[str] | None = None, statuses: Iterable[str] | None = None,
+              dedupe: bool = True) -> pd.DataFrame:
+    """One tidy row per sweep point (child runs tagged role=point), sorted by sweep, run name, start time.
+
+    sweep: sweep name(s); selects the experiment(s) of that name and the runs tagged with it.
+    experiment: experiment name(s) (a run launched without a sweep lives in `default`).
+    profile: keep runs whose `profile` tag (else `profile.name` param) is one of these.
+    run_ids: keep only these runs. statuses: keep only these statuses (default: all, incl. failed/infeasible/running).
+    dedupe: collapse repeated attempts of one point (same experiment and signature) to one row.
+    Raises StoreError when the store is missing or a named sweep/experiment does not exist; an existing store with
+    nothing matching gives an empty frame.
+    """
+    client = _client(tracking_uri)
+    sweeps, exps = _as_list(sweep), _as_list(experiment)
+    names = None
+    if sweeps is not None or exps is not None:
+        names = sorted(set(sweeps or []) | set(exps or []))
+    experiments = _experiments(client, names)
+    if names is not None:
+        missing = sorted(set(names) - {e.name for e in experiments})
+        if missing:
+            known = sorted(e.name for e in _experiments(client, None))
+            raise StoreError(f"unknown sweep/experiment {', '.join(missing)} (the store has: "
+                             f"{', '.join(known) if known else 'no experiments'})")
+    exp_names = {e.experiment_id: e.name for e in experiments}
+    records = []
+    if experiments:
+        runs = _search_all(client, list(exp_names), "tags.role = 'point'")
+        records = [_run_record(r, exp_names) for r in runs]
+    df = _frame(records)
+    if "status" not in df.columns:
+        df["status"] = pd.Series(dtype=object)
+    if sweeps is not None and "sweep" in df.columns:
+        # a run may carry a sweep tag that differs from its experiment (e.g. a sweep logged into `default`)
+        df = df[df["sweep"].isin(sweeps) | df["sweep"].isna() & df["experiment"].isin(sweeps)
+                | df["experiment"].isin(exps or [])]
+    if profile is not None:
+        wanted = _as_list(profile)
+        prof = df["profile"] if "profile" in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+        if "profile.name" in df.columns:
+            prof = prof.where(prof.notna(), df["profile.name"])
+        df = df[prof.isin(wanted)]
+    if run_ids is not None:
+        df = df[df["run_id"].isin(list(run_ids))]
+    if statuses is not None:
+        df = df[df["status"].isin(list(statuses))]
+    if dedupe:
+        df = _dedupe(df)
+    else:
+        df = df.assign(n_attempts=1)
+    df = _sort(df)
+    return df.dropna(axis=1, how="all") if not df.empty else df
+
+
+def load_metric_history(tracking_uri: str | None = None, sweep: str | Sequence[str] | None = None,
+                        experiment: str | Sequence[str] | None = None, profile: str | Sequence[str] | None = None,
+                        run_ids: Iterable[str] | None = None, keys: Sequence[str] = HISTORY_KEYS,
+                        runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Long frame of metric histories: run_id, run_name, sweep, profile, point, status, key, step, value, timestamp.
+
+    Runs are chosen as in `load_runs` (or passed in as a frame from it); keys are the metrics to fetch
+    (default: train_loss, tokenizer_loss). Sorted by sweep, run name, key, step.
+    """
+    if runs is None:
+        runs = load_runs(tracking_uri, sweep=sweep, experiment=experiment, profile=profile, run_ids=run_ids)
+    columns = ["run_id", "run_name", "sweep", "profile", "point", "status", "key", "step", "value", "timestamp"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    client = _client(tracking_uri)
+    rows = []
+    for _, run in runs.iterrows():
+        for key in keys:
+            for m in client.get_metric_history(run["run_id"], key):
+                rows.append({"run_id": run["run_id"], "run_name": run.get("run_name"),
+                             "sweep": run.get("sweep", run.get("experiment")), "profile": run.get("profile"),
+                             "point": run.get("point"), "status": run.get("status"), "key": key,
+                             "step": int(m.step), "value": float(m.value), "timestamp": int(m.timestamp)})
+    hist = pd.DataFrame(rows, columns=columns)
+    if hist.empty:
+        return hist
+    hist["step"] = hist["step"].astype("int64")
+    hist["value"] = hist["value"].astype(float)
+    hist = hist.sort_values(["sweep", "run_name", "run_id", "key", "step", "timestamp"], kind="mergesort",
+                            na_position="last")
+    # a resumed run may log a step twice: keep the latest value
+    hist = hist.drop_duplicates(["run_id", "key", "step"], keep="last")
+    return hist.reset_index(drop=True)
+
+
+def latest_parent_run(sweep: str, tracking_uri: str | None = None) -> str | None:
+    """Run id of the sweep's most recent parent run (tag role=parent in the experiment of that name), or None."""
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(sweep)
+    if experiment is None:
+        return None
+    from mlflow.entities import ViewType
+
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'parent'",
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+                              order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id if runs else None

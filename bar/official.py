@@ -1,0 +1,130 @@
+"""Load a generator checkpoint of the official BAR release (github.com/amazon-far/BAR) into BARGenerator.
+
+    map_official_key(key) -> this project's key, or None for a buffer that is recomputed here (RoPE tables)
+    convert_official_state_dict(state_dict, model) -> state dict for model.load_state_dict(strict=True)
+    load_official(model, state_dict_or_path) -> model
+
+The release's checkpoint is a plain state dict (keys may carry torch.compile's `_orig_mod.` or DDP's `module.`
+prefix; both are stripped). Its key layout differs from ours only in names and in three tables:
+  - class embedding: the release indexes one table of (2 + 1 + num_classes + 1) rows at label + 3 and puts the null
+    class last; rows 0..2 are never read. Ours holds rows 3.. (num_classes + 1 rows, null last).
+  - absolute / target-aware / AdaLN position embeddings: the release allocates L + 128 (L + 100) rows and reads the
+    first 1 + class_repeat + L; ours holds exactly those rows.
+  - per-block RoPE tables (`attn.rope.freqs_cos/sin`): recomputed here; when present they are checked against ours.
+Every key must map and every parameter of the model must be filled: anything else is an error naming the keys.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from bar import UserError
+
+# (release pattern, our replacement); applied to the first match only
+_RULES: list[tuple[str, str]] = [
+    (r"^cls_token$", "cls_token"),
+    (r"^pos_embed$", "pos_embed"),
+    (r"^target_aware_pos_embed$", "target_pos_embed"),
+    (r"^timesteps_embeddings$", "ada_pos_embed"),
+    (r"^embeddings\.weight$", "class_embed.weight"),
+    (r"^input_embeddings\.weight$", "token_embed.embed.weight"),
+    (r"^input_merge\.(weight|bias)$", r"token_embed.proj.\1"),
+    (r"^norm\.weight$", "norm.weight"),
+    (r"^latent_condition_proj\.(weight|bias)$", r"cond_proj.\1"),
+    (r"^blocks\.(\d+)\.(norm1|norm2)\.weight$", r"blocks.\1.\2.weight"),
+    (r"^blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)$", r"blocks.\1.attn.\2.\3"),
+    (r"^blocks\.(\d+)\.attn\.(q_norm|k_norm)\.weight$", r"blocks.\1.attn.\2.weight"),
+    (r"^blocks\.(\d+)\.mlp\.(w12|w3)\.(weight|bias)$", r"blocks.\1.mlp.\2.\3"),
+    (r"^blocks\.(\d+)\.adaLN_modulation\.1\.(weight|bias)$", r"blocks.\1.ada.\2"),
+    (r"^lm_head\.input_embed\.weight$", "head.bit_embed.weight"),
+    (r"^lm_head\.input_proj\.(weight|bias)$", r"head.bit_proj.\1"),
+    (r"^lm_head\.ln_pre\.weight$", "head.in_norm.weight"),
+    (r"^lm_head\.transformer\.(\d+)\.in_ln\.weight$", r"head.blocks.\1.norm.weight"),
+    (r"^lm_head\.transformer\.(\d+)\.mlp\.(w12|w3)\.(weight|bias)$", r"head.blocks.\1.mlp.\2.\3"),
+    (r"^lm_head\.transformer\.(\d+)\.adaLN_modulation\.1\.(weight|bias)$", r"head.blocks.\1.ada.\2"),
+    (r"^lm_head\.output_embed\.(weight|bias)$", r"head.out.\1"),
+    (r"^lm_head\.t_embedder\.W$", "head.t_embed.freqs"),
+    (r"^lm_head\.t_embedder\.mlp\.(0|2)\.(weight|bias)$", r"head.t_embed.mlp.\1.\2"),
+    (r"^lm_head\.adaln_before_head\.norm_final\.weight$", "head.final.norm.weight"),
+    (r"^lm_head\.adaln_before_head\.adaLN_modulation\.1\.(weight|bias)$", r"head.final.ada.\1"),
+]
+_ROPE = re.compile(r"^blocks\.(\d+)\.attn\.rope\.freqs_(cos|sin)$")
+_CODE_ROWS = 3   # release class table starts with target_codebook_size + 1 = 3 unused rows
+
+
+def _strip(key: str) -> str:
+    for prefix in ("_orig_mod.", "module."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key.replace("._orig_mod.", ".")
+
+
+def map_official_key(key: str):
+    """Release key -> our key; None for a recomputed RoPE buffer; raises KeyError if the key is unknown."""
+    key = _strip(key)
+    if _ROPE.match(key):
+        return None
+    for pattern, repl in _RULES:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key)
+    raise KeyError(key)
+
+
+def convert_official_state_dict(state_dict: dict, model) -> dict:
+    """Release state dict -> ours (shapes adapted, RoPE tables checked). Raises UserError listing every problem."""
+    cfg = model.cfg
+    P, n_rows = cfg.prefix, cfg.prefix + cfg.steps
+    ours = model.state_dict()
+    out, unknown, problems = {}, [], []
+    for key, value in state_dict.items():
+        try:
+            new = map_official_key(key)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if new is None:   # RoPE table of one block: must equal ours
+            table = model.rope_cos if key.endswith("cos") else model.rope_sin
+            if value.shape != table.shape or not torch.allclose(value.float().cpu(), table.float().cpu(), atol=1e-5):
+                problems.append(f"{key}: RoPE table {tuple(value.shape)} differs from this model's "
+                                f"{tuple(table.shape)} (grid or head dim mismatch)")
+            continue
+        if new in ("pos_embed", "target_pos_embed", "ada_pos_embed"):
+            value = value.reshape(-1, value.shape[-1])
+            if value.shape[0] < n_rows:
+                problems.append(f"{key}: {value.shape[0]} rows, need at least {n_rows}")
+                continue
+            value = value[:n_rows]
+        elif new == "class_embed.weight":
+            if value.shape[0] != _CODE_ROWS + cfg.num_classes + 1:
+                problems.append(f"{key}: {value.shape[0]} rows, expected {_CODE_ROWS} + num_classes + 1 = "
+                                f"{_CODE_ROWS + cfg.num_classes + 1} (is num_classes right?)")
+                continue
+            value = value[_CODE_ROWS:]
+        if new in out:
+            problems.append(f"{key}: maps to {new}, which another key already filled")
+        out[new] = value
+    missing = sorted(set(ours) - set(out))
+    for key in sorted(set(out) & set(ours)):
+        if tuple(out[key].shape) != tuple(ours[key].shape):
+            problems.append(f"{key}: checkpoint shape {tuple(out[key].shape)}, model shape {tuple(ours[key].shape)}")
+    if unknown:
+        problems.append(f"{len(unknown)} checkpoint key(s) do not map: {unknown[:8]}")
+    if missing:
+        problems.append(f"{len(missing)} model key(s) left unfilled: {missing[:8]}")
+    if problems:
+        raise UserError("official checkpoint does not fit this model: " + "; ".join(problems))
+    return out
+
+
+def load_official(model, state_dict_or_path) -> object:
+    """Load a release generator checkpoint (a state dict or a path to one) into `model` (strict)."""
+    sd = state_dict_or_path
+    if isinstance(sd, (str, Path)):
+        sd = torch.load(sd, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    model.load_state_dict(convert_official_state_dict(sd, model), strict=True)
+    return model

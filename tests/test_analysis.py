@@ -1,0 +1,483 @@
+"""Analysis package: MLflow store -> frame -> figures, tables, REPORT.md, CLI.
+
+A small sqlite MLflow store is built once per module with the mlflow client, following CONVENTIONS.md: three sweeps
+(bits_vs_rfid, codebook_scaling, patch_size), parent + child runs, finished / failed / infeasible / running points,
+a repeated attempt of one point, metric histories and artifacts. Claims are also checked on frames edited in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from analysis import figures, tables  # noqa: E402
+from analysis.runs import StoreError, cast_value, load_metric_history, load_runs  # noqa: E402
+
+T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC, ms; fixed so that the store is the same on every build
+GRID = 16  # tokens per image (4x4 grid)
+
+
+# ------------------------------------------------------------------------------------------------ store builder
+
+def _child(client, exp_id, parent_id, name, *, sweep, profile, status, params, metrics, t, signature=None,
+           error=None, history=None, artifacts=None, tmp=None):
+    from mlflow.entities import Metric, Param, RunTag
+
+    tags = {"role": "point", "sweep": sweep, "profile": profile, "status": status, "point": name,
+            "signature": signature or hashlib.sha1(f"{sweep}/{name}/{profile}".encode()).hexdigest()[:12],
+            "git_sha": "0" * 40, "fid_extractor": "inception-test", "mlflow.parentRunId": parent_id}
+    if error:
+        tags["error"] = error
+    run = client.create_run(exp_id, start_time=t, tags=tags, run_name=name)
+    rid = run.info.run_id
+    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
+                     metrics=[Metric(k, float(v), t + 1000, 0) for k, v in metrics.items()],
+                     tags=[RunTag("mlflow.runName", name)])
+    for key, values in (history or {}).items():
+        client.log_batch(rid, metrics=[Metric(key, float(v), t + 10 * i, i) for i, v in enumerate(values)])
+    for rel, content in (artifacts or {}).items():
+        path = tmp / rel
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        client.log_artifact(rid, str(path))
+    mlflow_status = {"finished": "FINISHED", "infeasible": "FINISHED", "failed": "FAILED"}.get(status)
+    if mlflow_status:
+        client.set_terminated(rid, mlflow_status, end_time=t + 60_000)
+    return rid
+
+
+def _params(kind, size, head="mbm", patch=1, preset="tiny", profile="smoke"):
+    p = {"tokenizer.kind": kind, "head.name": head, "model.preset": preset, "model.patch_size": patch,
+         "profile.name": profile, "data.name": "synthetic", "train.lr": 4e-4, "train.compile": False,
+         "sample.allocation": "[2, 2, 5, 7]", "launcher.partition": None}
+    p["tokenizer.bits" if kind == "fsq" else "tokenizer.channels"] = size
+    return p
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(32 * 32 * 3) % 251).reshape(32, 32, 3).astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_store(root: Path) -> str:
+    """Create the test store under root; return its tracking URI."""
+    from mlflow.tracking import MlflowClient
+
+    root.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    tmp = root / "files"
+    tmp.mkdir(exist_ok=True)
+    t = T0
+
+    def experiment(name):
+        return client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
+
+    def parent(exp_id, stamp, finished=True):
+        run = client.create_run(exp_id, start_time=stamp, tags={"role": "parent", "sweep": "x"},
+                                run_name=f"launch-{stamp}")
+        if finished:
+            client.set_terminated(run.info.run_id, "FINISHED", end_time=stamp + 100_000)
+        return run.info.run_id
+
+    # ---- bits_vs_rfid: discrete (fsq) vs continuous (ae); quality improves with bits
+    exp = experiment("bits_vs_rfid")
+    parent(exp, t - 50_000)  # an older launch
+    par = parent(exp, t)
+    grid = {"config.yaml": "tokenizer:\n  kind: fsq\n", "recon_grid.png": _png_bytes()}
+    for i, bits in enumerate((4, 8, 16)):
+        _child(client, exp, par, f"fsq-{bits}b", sweep="bits_vs_rfid", profile="smoke", status="finished",
+               params=_params("fsq", bits), t=t + 1000 * i, tmp=tmp, artifacts=grid if bits == 16 else None,
+               metrics={"rfid": 40.0 / bits, "gfid": 80.0 / bits, "total_bits": GRID * bits,
+                        "bits_per_token": bits, "codebook_log2": bits, "sample_img_per_s": 10.0},
+               history={"train_loss": [3.0, 2.0, 1.5, 1.2], "tokenizer_loss": [1.0, 0.5, 0.3]})
+    # a failed earlier attempt of fsq-16b (same signature) and a failed 32-bit point
+    sig16 = hashlib.sha1(b"bits_vs_rfid/fsq-16b/smoke").hexdigest()[:12]
+    _child(client, exp, par, "fsq-16b", sweep="bits_vs_rfid", profile="smoke", status="failed", signature=sig16,
+           params=_params("fsq", 16), metrics={}, t=t - 10_000, error="killed by the scheduler")
+    _child(client, exp, par, "fsq-32b", sweep="bits_vs_rfid", profile="smoke", status="failed",
+           params=_params("fsq", 32), metrics={"total_bits": GRID * 32}, t=t + 5000,
+           error="RuntimeError: CUDA out of memory")
+    for i, ch in enumerate((1, 2)):  # continuous: 16 bits per channel -> 256 and 512 total bits
+        _child(client, exp, par, f"ae-{ch}c", sweep="bits_vs_rfid", profile="smoke", status="finished",
+               params=_params("ae", ch, head="diffusion"), t=t + 6000 + 1000 * i,
+               metrics={"rfid": 3.0 / ch, "gfid": 6.0 / ch, "total_bits": GRID * 16 * ch, "channels": ch,
+                        "sample_img_per_s": 1.0},
+               history={"train_loss": [1.0, 0.9]})
+    _child(client, exp, par, "ae-4c", sweep="bits_vs_rfid", profile="smoke", status="running",
+           params=_params("ae", 4, head="diffusion"), metrics={}, t=t + 9000)
+
+    # ---- codebook_scaling: mbm best everywhere; softmax infeasible at 24 bits
+    exp = experiment("codebook_scaling")
+    par = parent(exp, t + 100_000)
+    quality = {"mbm": 10.0, "softmax": 14.0, "bitwise": 18.0}
+    for j, head in enumerate(("mbm", "softmax", "bitwise")):
+        for i, bits in enumerate((8, 16, 24)):
+            name = f"{head}-{bits}b"
+            start = t + 100_000 + 1000 * (3 * j + i)
+            if head == "softmax" and bits == 24:
+                _child(client, exp, par, name, sweep="codebook_scaling", profile="smoke", status="infeasible",
+                       params=_params("fsq", bits, head=head), t=start,
+                       metrics={"codebook_log2": bits, "mem_estimate_gb": 2.0 ** (bits - 14)},
+                       error="softmax over 2^24 codes needs 1024 GB")
+                continue
+            mem = 1.0 + 0.01 * bits if head != "softmax" else 2.0 ** (bits - 14)
+            _child(client, exp, par, name, sweep="codebook_scaling", profile="smoke", status="finished",
+                   params=_params("fsq", bits, head=head), t=start,
+                   metrics={"gfid": quality[head] - bits / 8, "gfid_nocfg": quality[head] - bits / 8 + 5,
+                            "codebook_log2": bits, "bits_per_token": bits, "total_bits": GRID * bits,
+                            "peak_mem_gb": mem, "mem_estimate_gb": mem * 1.1, "sample_img_per_s": 20.0 - j},
+                   history={"train_loss": [2.0, 1.0]})
+
+    # ---- patch_size (profile cpu): bigger groups sample faster; no parent run for this sweep
+    exp = experiment("patch_size")
+    for i, patch in enumerate((1, 2, 4)):
+        _child(client, exp, "0" * 32, f"mbm-p{patch}", sweep="patch_size", profile="cpu", status="finished",
+               params=_params("fsq", 16, patch=patch, preset="bar_b4" if patch == 4 else "tiny", profile="cpu"),
+               t=t + 200_000 + 1000 * i,
+               metrics={"gfid": 5.0 + patch, "sample_img_per_s": 10.0 * patch, "total_bits": GRID * 16,
+                        "bits_per_token": 16})
+    return uri
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture(scope="module")
+def runs(store):
+    return load_runs(store)
+
+
+# ------------------------------------------------------------------------------------------------------- loader
+
+def test_cast_value():
+    assert cast_value("16") == 16 and isinstance(cast_value("16"), int)
+    assert cast_value("0.0004") == pytest.approx(4e-4)
+    assert cast_value("True") is True and cast_value("false") is False
+    assert cast_value("None") is None
+    assert cast_value("fsq") == "fsq" and cast_value("[2, 2, 5, 7]") == "[2, 2, 5, 7]"
+
+
+def test_load_runs_types_and_statuses(runs):
+    assert list(runs["run_id"]) == list(dict.fromkeys(runs["run_id"]))  # one row per point
+    # 3 + fsq-32b + 2 + running ae-4c = 7; 8 + infeasible = 9; 3
+    assert len(runs) == 19
+    assert runs["tokenizer.bits"].dtype == "Int64"
+    assert runs["model.patch_size"].dtype == "Int64"
+    assert runs["train.lr"].dtype == float and runs["train.lr"].iloc[0] == pytest.approx(4e-4)
+    assert runs["train.compile"].dtype == "boolean" and not runs["train.compile"].any()
+    assert "launcher.partition" not in runs.columns  # None everywhere -> dropped as all-missing
+    assert runs["sample.allocation"].iloc[0] == "[2, 2, 5, 7]"
+    for col in ("rfid", "gfid", "total_bits", "peak_mem_gb"):
+        assert runs[col].dtype == float
+    assert set(runs["status"]) == {"finished", "failed", "infeasible", "running"}
+    assert {"sweep", "signature", "profile", "point", "fid_extractor", "git_sha", "parent_run_id"} <= set(runs.columns)
+    assert str(runs["start_time"].dtype).startswith("datetime64")
+    fsq16 = runs[(runs["run_name"] == "fsq-16b")].iloc[0]
+    assert fsq16["status"] == "finished" and fsq16["n_attempts"] == 2  # the failed earlier attempt collapsed
+    assert fsq16["rfid"] == pytest.approx(2.5) and fsq16["tokenizer.bits"] == 16
+    inf = runs[runs["status"] == "infeasible"].iloc[0]
+    assert inf["run_name"] == "softmax-24b" and pd.isna(inf["gfid"]) and inf["mem_estimate_gb"] == 1024
+    assert runs[runs["run_name"] == "fsq-32b"].iloc[0]["error"].endswith("out of memory")
+    # sorted deterministically: by sweep, then run name
+    assert list(runs["sweep"]) == sorted(runs["sweep"])
+
+
+def test_load_runs_filters(store, runs):
+    cs = load_runs(store, sweep="codebook_scaling")
+    assert len(cs) == 9 and set(cs["sweep"]) == {"codebook_scaling"}
+    both = load_runs(store, sweep=["codebook_scaling", "patch_size"])
+    assert len(both) == 12
+    assert set(load_runs(store, profile="cpu")["sweep"]) == {"patch_size"}
+    assert len(load_runs(store, experiment="bits_vs_rfid")) == 7
+    some = list(runs["run_id"][:2])
+    assert sorted(load_runs(store, run_ids=some)["run_id"]) == sorted(some)
+    assert set(load_runs(store, statuses=["finished"])["status"]) == {"finished"}
+    assert len(load_runs(store, sweep="bits_vs_rfid", dedupe=False)) == 8
+    with pytest.raises(StoreError, match="unknown sweep"):
+        load_runs(store, sweep="nope")
+
+
+def test_missing_store_is_an_error(tmp_path):
+    with pytest.raises(StoreError, match="no MLflow store"):
+        load_runs(f"sqlite:///{tmp_path / 'absent.db'}")
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_default_uri_uses_env(monkeypatch, store):
+    from analysis.runs import PROJECT_ROOT, default_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert default_tracking_uri() == f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert len(load_runs(sweep="patch_size")) == 3
+
+
+def test_metric_history(store, runs):
+    hist = load_metric_history(store, sweep="bits_vs_rfid")
+    assert set(hist["key"]) == {"train_loss", "tokenizer_loss"}
+    one = hist[(hist["run_name"] == "fsq-8b") & (hist["key"] == "train_loss")]
+    assert list(one["step"]) == [0, 1, 2, 3] and list(one["value"]) == [3.0, 2.0, 1.5, 1.2]
+    assert hist["step"].dtype == "int64"
+    again = load_metric_history(store, runs=runs[runs["sweep"] == "bits_vs_rfid"])
+    pd.testing.assert_frame_equal(hist, again)
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+
+def _files(result, formats=("png", "pdf")):
+    return {p.suffix.lstrip(".") for p in result.files} == set(formats) | {"txt", "csv"}
+
+
+def test_bits_vs_fid(runs, tmp_path):
+    res = figures.bits_vs_fid(runs, tmp_path)
+    assert res and _files(res)
+    assert all(p.exists() and p.stat().st_size > 0 for p in res.files)
+    csv = pd.read_csv(tmp_path / "bits_vs_fid.csv")
+    # the discrete gFID series uses the MBM head only (softmax / per-bit points belong to codebook_scaling)
+    gfid_ok = runs["gfid"].notna() & ((runs["tokenizer.kind"] == "ae") | (runs["head.name"] == "mbm"))
+    expect = runs[runs["tokenizer.kind"].isin(["fsq", "ae"]) & runs["total_bits"].notna()
+                  & (runs["rfid"].notna() | gfid_ok)]
+    assert set(csv["run_id"]) == set(expect["run_id"])
+    merged = csv.merge(runs[["run_id", "rfid", "total_bits"]], on="run_id", suffixes=("", "_frame"))
+    assert (merged["rfid"].fillna(-1) == merged["rfid_frame"].fillna(-1)).all()
+    assert (merged["total_bits"] == merged["total_bits_frame"]).all()
+    assert set(csv["series"]) == {"discrete (BAR-FSQ)", "continuous (AE)"}
+    caption = (tmp_path / "bits_vs_fid.txt").read_text()
+    assert "fsq-32b (failed" in caption and "ae-4c (running)" in caption
+
+
+def test_codebook_scaling_marks_infeasible(runs, tmp_path):
+    res = figures.codebook_scaling(runs, tmp_path, formats="png,svg")
+    assert res and _files(res, ("png", "svg"))
+    csv = pd.read_csv(tmp_path / "codebook_scaling.csv")
+    assert "softmax-24b" in set(csv["run_name"])  # kept, not dropped
+    assert csv.loc[csv["run_name"] == "softmax-24b", "status"].item() == "infeasible"
+    cs = runs[runs["head.name"].isin(["mbm", "softmax", "bitwise"]) & ((runs["status"] == "infeasible")
+                                                                      | runs["gfid"].notna())]
+    assert set(csv["run_id"]) == set(cs["run_id"])
+    merged = csv.merge(runs[["run_id", "gfid"]], on="run_id", suffixes=("", "_frame"))
+    assert (merged["gfid"].fillna(-1) == merged["gfid_frame"].fillna(-1)).all()
+    assert "softmax at log2 C = 24" in res.caption
+
+
+def test_quality_vs_cost_and_memory(runs, tmp_path):
+    res = figures.quality_vs_cost(runs, tmp_path, reported=tables.load_reported())
+    assert res and "p=4" in res.caption and "Grey stars" in res.caption
+    csv = pd.read_csv(tmp_path / "quality_vs_cost.csv")
+    assert len(csv) == int((runs["gfid"].notna() & runs["sample_img_per_s"].notna()).sum())
+    mem = figures.head_memory(runs, tmp_path, formats=["png"])
+    assert mem
+    mcsv = pd.read_csv(tmp_path / "head_memory.csv")
+    est = mcsv[(mcsv["run_name"] == "softmax-24b") & (mcsv["quantity_key"] == "mem_estimate_gb")]
+    assert est["memory_gb"].item() == 1024  # infeasible point present through its estimate
+
+
+def test_training_curves(store, tmp_path):
+    hist = load_metric_history(store)
+    res = figures.training_curves(hist, tmp_path)
+    assert [r.name for r in res] == ["training_curves_bits_vs_rfid", "training_curves_codebook_scaling"]
+    assert all(res)
+    csv = pd.read_csv(tmp_path / "training_curves_bits_vs_rfid.csv")
+    assert len(csv) == len(hist[hist["sweep"] == "bits_vs_rfid"])
+    assert "Not logged: tokenizer_loss" in res[1].caption
+    thin = figures.training_curves(hist, tmp_path / "thin", max_points=2, sweep="bits_vs_rfid")[0]
+    tcsv = pd.read_csv(tmp_path / "thin" / "training_curves_bits_vs_rfid.csv")
+    assert thin and tcsv.groupby(["run_id", "key"]).size().max() == 2
+
+
+def test_figures_skip_without_data(tmp_path):
+    empty = pd.DataFrame({"run_id": ["a"], "run_name": ["x"], "status": ["finished"]})
+    for fn in (figures.bits_vs_fid, figures.codebook_scaling, figures.quality_vs_cost, figures.head_memory):
+        res = fn(empty, tmp_path)
+        assert not res and res.skipped
+    assert not figures.training_curves(pd.DataFrame(), tmp_path)[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_partial_sweep_draws_what_exists(runs, tmp_path):
+    partial = runs[(runs["sweep"] == "codebook_scaling") & (runs["head.name"] == "mbm")]
+    res = figures.codebook_scaling(partial, tmp_path)
+    assert res and "No infeasible points" in res.caption
+    half = runs[runs["run_name"].isin(["fsq-8b", "ae-4c"])]
+    res = figures.bits_vs_fid(half, tmp_path)
+    assert res and "ae-4c (running)" in res.caption
+
+
+# ------------------------------------------------------------------------------------------------------- tables
+
+def test_main_results_table(runs):
+    table = tables.main_results_table(runs)
+    rep = table[table["source"] != "measured"]
+    assert len(rep) == len(tables.load_reported())
+    b4 = table[(table["model"] == "BAR-B/4")]
+    assert list(b4["source"].str.startswith("BAR release")) == [True, False]
+    measured = b4[b4["source"] == "measured"].iloc[0]
+    src = runs[runs["model.preset"] == "bar_b4"].iloc[0]
+    assert measured["gfid"] == src["gfid"] and measured["profile"] == "cpu" and measured["n"] == 1
+    assert b4[b4["source"] != "measured"].iloc[0]["gfid"] == 2.34
+    only = table[table["section"] == "measured"]
+    assert len(only) > 0 and "BAR-B/4" not in set(only["model"])
+
+    md = tables.to_markdown(table)
+    assert md.splitlines()[0].startswith("| Model | Params | Source |") and "| 2.34 |" in md
+    assert f"| {src['gfid']:.2f} |" in md
+    tex = tables.to_latex(table, caption="c", label="tab:x")
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\label{tab:x}", "BAR-B/4"):
+        assert token in tex
+    assert r"bar\_b" not in tex or True  # underscores escaped where present
+    assert "_" not in tex.replace(r"\_", "").replace("tab:x", "")
+
+
+def test_write_tables(runs, tmp_path):
+    files = tables.write_tables(runs, tmp_path)
+    assert {p.name for p in files} == {"main_results.md", "main_results.tex", "main_results.csv",
+                                       "measured_points.md", "measured_points.csv"}
+    points = pd.read_csv(tmp_path / "measured_points.csv")
+    assert len(points) == len(runs)
+
+
+# ------------------------------------------------------------------------------------------------------- claims
+
+def _verdicts(df):
+    return {(c.key, c.sweep, c.profile): c.verdict for c in tables.evaluate_claims(df)}
+
+
+def test_claims_from_data(runs):
+    v = _verdicts(runs)
+    bits, cs, ps = ("bits_vs_rfid", "smoke"), ("codebook_scaling", "smoke"), ("patch_size", "cpu")
+    assert v[("rfid_falls", *bits)] == "yes"
+    assert v[("gfid_falls", *bits)] == "yes"
+    assert v[("gfid_falls", *cs)] == "yes"  # MBM points of the codebook sweep, checked on their own
+    assert v[("discrete_matches_continuous", *bits)] == "yes"  # fsq 16b (256 bits) 5.0 vs ae-1c 6.0
+    assert v[("mbm_beats_baselines", *cs)] == "yes"
+    assert v[("softmax_memory_wall", *cs)] == "yes"
+    assert v[("mbm_memory_flat", *cs)] == "yes"
+    assert v[("patch_faster", *ps)] == "yes"
+    # each claim appears only for the sweeps that measure it
+    assert ("mbm_beats_baselines", *ps) not in v and ("patch_faster", *cs) not in v
+    ev = {c.key: c.evidence for c in tables.evaluate_claims(runs) if c.sweep in ("bits_vs_rfid", "codebook_scaling")}
+    assert "256 bits: discrete 5 vs continuous 6" in ev["discrete_matches_continuous"]
+    assert "softmax infeasible" in ev["mbm_beats_baselines"]
+
+
+def test_claims_flip(runs):
+    df = runs.copy()
+    fsq = df["tokenizer.kind"] == "fsq"
+    df.loc[fsq, "rfid"] = 1.0 / df.loc[fsq, "rfid"]  # rFID now rises with bits
+    mbm = df["head.name"] == "mbm"
+    df.loc[mbm & (df["codebook_log2"] == 16), "gfid"] = 99.0  # MBM loses at 2^16
+    df.loc[df["run_name"] == "softmax-24b", "status"] = "finished"  # no wall
+    df.loc[mbm, "peak_mem_gb"] = df.loc[mbm, "codebook_log2"] ** 2  # memory grows 9x
+    df.loc[df["run_name"] == "ae-1c", "gfid"] = 1.0  # continuous beats discrete at 256 bits
+    df.loc[df["sweep"] == "patch_size", "sample_img_per_s"] = [30.0, 20.0, 10.0]
+    v = _verdicts(df)
+    for key in ("rfid_falls", "discrete_matches_continuous"):
+        assert v[(key, "bits_vs_rfid", "smoke")] == "no", key
+    for key in ("mbm_beats_baselines", "softmax_memory_wall", "mbm_memory_flat"):
+        assert v[(key, "codebook_scaling", "smoke")] == "no", key
+    assert v[("patch_faster", "patch_size", "cpu")] == "no"
+    ev = {c.key: c.evidence for c in tables.evaluate_claims(df) if c.sweep == "codebook_scaling"}
+    assert "log2 C = 16: MBM 99" in ev["mbm_beats_baselines"]
+
+
+def test_claims_not_measured():
+    assert {c.verdict for c in tables.evaluate_claims(pd.DataFrame())} == {"not measured"}
+    one = pd.DataFrame({"run_id": ["a"], "run_name": ["x"], "status": ["finished"], "profile": ["p"],
+                        "tokenizer.kind": ["fsq"], "total_bits": [64.0], "rfid": [3.0]})
+    claims = tables.evaluate_claims(one)
+    assert {c.verdict for c in claims} == {"not measured"} and len(claims) == len(tables.CLAIMS)
+    assert "at two or more total-bit counts" in claims[0].evidence
+
+
+def test_report(runs, tmp_path):
+    figs = figures.all_figures(runs, None, tmp_path)
+    path = tables.write_report(runs, tmp_path, figures=figs)
+    text = path.read_text()
+    assert "## Claims" in text and "| codebook_scaling | smoke | **yes** |" in text and "## Main results" in text
+    assert "fsq-32b: RuntimeError: CUDA out of memory" in text
+    assert "`training_curves`: not drawn" in text  # no history passed
+    assert "[bits_vs_fid.png](bits_vs_fid.png)" in text
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+def _run_cli(*args, env=None):
+    import os
+
+    return subprocess.run([sys.executable, str(ROOT / "analysis" / "make_figures.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_cli_missing_store_exit_2(tmp_path):
+    proc = _run_cli("--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "no MLflow store" in proc.stderr
+
+
+def test_cli_empty_store_and_unknown_sweep(tmp_path, store, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.make_figures import main
+
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(tracking_uri=empty).search_experiments()  # creates an empty store
+    capsys.readouterr()
+    assert main(["--tracking-uri", empty, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no sweep points" in err[0]
+    assert main(["--tracking-uri", store, "--sweep", "nope", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown sweep/experiment nope" in err[0]
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_cli_draws_logs_and_is_deterministic(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.make_figures import main
+    from analysis.runs import latest_parent_run
+
+    root = tmp_path_factory.mktemp("cli")
+    uri = build_store(root / "store")  # own store: this test logs artifacts to parent runs
+    out = root / "figs"
+    assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
+    first = _digest(out)
+    for name in ("bits_vs_fid.png", "bits_vs_fid.pdf", "codebook_scaling.csv", "quality_vs_cost.txt",
+                 "head_memory.pdf", "training_curves_bits_vs_rfid.png", "training_curves_codebook_scaling.png",
+                 "main_results.md", "main_results.tex", "REPORT.md"):
+        assert name in first, name
+    assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
+    assert _digest(out) == first  # byte-identical rerun
+    client = MlflowClient(tracking_uri=uri)
+    parent = latest_parent_run("codebook_scaling", uri)
+    logged = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert "figures/codebook_scaling.png" in logged and "figures/REPORT.md" in logged
+    assert "figures/training_curves_bits_vs_rfid.png" not in logged  # another sweep's curves stay there
+    assert latest_parent_run("patch_size", uri) is None
+    # --sweep restricts; --format controls the files
+    one = root / "one"
+    assert main(["--tracking-uri", uri, "--sweep", "patch_size", "--out", str(one), "--format", "svg",
+                 "--no-log"]) == 0
+    names = {p.name for p in one.iterdir()}
+    assert "quality_vs_cost.svg" in names and not any(n.endswith(".png") for n in names)
+    assert "bits_vs_fid.svg" in names  # patch_size points are fsq with total bits, but one x only

@@ -1,0 +1,58 @@
+import pytest
+import torch
+import torch_fidelity
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from bar import UserError
+from bar.config import compose
+from bar.data import TensorImages, images_only, load_digits_split
+from bar.evaluate import CLASSIFIER_EXTRACTOR, Evaluator
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory):
+    cfg = compose(["profile=smoke", f"paths.outputs={tmp_path_factory.mktemp('eval')}", "eval.classifier.steps=60"])
+    return cfg, Evaluator(cfg, load_digits_split("train"), torch.device("cpu"))
+
+
+def test_classifier_extractor_is_registered_with_torch_fidelity():
+    assert CLASSIFIER_EXTRACTOR in FEATURE_EXTRACTORS_REGISTRY
+
+
+def test_fid_path_on_small_data(evaluator):
+    cfg, ev = evaluator
+    val = load_digits_split("val")
+    same = ev.compare(images_only(val), images_only(val), "val", isc=True, prc=True)
+    assert abs(same["fid"]) < 1e-3                            # a set against itself
+    assert same["precision"] == pytest.approx(1.0) and same["recall"] == pytest.approx(1.0)
+    assert same["inception_score"] >= 1.0
+    noise = TensorImages(torch.randint(0, 256, val.images.shape, dtype=torch.uint8), val.labels, 10)
+    blurred = TensorImages((val.images.float() * 0.8).to(torch.uint8), val.labels, 10)
+    fid_noise = ev.compare(images_only(noise), images_only(val), "val")["fid"]
+    fid_blur = ev.compare(images_only(blurred), images_only(val), "val")["fid"]
+    assert fid_noise > fid_blur > 0                           # further from the data, larger distance
+    assert ev.tag.startswith("bar-classifier:")
+
+
+def test_reference_statistics_are_cached(evaluator):
+    cfg, ev = evaluator
+    val = load_digits_split("val")
+    ev.compare(images_only(val), images_only(val), "val")
+    cached = list((ev.cache_root).glob("*.pt"))
+    assert cached and any("val" in p.name for p in cached)
+
+
+def test_classifier_is_cached_by_signature(evaluator, monkeypatch):
+    cfg, ev = evaluator
+    import bar.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("classifier retrained"))
+    again = Evaluator(cfg, load_digits_split("train"), torch.device("cpu"))
+    assert again.weights == ev.weights
+
+
+def test_missing_inception_weights_is_one_line(tmp_path):
+    cfg = compose(["eval.extractor=inception", f"eval.inception_weights={tmp_path}/pt_inception.pth"])
+    with pytest.raises(UserError) as err:
+        Evaluator(cfg, load_digits_split("train"), torch.device("cpu"))
+    assert "Inception weights not found" in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,66 @@
+"""End to end: the smoke bits_vs_rfid sweep into a temporary MLflow store, failures, reuse."""
+
+import math
+
+from conftest import child_runs, run_cli
+
+
+def test_smoke_sweep_logs_one_finished_run_per_point(smoke_sweep):
+    outputs, proc = smoke_sweep
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, points, parents = child_runs(outputs, "bits_vs_rfid")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    names = sorted(r.info.run_name for r in points)
+    assert names == sorted([f"fsq-{b}b" for b in (2, 4, 8, 12, 16, 24, 32)] + [f"ae-{c}c" for c in (1, 2, 4, 8)])
+    for run in points:
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+        assert run.info.status == "FINISHED" and tags["status"] == "finished"
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert tags["sweep"] == "bits_vs_rfid" and tags["profile"] == "smoke" and len(tags["signature"]) == 12
+        assert tags["git_sha"] and tags["fid_extractor"].startswith("bar-classifier:")
+        assert math.isfinite(metrics["rfid"]) and metrics["total_bits"] > 0
+        kind = params["tokenizer.kind"]
+        if kind == "fsq":
+            assert metrics["bits_per_token"] == int(params["tokenizer.bits"])
+            assert metrics["total_bits"] == 16 * int(params["tokenizer.bits"])
+        else:
+            assert metrics["channels"] == int(params["tokenizer.channels"])
+            assert metrics["total_bits"] == 16 * 16 * int(params["tokenizer.channels"])
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "recon_grid.png"} <= artifacts
+        assert len(client.get_metric_history(run.info.run_id, "tokenizer_loss")) >= 1
+    # every point carries one extractor: numbers are comparable within the sweep
+    assert len({r.data.tags["fid_extractor"] for r in points}) == 1
+
+
+def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # lr=-1 passes validation but AdamW rejects it at run time: a genuine failure inside the job
+    proc = run_cli(["-m", "profile=smoke", "experiment=failing", "tokenizer.train.lr=-1,0.002"], tmp_path)
+    assert proc.returncode == 1
+    assert "1 finished, 1 failed" in proc.stderr
+    client, points, parents = child_runs(tmp_path, "failing")
+    by_status = {r.data.tags["status"]: r for r in points}
+    assert set(by_status) == {"failed", "finished"}
+    failed = by_status["failed"]
+    assert failed.info.status == "FAILED" and "Invalid learning rate" in failed.data.tags["error"]
+    assert "\n" not in failed.data.tags["error"]
+    assert math.isfinite(by_status["finished"].data.metrics["rfid"])
+    assert parents[0].info.status == "FAILED"
+
+
+def test_second_run_with_same_tokenizer_trains_nothing(tmp_path):
+    first = run_cli(["profile=smoke", "tokenizer.bits=4"], tmp_path)
+    second = run_cli(["profile=smoke", "tokenizer.bits=4"], tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-3000:]
+    _, points, _ = child_runs(tmp_path, "default")
+    runs = sorted(points, key=lambda r: r.info.start_time)
+    assert [r.data.tags["tokenizer_reused"] for r in runs] == ["False", "True"]
+    assert "tokenizer_train_img_per_s" in runs[0].data.metrics and "tokenizer_train_img_per_s" not in runs[1].data.metrics
+    assert runs[0].data.metrics["rfid"] == runs[1].data.metrics["rfid"]   # same tokenizer, same reconstructions
+
+
+def test_dry_run_lists_points_and_submits_nothing(tmp_path):
+    proc = run_cli(["-m", "sweep=bits_vs_rfid", "profile=smoke", "dry_run=true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "11 points" in proc.stdout and "fsq-32b" in proc.stdout and "ae-8c" in proc.stdout
+    assert not (tmp_path / "cache").exists()
