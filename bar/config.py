@@ -18,7 +18,8 @@ SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 CONF_DIR = PROJECT_ROOT / "bar" / "conf"
 
 # Config keys that never change a result: excluded from signatures.
-NON_RESULT_KEYS = ("tracking", "paths", "launcher", "force", "dry_run", "experiment", "num_workers", "hydra")
+NON_RESULT_KEYS = ("tracking", "paths", "launcher", "force", "dry_run", "experiment", "num_workers", "hydra",
+                   "point_label")
 
 
 def available_sweeps() -> list[str]:
@@ -90,7 +91,9 @@ def flatten(cfg: DictConfig) -> dict[str, object]:
 
 
 def point_name(cfg: DictConfig) -> str:
-    """Human name of a sweep point, saying what varies: fsq-16b, ae-4c, mbm-16b, ..."""
+    """Human name of a sweep point, saying what varies: fsq-16b, ae-4c, mbm-16b, ... (the sweeper's label wins)."""
+    if cfg.get("point_label"):
+        return cfg.point_label
     tok = cfg.tokenizer
     latent = f"{tok.kind}-{tok.bits}b" if tok.kind == "fsq" else f"{tok.kind}-{tok.channels}c"
     if cfg.get("stage", "tokenizer") == "tokenizer" or "head" not in cfg:
@@ -109,7 +112,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Everything that can be checked before training: one-line UserErrors."""
     from bar.tokenizer import validate_tokenizer_config
 
-    if cfg.data.name == "imagefolder":
+    if cfg.data.name == "imagefolder" and cfg.stage != "sample":
         root = Path(str(cfg.data.root))
         if not root.is_dir():
             raise UserError(f"data folder {root} does not exist: set data.root to an ImageNet-style folder tree")
@@ -125,5 +128,11 @@ def validate_config(cfg: DictConfig) -> None:
                             "(torch-fidelity's inception-v3-compat weights) and pass eval.inception_weights=PATH")
     elif cfg.eval.extractor != "classifier":
         raise UserError(f"unknown eval.extractor {cfg.eval.extractor!r}: use classifier or inception")
-    if cfg.stage not in ("tokenizer", "all"):
-        raise UserError(f"unknown stage {cfg.stage!r}: use tokenizer or all")
+    if cfg.stage not in ("tokenizer", "all", "sample"):
+        raise UserError(f"unknown stage {cfg.stage!r}: use tokenizer, all or sample")
+    if cfg.stage == "sample" and not (cfg.checkpoint and Path(str(cfg.checkpoint)).expanduser().is_file()):
+        raise UserError(f"stage=sample needs checkpoint=PATH to a generator checkpoint; {cfg.checkpoint!r} is not a file")
+    if cfg.stage in ("all", "sample"):
+        from bar.generator_stage import check_generator_config
+
+        check_generator_config(cfg)

@@ -12,8 +12,16 @@ CFG convention (all heads):
     cfg_scale is float -> guidance; cond has shape (2B, W): rows [:B] are conditional, rows [B:] unconditional (null
                           class), and the head combines its outputs as u + s * (c - u). The head returns B tokens.
 
-Heads are registered in `HEADS` and built with `build_head(name, token_dim, **config)`; a later head (softmax, per-bit,
-diffusion) only needs a class here and an entry in `HEADS`.
+Heads are registered in `HEADS` and built with `build_head(name, token_dim, **config)`. Each head also declares
+`token_kind` ("bits" or "continuous": which input embedding the backbone needs), `schedule_options` (the keywords its
+sampler takes) and `activation_bytes(rows)` (its share of a training step's memory, for bar.memory).
+
+    name       tokens                    options (defaults)                                        sampling options
+    mbm        bits (uint8)              width 2048, depth 3, mlp_ratio, fourier_*, t_std, *_weight  allocation
+    softmax    bits, k <= 63             width 2048 (one Linear(W -> 2^k), C-way cross-entropy)     -
+    bitwise    bits                      width 2048 (one Linear(W -> 2k), per-bit cross-entropy)    -
+    diffusion  continuous (float, d ch)  width 1024, depth 6, num_timesteps 1000, sampling_steps    steps, sampler
+                                         100, sampler "ddpm", batch_mul 4, freq_dim 256
 
 The MBM head (`MBMHead`) follows the BAR release's masked-bit-modeling head (see shared/design/bar-method.md):
 per-bit {0, 1, MASK} embedding -> Linear -> RMSNorm; condition s = SiLU(z + t_emb(mask ratio)); residual AdaLN-Zero
@@ -31,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bar import UserError
+from bar.tokenizer import MAX_INDEX_BITS, bits_to_index, index_to_bits
 
 MASK = 2  # bit ids: 0, 1, MASK
 
@@ -105,6 +114,11 @@ class TokenHead(nn.Module):
     token_dim: int
     # how a schedule error names token_dim; the generator builder sets it when tokens are grouped
     token_dim_name: str = "bits_per_token"
+    # what the head's tokens are: "bits" (uint8 in {0, 1}) or "continuous" (float channels); the generator builder
+    # picks the backbone's input embedding from it
+    token_kind: str = "bits"
+    # the keyword options `sample` / `check_schedule` accept (e.g. ("allocation",) for MBM)
+    schedule_options: tuple[str, ...] = ()
 
     def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -115,6 +129,11 @@ class TokenHead(nn.Module):
 
     def check_schedule(self, **schedule) -> None:
         """Raise UserError (one line) if the sampling schedule does not fit this head."""
+
+    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
+        """Rough peak bytes of this head's activations (and their gradients) for one training step on `rows` token
+        positions (batch x AR steps); used by bar.memory. The default counts a few width-sized vectors per row."""
+        return 4 * rows * self.width * bytes_per_value
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -186,6 +205,8 @@ def even_allocation(k: int, steps: int = 4) -> list[int]:
 
 class MBMHead(TokenHead):
     """Masked bit modeling over the k bits of one AR step; an MLP over the whole bit vector (no attention)."""
+
+    schedule_options = ("allocation",)
 
     def __init__(self, token_dim: int, cfg: MBMConfig | None = None):
         super().__init__()
@@ -290,6 +311,313 @@ class MBMHead(TokenHead):
             ids = new_ids.scatter(1, remask, MASK)
         return ids.to(torch.uint8)
 
+    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
+        # per row: ~19 W-sized saved tensors per SwiGLU block (norm, modulation, 3W AdaLN, 2H + H hidden, gated
+        # residual; H ~ 2.7 W), ~12 W for the input embedding, Fourier MLP, condition and final layer
+        W, H = self.width, swiglu_hidden(self.width, self.cfg.mlp_ratio)
+        per_row = self.cfg.depth * (7 * W + 4 * H) + 12 * W + 4 * self.cfg.fourier_freqs
+        return rows * per_row * bytes_per_value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Baselines the paper compares: linear softmax over C = 2^k codes, independent per-bit logits, MAR's diffusion head
+# ---------------------------------------------------------------------------------------------------------------------
+
+def guide(out_B2: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+    """The CFG combination every head uses: rows [:B] conditional, [B:] unconditional -> u + s * (c - u)."""
+    if cfg_scale is None:
+        return out_B2
+    B = out_B2.shape[0] // 2
+    c, u = out_B2[:B], out_B2[B:]
+    return u + cfg_scale * (c - u)
+
+
+def _no_schedule(head_name: str, extra: dict) -> None:
+    if extra:
+        raise UserError(f"{head_name} head takes no sampling options, got {sorted(extra)}")
+
+
+@dataclass
+class SoftmaxConfig:
+    width: int = 2048            # W: condition width; the head is one Linear(W -> C = 2^k)
+
+
+class SoftmaxHead(TokenHead):
+    """Linear softmax over all C = 2^k codes of one AR step (the paper's linear-softmax baseline).
+
+    Tokens are bits; the class of a token is its integer index, most significant bit first (bar.tokenizer
+    .bits_to_index). Parameters, logits and compute are O(C): the head runs out of memory long before k reaches the
+    int64 limit of 63 bits. Sampling draws argmax(l + tau * Gumbel), i.e. a sample of softmax(l / tau) (tau = 0:
+    argmax), with CFG on the logits."""
+
+    def __init__(self, token_dim: int, cfg: SoftmaxConfig | None = None):
+        super().__init__()
+        cfg = cfg or SoftmaxConfig()
+        if token_dim > MAX_INDEX_BITS:
+            raise UserError(f"softmax head over {token_dim} bits needs 2^{token_dim} classes and int64 indices "
+                            f"(at most {MAX_INDEX_BITS} bits); use head=mbm or head=bitwise")
+        self.cfg = cfg
+        self.token_dim = token_dim
+        self.width = cfg.width
+        self.num_codes = 2 ** token_dim
+        self.out = nn.Linear(cfg.width, self.num_codes)
+        self.apply(init_weights)
+
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
+        index_N = bits_to_index(target_BLk.reshape(-1, self.token_dim))
+        logits_NC = self.out(cond_BLW.reshape(-1, self.width))
+        return F.cross_entropy(logits_NC.float(), index_N)
+
+    def check_schedule(self, **extra) -> None:
+        _no_schedule("softmax", extra)
+
+    @torch.no_grad()
+    def sample(self, cond_BW: torch.Tensor, cfg_scale: float | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None, **schedule) -> torch.Tensor:
+        """Returns uint8 bits (B, k)."""
+        self.check_schedule(**schedule)
+        logits_BC = guide(self.out(cond_BW).float(), cfg_scale)
+        if temperature > 0:
+            logits_BC = logits_BC + temperature * gumbel(logits_BC.shape, generator, logits_BC.device)
+        return index_to_bits(logits_BC.argmax(-1), self.token_dim)
+
+    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
+        # backward holds the log-probabilities, their gradient and the logits' gradient together: three fp32 C-sized
+        # rows (the loss upcasts to fp32), plus the condition and its gradient
+        return rows * (3 * self.num_codes * 4 + 2 * self.width * bytes_per_value)
+
+
+@dataclass
+class BitwiseConfig:
+    width: int = 2048            # W: condition width; the head is one Linear(W -> 2k)
+
+
+class BitwiseHead(TokenHead):
+    """Independent per-bit head (Infinity-style): one Linear gives two logits per bit, trained with a 2-class
+    cross-entropy on every bit and sampled bit by bit independently (temperature and CFG on the logits). O(k)."""
+
+    def __init__(self, token_dim: int, cfg: BitwiseConfig | None = None):
+        super().__init__()
+        cfg = cfg or BitwiseConfig()
+        self.cfg = cfg
+        self.token_dim = token_dim
+        self.width = cfg.width
+        self.out = nn.Linear(cfg.width, 2 * token_dim)     # bit-major, as the MBM head's output
+        self.apply(init_weights)
+
+    def logits(self, cond_NW: torch.Tensor) -> torch.Tensor:
+        return self.out(cond_NW).reshape(cond_NW.shape[0], self.token_dim, 2)
+
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
+        logits_Nk2 = self.logits(cond_BLW.reshape(-1, self.width))
+        return F.cross_entropy(logits_Nk2.float().reshape(-1, 2), target_BLk.reshape(-1).long())
+
+    def check_schedule(self, **extra) -> None:
+        _no_schedule("bitwise", extra)
+
+    @torch.no_grad()
+    def sample(self, cond_BW: torch.Tensor, cfg_scale: float | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None, **schedule) -> torch.Tensor:
+        """Returns uint8 bits (B, k)."""
+        self.check_schedule(**schedule)
+        logits_Bk2 = guide(self.logits(cond_BW).float(), cfg_scale)
+        if temperature > 0:
+            logits_Bk2 = logits_Bk2 + temperature * gumbel(logits_Bk2.shape, generator, logits_Bk2.device)
+        return logits_Bk2.argmax(-1).to(torch.uint8)
+
+    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
+        return rows * (4 * 2 * self.token_dim * 4 + 2 * self.width * bytes_per_value)
+
+
+# -- diffusion head (continuous tokens) --------------------------------------------------------------------------------
+
+def cosine_alpha_bar(u: torch.Tensor | float, s: float = 0.008):
+    """Continuous cosine schedule (Nichol & Dhariwal): alpha_bar(u) = cos(((u + s) / (1 + s)) * pi / 2)^2, u in [0, 1]
+    (normalised so that alpha_bar(0) = 1)."""
+    u = torch.as_tensor(u, dtype=torch.float64)
+    f = lambda v: torch.cos((v + s) / (1 + s) * math.pi / 2) ** 2   # noqa: E731
+    return f(u) / f(torch.zeros((), dtype=torch.float64))
+
+
+def cosine_schedule(num_timesteps: int = 1000, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha_bar_t for the discrete steps t = 0 .. T-1 (float64): beta_t = min(1 - abar((t+1)/T) / abar(t/T),
+    max_beta), alpha_bar_t = prod_{i<=t} (1 - beta_i). Decreasing from ~1 (t = 0) to ~0 (t = T-1)."""
+    u = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
+    ab = cosine_alpha_bar(u)
+    betas = (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def respaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
+    """`steps` training timesteps spread evenly over [0, T-1], both ends included (as MAR's respacing "100")."""
+    if steps == 1:
+        return [num_timesteps - 1]
+    stride = (num_timesteps - 1) / (steps - 1)
+    return sorted({int(round(i * stride)) for i in range(steps)})
+
+
+def timestep_features(t_N: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of (possibly fractional) timesteps: [cos(t f_i), sin(t f_i)], f_i geometric in
+    [1/max_period, 1]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t_N.device) / half)
+    angles = t_N.float()[:, None] * freqs[None]
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class MLPAdaLNBlock(nn.Module):
+    """MAR's residual block: x + gate * MLP(modulate(LayerNorm(x), shift, scale)), MLP = Linear-SiLU-Linear at width
+    W, (shift, scale, gate) = Linear(SiLU(y))."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.ada = nn.Linear(width, 3 * width)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(F.silu(y)).chunk(3, dim=-1)
+        return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
+
+
+@dataclass
+class DiffusionConfig:
+    width: int = 1024            # W: condition width and the MLP's width (MAR-B 1024, MAR-L 1280, MAR-H 1536)
+    depth: int = 6               # residual AdaLN blocks (MAR-B 6, MAR-L 8, MAR-H 12)
+    num_timesteps: int = 1000    # training timesteps T (cosine schedule)
+    sampling_steps: int = 100    # default respaced steps per token at sampling
+    sampler: str = "ddpm"        # "ddpm": ancestral on the respaced chain (MAR); "ddim": deterministic, eta = 0
+    batch_mul: int = 4           # noise draws per token per training step (MAR's diffusion_batch_mul)
+    freq_dim: int = 256          # sinusoidal timestep features before the timestep MLP
+
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+class DiffusionHead(TokenHead):
+    """MAR-style diffusion head for continuous tokens (d channels per AR step).
+
+    Network: eps_hat = MLP(x_t | y), y = z + TimestepMLP(sinusoid(t)); Linear(d -> W), `depth` residual AdaLN blocks
+    (LayerNorm, Linear-SiLU-Linear, AdaLN-Zero), final AdaLN layer, Linear(W -> d) (zero-initialised). Training: cosine
+    schedule over T = 1000 steps, t uniform, epsilon-prediction MSE, each token repeated `batch_mul` times with
+    fresh noise. Sampling: a chain of `steps` timesteps respaced evenly over [0, T-1]; "ddpm" draws
+    x_{s-1} ~ N(posterior mean, posterior variance) of the respaced chain with the noise scaled by `temperature`
+    (MAR's temperature); "ddim" is deterministic (eta = 0) and scales the initial noise by `temperature` instead.
+    CFG combines the predicted noise, eps = u + s * (c - u), with both halves at the same x_t.
+    Differences from MAR: the variance is fixed to the posterior variance (MAR learns it with an extra VLB term), and
+    the condition enters at width W directly (MAR has its own Linear from the backbone width; here the backbone's
+    output projection already gives width W)."""
+
+    token_kind = "continuous"
+    token_dim_name = "channels"
+    schedule_options = ("steps", "sampler")
+
+    def __init__(self, token_dim: int, cfg: DiffusionConfig | None = None):
+        super().__init__()
+        cfg = cfg or DiffusionConfig()
+        if cfg.sampler not in SAMPLERS:
+            raise UserError(f"diffusion sampler {cfg.sampler!r} must be one of {list(SAMPLERS)}")
+        if cfg.num_timesteps < 2 or cfg.batch_mul < 1:
+            raise UserError(f"diffusion head needs num_timesteps >= 2 and batch_mul >= 1, got {cfg.num_timesteps} "
+                            f"and {cfg.batch_mul}")
+        self.cfg = cfg
+        self.token_dim = d = token_dim
+        self.width = W = cfg.width
+        self.in_proj = nn.Linear(d, W)
+        self.t_mlp = nn.Sequential(nn.Linear(cfg.freq_dim, W), nn.SiLU(), nn.Linear(W, W))
+        self.blocks = nn.ModuleList(MLPAdaLNBlock(W) for _ in range(cfg.depth))
+        self.final_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(W, 2 * W)
+        self.out = nn.Linear(W, d)
+        self.register_buffer("alphas_cumprod", cosine_schedule(cfg.num_timesteps).float(), persistent=False)
+        self._chains: dict[int, list[tuple[int, float, float]]] = {}
+        self.apply(init_weights)
+        for m in [*(b.ada for b in self.blocks), self.final_ada, self.out]:   # AdaLN-Zero, zero output
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+        self.check_schedule(steps=cfg.sampling_steps)
+
+    # -- network -------------------------------------------------------------------------------------------------------
+    def eps(self, x_Nd: torch.Tensor, t_N: torch.Tensor, cond_NW: torch.Tensor) -> torch.Tensor:
+        """Predicted noise (N, d) for noisy tokens x_t at timesteps t (training indices, 0 .. T-1)."""
+        x = self.in_proj(x_Nd.to(self.in_proj.weight.dtype))
+        t_emb = self.t_mlp(timestep_features(t_N, self.cfg.freq_dim).to(self.in_proj.weight.dtype))
+        y = cond_NW + t_emb.to(cond_NW.dtype)
+        for block in self.blocks:
+            x = block(x, y)
+        shift, scale = self.final_ada(F.silu(y)).chunk(2, dim=-1)
+        return self.out(modulate(self.final_norm(x), shift, scale))
+
+    # -- training ------------------------------------------------------------------------------------------------------
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        d, W, m = self.token_dim, self.width, self.cfg.batch_mul
+        x0 = target_BLk.reshape(-1, d).float().repeat(m, 1)
+        cond = cond_BLW.reshape(-1, W).repeat(m, 1)
+        t = torch.randint(0, self.cfg.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        ab = self.alphas_cumprod[t][:, None]
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        return F.mse_loss(self.eps(x_t, t, cond).float(), noise)
+
+    # -- sampling ------------------------------------------------------------------------------------------------------
+    def check_schedule(self, steps=None, sampler=None, **extra) -> None:
+        if extra:
+            raise UserError(f"diffusion head got unknown sampling options {sorted(extra)}; it takes 'steps', 'sampler'")
+        T = self.cfg.num_timesteps
+        if steps is not None and (int(steps) != steps or not 1 <= steps <= T):
+            raise UserError(f"diffusion sampling steps {steps} must be an integer in [1, {T}]")
+        if sampler is not None and sampler not in SAMPLERS:
+            raise UserError(f"diffusion sampler {sampler!r} must be one of {list(SAMPLERS)}")
+
+    def chain(self, steps: int) -> list[tuple[int, float, float]]:
+        """The respaced chain, last step first: (training timestep t, alpha_bar_t, alpha_bar of the previous chain
+        step, 1.0 before the first)."""
+        if steps not in self._chains:
+            ab = self.alphas_cumprod.double().cpu()
+            ts = respaced_timesteps(self.cfg.num_timesteps, steps)
+            prev = [1.0] + [float(ab[t]) for t in ts[:-1]]
+            self._chains[steps] = [(t, float(ab[t]), p) for t, p in zip(ts, prev)][::-1]
+        return self._chains[steps]
+
+    @torch.no_grad()
+    def sample(self, cond_BW: torch.Tensor, cfg_scale: float | None = None, temperature: float = 1.0,
+               generator: torch.Generator | None = None, steps: int | None = None,
+               sampler: str | None = None) -> torch.Tensor:
+        """Denoise one token per row from Gaussian noise. Returns float32 tokens (B, d)."""
+        self.check_schedule(steps=steps, sampler=sampler)
+        steps = int(steps or self.cfg.sampling_steps)
+        sampler = sampler or self.cfg.sampler
+        dev = cond_BW.device
+        B = cond_BW.shape[0] // 2 if cfg_scale is not None else cond_BW.shape[0]
+        x = torch.randn(B, self.token_dim, device=dev, generator=generator)
+        if sampler == "ddim":
+            x = x * temperature
+        for i, (t, ab, ab_prev) in enumerate(self.chain(steps)):
+            inp = x if cfg_scale is None else torch.cat([x, x])
+            t_N = torch.full((inp.shape[0],), t, device=dev, dtype=torch.long)
+            eps = guide(self.eps(inp, t_N, cond_BW).float(), cfg_scale)
+            x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+            if sampler == "ddim":
+                x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
+                continue
+            beta = 1 - ab / ab_prev                   # the respaced chain's own beta
+            mean = (beta * math.sqrt(ab_prev) / (1 - ab)) * x0 + ((1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab)) * x
+            if ab_prev < 1.0:                         # no noise on the last step
+                var = beta * (1 - ab_prev) / (1 - ab)
+                noise = torch.randn(x.shape, device=dev, generator=generator)
+                x = mean + math.sqrt(var) * temperature * noise
+            else:
+                x = mean
+        return x
+
+    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
+        # per noisy row: ~10 W-sized saved tensors per block (norm, modulation, 3W AdaLN, 2 hidden, gated residual),
+        # ~10 W for the input, timestep MLP, condition copy and final layer
+        W = self.width
+        per_row = (10 * self.cfg.depth + 10) * W + self.cfg.freq_dim
+        return rows * self.cfg.batch_mul * per_row * bytes_per_value
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Registry
@@ -297,6 +625,9 @@ class MBMHead(TokenHead):
 
 HEADS: dict[str, tuple[type[TokenHead], type]] = {
     "mbm": (MBMHead, MBMConfig),
+    "softmax": (SoftmaxHead, SoftmaxConfig),
+    "bitwise": (BitwiseHead, BitwiseConfig),
+    "diffusion": (DiffusionHead, DiffusionConfig),
 }
 
 

@@ -91,6 +91,10 @@ def run_point(cfg: DictConfig, run: PointRun) -> dict[str, float]:
     """All stages of one point; logs through `run` and returns the headline metrics."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if cfg.stage == "sample":
+        from bar.generator_stage import run_sampling
+
+        return run_sampling(cfg, device, run)
     train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
 
     tokenizer, ckpt, built = obtain_tokenizer(cfg, train_set, device)
@@ -112,11 +116,16 @@ def run_point(cfg: DictConfig, run: PointRun) -> dict[str, float]:
         grid = Path(tmp) / "recon_grid.png"
         save_pairs_grid(torch.stack([val_set[i][0] for i in range(min(32, len(val_set)))]), recon.images, grid)
         run.log_artifact(grid)
+    if cfg.stage == "all":
+        from bar.generator_stage import run_generator
+
+        metrics.update(run_generator(cfg, tokenizer, train_set, evaluator, device, run))
     return metrics
 
 
-def execute(cfg: DictConfig, multirun: bool) -> float:
-    """Run one point inside its MLflow run. Returns its headline metric (rFID), NaN when it failed.
+def execute(cfg: DictConfig, multirun: bool) -> dict:
+    """Run one point inside its MLflow run. Returns {"status": finished | infeasible | failed, "metric": headline}
+    (gFID, or rFID for tokenizer-only points; NaN when there is none).
 
     A user mistake is one line on stderr; any other error ends the run FAILED with the error tag, and in a sweep the
     remaining points go on."""
@@ -134,15 +143,14 @@ def execute(cfg: DictConfig, multirun: bool) -> float:
                 (Path(tmp) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 run.log_artifact(Path(tmp) / "config.yaml")
             metrics = run_point(cfg, run)
-        log.info("%s finished: %s", name, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        return float(metrics.get("rfid", math.nan))
+        log.info("%s %s: %s", name, run.status, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return {"status": run.status, "metric": float(metrics.get("gfid", metrics.get("rfid", math.nan)))}
     except UserError as err:  # found only at run time (e.g. a corrupt input): still one line
         print(f"error: {err}", file=sys.stderr)
         if not multirun:
             raise SystemExit(2)
-        return math.nan
     except Exception as err:
         if not multirun:
             raise
         log.exception("%s failed (recorded in MLflow as FAILED; the sweep goes on): %s", name, err)
-        return math.nan
+    return {"status": "failed", "metric": math.nan}

@@ -6,8 +6,14 @@
     allocation_for(preset, bits_per_step) -> list[int]
 
 `bits_per_token`, `grid`, `patch_size`, `num_classes` default to the preset's own. `overrides` may set any
-GeneratorConfig field (e.g. dropout, class_repeat, token_kind="continuous") or, prefixed `head_`, any head option
-(e.g. head_width=512, head_depth=3). Values marked (release) were read from the official configs/README.
+GeneratorConfig field (e.g. dropout, class_repeat) or, prefixed `head_`, any head option (e.g. head_width=512,
+head_depth=3). Values marked (release) were read from the official configs/README.
+
+`head` is any name in bar.heads.HEADS (mbm, softmax, bitwise, diffusion). The head decides the token kind: with
+head="diffusion" the backbone takes continuous tokens and `bits_per_token` means channels per token; a contradicting
+token_kind override is a UserError. The preset's head_width sizes every head (it is also the condition width);
+head_depth sizes heads that have a depth (mbm, diffusion; the linear softmax / bitwise heads have none).
+MAR's diffusion-head sizes are in `MAR_HEADS` / `mar_head(name)`.
 """
 
 from __future__ import annotations
@@ -84,6 +90,22 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# MAR's diffusion-head sizes (paper baselines: MAR-B / -L / -H), for the continuous-token comparison at paper scale:
+# build_generator("bar_b", head="diffusion", **mar_head("mar_b")).
+MAR_HEADS: dict[str, dict[str, int]] = {
+    "mar_b": dict(depth=6, width=1024),
+    "mar_l": dict(depth=8, width=1280),
+    "mar_h": dict(depth=12, width=1536),
+}
+
+
+def mar_head(name: str) -> dict[str, int]:
+    """build_generator overrides (head_width, head_depth) for one of MAR's diffusion-head sizes."""
+    if name not in MAR_HEADS:
+        raise UserError(f"unknown MAR head size {name!r}; choose one of {sorted(MAR_HEADS)}")
+    return {f"head_{key}": value for key, value in MAR_HEADS[name].items()}
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -125,21 +147,35 @@ def build_generator(preset: str, bits_per_token: int | None = None, grid: tuple[
         label_dropout=pre.label_dropout, order_anneal=tuple(pre.order_anneal),
     )
     head_opts = {"width": pre.head_width, "depth": pre.head_depth}
+    explicit_head = set()
     gen_fields = {f.name for f in fields(GeneratorConfig)}
     for key, value in overrides.items():
         if key.startswith("head_"):
             head_opts[key[len("head_"):]] = value
+            explicit_head.add(key[len("head_"):])
         elif key in gen_fields:
             cfg = replace(cfg, **{key: value})
         else:
             raise UserError(f"unknown generator option {key!r}; use a GeneratorConfig field or head_<option>")
-    cfg = replace(cfg, cond_width=head_opts["width"])
-    cfg.validate()
     if head not in HEADS:
         raise UserError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
+    head_cls, head_cfg_cls = HEADS[head]
+    if "depth" not in {f.name for f in fields(head_cfg_cls)} and "depth" not in explicit_head:
+        head_opts.pop("depth")           # the preset's depth sizes heads that have one (linear heads have none)
+    # the head decides what a token is; a contradicting token_kind (e.g. an AE tokenizer with a bit head) is an error
+    fitting = sorted(n for n, (c, _) in HEADS.items() if c.token_kind == cfg.token_kind)
+    if "token_kind" in overrides and fitting and cfg.token_kind != head_cls.token_kind:
+        raise UserError(f"head {head!r} predicts {head_cls.token_kind} tokens but the tokens are "
+                        f"{cfg.token_kind}; use one of the heads {fitting}")
+    if fitting:
+        cfg = replace(cfg, token_kind=head_cls.token_kind)
+    cfg = replace(cfg, cond_width=head_opts["width"])
+    cfg.validate()
     h = build_head(head, cfg.step_dim, **head_opts)
     if p > 1:
-        h.token_dim_name = f"bits per AR step ({cfg.token_dim} bits_per_token x {p}x{p} tokens)"
+        unit = "bits_per_token" if head_cls.token_kind == "bits" else "channels"
+        what = "bits" if head_cls.token_kind == "bits" else "channels"
+        h.token_dim_name = f"{what} per AR step ({cfg.token_dim} {unit} x {p}x{p} tokens)"
     return BARGenerator(cfg, h)
 
 

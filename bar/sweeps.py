@@ -13,7 +13,6 @@ A sweep file gives `hydra.sweeper.params` (a Cartesian grid, as in Hydra's basic
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from typing import Sequence
 
@@ -61,14 +60,17 @@ def run_sweep(sweeper, arguments: Sequence[str]):
     if cfg.dry_run:
         print(f"sweep {cfg.experiment}: {len(points)} points (dry run, nothing submitted)")
         for point_cfg, point in zip(configs, points):
-            print(f"  {point_name(point_cfg):<16} {' '.join(point)}")
+            print(f"  {point_label(point_cfg, point, _varying_keys(grids, dict(sweeper.params or {}))):<36} "
+                  f"{' '.join(point)}")
         return []
 
     uri = cfg.tracking.uri
     parent = tracking.start_parent_run(uri, cfg.experiment, cfg.profile.name, len(points))
-    points = [list(p) + [f"tracking.parent_run_id={parent}"] for p in points]
+    varying = _varying_keys(grids, dict(sweeper.params or {}))
+    points = [list(p) + [f"tracking.parent_run_id={parent}", f"point_label='{point_label(c, p, varying)}'"]
+              for p, c in zip(points, configs)]
     batch_size = sweeper.max_batch_size or len(points)
-    returns, counts, job_idx = [], {"finished": 0, "failed": 0}, 0
+    returns, counts, job_idx = [], {"finished": 0, "infeasible": 0, "failed": 0}, 0
     try:
         for start in range(0, len(points), batch_size):
             batch = points[start:start + batch_size]
@@ -76,20 +78,41 @@ def run_sweep(sweeper, arguments: Sequence[str]):
             job_idx += len(batch)
             for result in results:
                 try:
-                    value = result.return_value
-                    ok = value is not None and not (isinstance(value, float) and math.isnan(value))
+                    status = result.return_value["status"]
                 except Exception as err:  # a job that died outside the task function (e.g. killed)
                     log.error("job failed: %s", err)
-                    ok = False
-                counts["finished" if ok else "failed"] += 1
+                    status = "failed"
+                counts[status] = counts.get(status, 0) + 1
             returns.append(results)
     finally:
         tracking.end_parent_run(uri, parent, counts)
-    summary = f"sweep {cfg.experiment}: {counts['finished']} finished, {counts['failed']} failed (MLflow: {uri})"
+    summary = (f"sweep {cfg.experiment}: {counts['finished']} finished, {counts['infeasible']} infeasible, "
+               f"{counts['failed']} failed (MLflow: {uri})")
     print(summary, file=sys.stderr)
     if counts["failed"]:
         raise SystemExit(1)
     return returns
+
+
+# Keys that point_name already shows (head, bits or channels, patch size).
+_NAMED_KEYS = {"tokenizer", "head", "tokenizer.bits", "tokenizer.channels", "model.patch_size", "sweep"}
+
+
+def _varying_keys(grids: Sequence[dict], common: dict) -> set[str]:
+    keys = set(common)
+    for grid in grids:
+        keys |= set(grid)
+    return {k.lstrip("+~") for k in keys} - _NAMED_KEYS
+
+
+def point_label(point_cfg: DictConfig, overrides: Sequence[str], varying: set[str]) -> str:
+    """Run name saying what varies: the point's name plus the swept values it does not already show."""
+    extra = []
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in varying:
+            extra.append(f"{key.rsplit('.', 1)[-1]}={value.replace(chr(39), '')}")
+    return "-".join([point_name(point_cfg), *extra])
 
 
 def _fail(message: str):

@@ -45,6 +45,12 @@ def validate_tokenizer_config(tok) -> None:
         raise UserError(f"unknown tokenizer.arch {tok.arch!r}: use conv or vit")
 
 
+def latent_shape(tok, resolution: int) -> tuple[str, int, int]:
+    """(kind, grid side, values per token) of a tokenizer config, without building it."""
+    grid = resolution // (2 ** tok.num_down if tok.arch == "conv" else tok.patch)
+    return tok.kind, grid, tok.bits if tok.kind == "fsq" else tok.channels
+
+
 # ----------------------------------------------------------------------------------------------------- quantizers
 class BinaryFSQ(nn.Module):
     """FSQ with two levels per channel: bound with tanh, round to {-1, +1} with a straight-through gradient.
@@ -216,12 +222,11 @@ class Tokenizer(nn.Module):
         self.latent_dim = tok.bits if tok.kind == "fsq" else tok.channels
         kl = tok.kind == "ae" and tok.kl
         enc_out = 2 * self.latent_dim if kl else self.latent_dim
+        _, self.grid, _ = latent_shape(tok, resolution)
         if tok.arch == "conv":
-            self.grid = resolution // 2 ** tok.num_down
             self.encoder = ConvEncoder(in_channels, tok.width, tok.num_down, enc_out)
             self.decoder = ConvDecoder(self.latent_dim, tok.width, tok.num_down, in_channels)
         else:
-            self.grid = resolution // tok.patch
             self.encoder = ViTEncoder(in_channels, resolution, tok.patch, tok.vit.enc_width, tok.vit.enc_depth,
                                       tok.vit.enc_heads, enc_out)
             self.decoder = ViTDecoder(self.latent_dim, resolution, tok.patch, tok.vit.dec_width, tok.vit.dec_depth,

@@ -25,16 +25,24 @@ def lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr: float = 0.
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def infinite_batches(dataset: Dataset, batch_size: int, seed: int) -> Iterator:
-    """Shuffled batches forever; in-memory tensor datasets are indexed directly (no worker overhead)."""
+def infinite_batches(dataset: Dataset | tuple[torch.Tensor, torch.Tensor], batch_size: int, seed: int) -> Iterator:
+    """Shuffled (x, label) batches forever. In-memory data (a tensor pair, or a dataset with `.images` and `.labels`)
+    is indexed directly, without per-item overhead."""
     gen = torch.Generator().manual_seed(seed)
-    images = getattr(dataset, "images", None)
+    if isinstance(dataset, tuple):
+        tensors = dataset
+    elif hasattr(dataset, "images") and hasattr(dataset, "labels"):
+        tensors = dataset.images, dataset.labels
+    else:
+        tensors = None
+    n = len(tensors[0]) if tensors else len(dataset)
+    batch_size = min(batch_size, n)
     while True:
-        order = torch.randperm(len(dataset), generator=gen)
-        for i in range(0, len(order) - batch_size + 1, batch_size):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1, batch_size):
             idx = order[i:i + batch_size]
-            if images is not None:
-                yield dataset.images[idx], dataset.labels[idx]
+            if tensors is not None:
+                yield tensors[0][idx], tensors[1][idx]
             else:
                 items = [dataset[int(j)] for j in idx]
                 yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
@@ -53,8 +61,10 @@ class TrainResult:
 
 def train(model: torch.nn.Module, loss_fn: Callable[[object, int], torch.Tensor], batches: Iterator, *, steps: int,
           lr: float, min_lr: float = 0.0, warmup: int = 0, weight_decay: float = 0.0, betas=(0.9, 0.999),
-          grad_clip: float | None = None, log_every: int = 10) -> TrainResult:
-    """Optimise `loss_fn(batch, step)` for `steps` steps; returns the loss history (every `log_every` steps)."""
+          grad_clip: float | None = None, log_every: int = 10, autocast_dtype: torch.dtype | None = None,
+          device_type: str = "cpu") -> TrainResult:
+    """Optimise `loss_fn(batch, step)` for `steps` steps; returns the loss history (every `log_every` steps).
+    `autocast_dtype` (e.g. bf16 on GPUs) runs the forward pass under autocast; CPU runs stay fp32."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                   betas=tuple(betas), weight_decay=weight_decay)
     result = TrainResult()
@@ -65,7 +75,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[object, int], torch.Tensor]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, lr, warmup, steps, min_lr)
         batch = next(batches)
-        loss = loss_fn(batch, step)
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(batch, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:

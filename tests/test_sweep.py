@@ -37,7 +37,7 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     # lr=-1 passes validation but AdamW rejects it at run time: a genuine failure inside the job
     proc = run_cli(["-m", "profile=smoke", "experiment=failing", "tokenizer.train.lr=-1,0.002"], tmp_path)
     assert proc.returncode == 1
-    assert "1 finished, 1 failed" in proc.stderr
+    assert "1 finished, 0 infeasible, 1 failed" in proc.stderr
     client, points, parents = child_runs(tmp_path, "failing")
     by_status = {r.data.tags["status"]: r for r in points}
     assert set(by_status) == {"failed", "finished"}

@@ -1,0 +1,163 @@
+"""Training-memory estimate and measurement for a generator (backbone + head).
+
+    estimate_train_memory(model, batch_size, *, steps=None, bytes_per_param=4, bytes_per_act=4,
+                          optimizer_states=2) -> int bytes
+    train_memory_breakdown(...)  -> {"params", "grads", "optimizer", "backbone_activations", "head_activations"}
+    measure_peak_train_memory(fn, device="cpu") -> int bytes
+    measure_train_step(model, tokens_BLk, labels_B, lr=1e-4) -> int bytes
+
+The estimate is what one steady-state AdamW training step holds at its peak: parameters, their gradients, the AdamW
+moments (two fp32 tensors per parameter) and the activations saved for backward of one batch. Activations are
+counted per token position: the backbone's (a rule of thumb per transformer layer, below) and the head's own
+(`TokenHead.activation_bytes`): for the softmax head three fp32 rows of C = 2^k values per position (log-probabilities,
+their gradient and the logits' gradient are alive together in backward), which dominate everything else at large k.
+`model` may live on the meta device (`with torch.device("meta"): build_generator(...)`), so a point that would not
+fit is estimated without allocating it.
+
+The measurement (`measure_peak_train_memory`) reports the peak, above the level at entry, of bytes held by torch
+tensors while `fn` runs. On CUDA it is torch.cuda.max_memory_allocated. On CPU it replays, in time order, every
+allocation and free that torch's CPU allocator reports to torch.profiler (profile_memory=True; the raw allocation
+events of its event tree); memory outside torch's allocator (Python objects, the interpreter, library scratch
+buffers) is not seen. `measure_train_step` adds the resident
+parameters and AdamW state to the measured peak of a second (steady-state) training step, which is what
+`estimate_train_memory` estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from bar.heads import TokenHead, swiglu_hidden
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: int = 4) -> int:
+    """Saved activations of BARGenerator's backbone for one batch (rule of thumb). Per layer and position: ~18 D for
+    norms, modulations, q/k/v with QK-norm and RoPE, the attention output and residuals, 6 D for the per-position
+    AdaLN, 4 H for the SwiGLU (H = 2/3 * 4 * D); attention weights (B * heads * S^2) only when attention dropout
+    forces the unfused path. Plus ~8 D + W per position for the embeddings, final norm and condition."""
+    D, S = cfg.dim, cfg.prefix + cfg.steps - 1
+    H = swiglu_hidden(D, cfg.mlp_ratio)
+    per_layer = batch_size * S * (24 * D + 4 * H)
+    if cfg.attn_dropout > 0:
+        per_layer += 2 * batch_size * cfg.heads * S * S
+    return (cfg.depth * per_layer + batch_size * S * (8 * D + cfg.cond_width)) * bytes_per_act
+
+
+def train_memory_breakdown(model: nn.Module, batch_size: int, *, steps: int | None = None, bytes_per_param: int = 4,
+                           bytes_per_act: int = 4, optimizer_states: int = 2) -> dict[str, int]:
+    """The parts of `estimate_train_memory`, in bytes. `model` is a BARGenerator (AR steps from its config) or a bare
+    TokenHead (then `steps`, the AR steps per sample, is required)."""
+    if isinstance(model, TokenHead):
+        if steps is None:
+            raise ValueError("a bare head needs steps= (AR steps per sample)")
+        head, backbone = model, 0
+    else:
+        head = model.head
+        steps = model.cfg.steps if steps is None else steps
+        backbone = backbone_activation_bytes(model.cfg, batch_size, bytes_per_act)
+    n = _param_count(model)
+    return {
+        "params": n * bytes_per_param,
+        "grads": n * bytes_per_param,
+        "optimizer": n * 4 * optimizer_states,          # AdamW moments stay fp32
+        "backbone_activations": backbone,
+        "head_activations": head.activation_bytes(batch_size * steps, bytes_per_act),
+    }
+
+
+def estimate_train_memory(model: nn.Module, batch_size: int, *, steps: int | None = None, bytes_per_param: int = 4,
+                          bytes_per_act: int = 4, optimizer_states: int = 2) -> int:
+    """Peak bytes of one AdamW training step of `model` at `batch_size` (see the module docstring). Use
+    bytes_per_act=2 for bf16 autocast (the softmax loss still upcasts its logits to fp32)."""
+    return sum(train_memory_breakdown(model, batch_size, steps=steps, bytes_per_param=bytes_per_param,
+                                      bytes_per_act=bytes_per_act, optimizer_states=optimizer_states).values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------------------------------
+
+def measure_peak_train_memory(fn: Callable[[], object], device: str | torch.device = "cpu") -> int:
+    """Peak bytes held by torch tensors while `fn()` runs, above the level at entry (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = _allocation_events(prof)
+    live = peak = 0
+    for _, delta in changes:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def _allocation_events(prof) -> list[tuple[int, int]]:
+    """(time, +bytes allocated / -bytes freed) for every allocator event the profiler recorded, in time order. Reads
+    the raw allocation events of the profiler's event tree; if this torch lacks that (experimental) API, falls back to
+    each operator's net memory change at its start (coarser: it can miss a peak inside an autograd node)."""
+    try:
+        events = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if type(node.extra_fields).__name__ == "_ExtraFields_Allocation":
+                events.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
+            stack.extend(node.children)
+        return sorted(events)
+    except AttributeError:
+        return sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def measure_train_step(model: nn.Module, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, lr: float = 1e-4,
+                       step: int | None = None) -> int:
+    """Peak bytes of one steady-state AdamW step of `model.training_loss(tokens, labels, step)`: one step first (so the
+    optimizer state exists, gradients are then set to None), then params + AdamW state + the measured peak of a second
+    step (gradients, activations, temporaries)."""
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+
+    def one_step():
+        opt.zero_grad(set_to_none=True)
+        loss = model.training_loss(tokens_BLk, labels_B, step)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    one_step()
+    resident = _bytes(model.parameters()) + sum(_bytes(s.values()) for s in opt.state.values())
+    resident += _bytes(model.buffers())
+    return resident + measure_peak_train_memory(one_step, device)
+
+
+def gib(n_bytes: float) -> float:
+    return n_bytes / 2 ** 30
+
+
+def fmt_bytes(n_bytes: float) -> str:
+    if not math.isfinite(n_bytes):
+        return "-"
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} B"
