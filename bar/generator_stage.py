@@ -245,10 +245,11 @@ def _log_sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     import torch.nn.functional as F
     from torchvision.utils import save_image
 
-    rows = [images[labels == c][:per_class] for c in range(min(num_classes, 10))]
-    rows = [r for r in rows if len(r) == per_class]
-    if not rows:
+    classes = range(min(num_classes, 10))
+    per_class = min([per_class] + [int((labels == c).sum()) for c in classes])
+    if per_class == 0:
         return
+    rows = [images[labels == c][:per_class] for c in classes]
     grid = torch.cat(rows).float() / 255
     if grid.shape[-1] < 64:
         grid = F.interpolate(grid, scale_factor=64 // grid.shape[-1], mode="nearest")
