@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SWEEP ?= bits_vs_rfid
 
 .PHONY: install demo test test-all figures dashboard bench clean
 
@@ -18,9 +17,12 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The default sweep (codebook scaling: three heads x bits per token), then bits vs rFID (reuses its tokenizers),
+# then every figure, table and REPORT.md into paper_figs/.
 demo: install
-	$(PY) run.py -m sweep=$(SWEEP)
-	$(PY) analysis/make_figures.py --sweep $(SWEEP)
+	$(PY) run.py -m sweep=codebook_scaling
+	$(PY) run.py -m sweep=bits_vs_rfid
+	$(PY) analysis/make_figures.py --out paper_figs
 
 test: install
 	$(PY) -m pytest -q -m "not slow and not slurm and not dashboard"
@@ -35,7 +37,9 @@ dashboard: install
 	$(PY) -m bar.tracking ui
 
 bench: install
-	$(PY) benchmarks/bench_bits_vs_rfid.py
+	$(PY) benchmarks/bench_sweep.py bits_vs_rfid
+	$(PY) benchmarks/bench_sweep.py codebook_scaling
+	$(PY) benchmarks/bench_heads.py
 
 clean:
 	rm -rf outputs multirun
