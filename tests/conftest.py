@@ -33,3 +33,11 @@ def smoke_sweep(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("smoke_sweep")
     proc = run_cli(["-m", "sweep=bits_vs_rfid", "profile=smoke"], outputs)
     return outputs, proc
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """In-process tests use tiny models: one thread is as fast, and does not fight other processes for the cores."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -15,13 +15,6 @@ from bar.sampling import generate
 from bar.tokenizer import bits_to_index, index_to_bits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def head_of(name, k=8, width=32, **cfg):
     torch.manual_seed(0)

@@ -9,14 +9,6 @@ from bar.generator import (BARGenerator, GeneratorConfig, group_tokens, order_pr
 from bar.heads import TokenHead, build_head
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_model(k=8, grid=(4, 4), p=1, dim=32, depth=2, heads=2, class_repeat=3, randomize=True, **cfg):
     torch.manual_seed(0)

@@ -8,14 +8,6 @@ from bar import UserError
 from bar.heads import HEADS, MASK, MBMHead, TokenHead, build_head, even_allocation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the two cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_head(k=16, width=32, depth=1, **cfg):
     torch.manual_seed(0)

@@ -9,13 +9,6 @@ from bar.memory import (estimate_train_memory, measure_peak_train_memory, measur
 from bar.presets import build_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_measure_sees_allocations_and_frees():
     MB = 2 ** 20

@@ -16,13 +16,6 @@ L = GRID[0] * GRID[1]
 P = 1 + REPEAT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def release_rope(side, head_dim, prefix, theta=10000.0):
     """The release's 2D RoPE table as its code builds it: per-axis 'lang' frequencies over head_dim/2, each repeated

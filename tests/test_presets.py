@@ -8,13 +8,6 @@ from bar.presets import PRESETS, allocation_for, build_generator, count_params, 
 from bar.sampling import generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("name,target,tol", [
     ("bar_b", 415e6, 0.01), ("bar_b2", 415e6, 0.01), ("bar_b4", 416e6, 0.01),

@@ -9,13 +9,6 @@ from bar.heads import build_head
 from bar.sampling import cfg_scale_at, generate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_model(k=8, grid=(4, 4), p=1, num_classes=5):
     torch.manual_seed(0)
