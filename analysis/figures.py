@@ -21,6 +21,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from analysis.runs import column, numeric
+
 DISCRETE_HEADS = ("mbm", "softmax", "bitwise")
 HEAD_ORDER = ("mbm", "softmax", "bitwise", "diffusion")
 HEAD_LABEL = {"mbm": "MBM (BAR)", "softmax": "softmax", "bitwise": "per-bit", "diffusion": "diffusion"}
@@ -58,20 +60,6 @@ def _formats(formats) -> tuple[str, ...]:
     return out
 
 
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    """Column or an all-missing column of the frame's length."""
-    if name in df.columns:
-        return df[name]
-    return pd.Series([None] * len(df), index=df.index, dtype=object)
-
-
-def _num(df: pd.DataFrame, *names: str) -> pd.Series:
-    """First non-missing numeric value across the named columns, row by row (float, NaN where none)."""
-    out = pd.Series(np.nan, index=df.index, dtype=float)
-    for name in names:
-        if name in df.columns:
-            out = out.fillna(pd.to_numeric(df[name], errors="coerce").astype(float))
-    return out
 
 
 def _has(series: pd.Series) -> bool:
@@ -88,13 +76,13 @@ def _fmt(value) -> str:
 
 def _group_label(df: pd.DataFrame) -> pd.Series:
     """'sweep (profile)' per row: used as a style when one figure mixes several sweeps or profiles."""
-    sweep = _col(df, "sweep").where(_col(df, "sweep").notna(), _col(df, "experiment")).fillna("?").astype(str)
-    profile = _col(df, "profile").fillna("?").astype(str)
+    sweep = column(df, "sweep").where(column(df, "sweep").notna(), column(df, "experiment")).fillna("?").astype(str)
+    profile = column(df, "profile").fillna("?").astype(str)
     return sweep + " (" + profile + ")"
 
 
 def _head_label(df: pd.DataFrame) -> pd.Series:
-    return _col(df, "head.name").map(lambda h: HEAD_LABEL.get(h, str(h)) if h is not None and h == h else "?")
+    return column(df, "head.name").map(lambda h: HEAD_LABEL.get(h, str(h)) if h is not None and h == h else "?")
 
 
 def _ordered(values, order) -> list:
@@ -121,8 +109,8 @@ def _describe_missing(df: pd.DataFrame, need: list[str]) -> list[str]:
 
 
 def _profiles_text(df: pd.DataFrame) -> str:
-    profiles = sorted(set(_col(df, "profile").dropna().astype(str)))
-    sweeps = sorted(set(_col(df, "sweep").dropna().astype(str)))
+    profiles = sorted(set(column(df, "profile").dropna().astype(str)))
+    sweeps = sorted(set(column(df, "sweep").dropna().astype(str)))
     return (f"Sweeps: {', '.join(sweeps) or 'n/a'}; profiles: {', '.join(profiles) or 'n/a'}.")
 
 
@@ -218,17 +206,17 @@ def bits_vs_fid(df: pd.DataFrame, out_dir, formats=None, name: str = "bits_vs_fi
 
     For gFID the discrete series uses the MBM head where the frame names heads (the paper's BAR); the continuous series
     uses whatever head its runs used (the diffusion head)."""
-    kind = _col(df, "tokenizer.kind")
+    kind = column(df, "tokenizer.kind")
     sub = df[kind.isin(list(FAMILY))].copy()
     if sub.empty:
         return _skip(name, "no runs with tokenizer.kind fsq or ae")
-    sub["total_bits"] = _num(sub, "total_bits")
-    sub["series"] = _col(sub, "tokenizer.kind").map(FAMILY)
+    sub["total_bits"] = numeric(sub, "total_bits")
+    sub["series"] = column(sub, "tokenizer.kind").map(FAMILY)
     sub["group"] = _group_label(sub)
-    head = _col(sub, "head.name")
+    head = column(sub, "head.name")
     gfid_ok = (sub["tokenizer.kind"] != "fsq") | head.isna() | (head == "mbm")
-    sub["gfid_plotted"] = _num(sub, "gfid").where(gfid_ok)
-    sub["rfid_plotted"] = _num(sub, "rfid")
+    sub["gfid_plotted"] = numeric(sub, "gfid").where(gfid_ok)
+    sub["rfid_plotted"] = numeric(sub, "rfid")
     panels = [(m, label) for m, label in (("rfid_plotted", "rFID"), ("gfid_plotted", "gFID"))
               if _has(sub[m].where(sub["total_bits"].notna()))]
     if not panels:
@@ -254,8 +242,8 @@ def bits_vs_fid(df: pd.DataFrame, out_dir, formats=None, name: str = "bits_vs_fi
     eligible = sub[(sub["tokenizer.kind"] == "ae") | gfid_ok | sub["rfid_plotted"].notna()]
     missing = _describe_missing(_contributing(eligible, plotted), ["rfid", "gfid"])
     n = plotted.groupby("series")["run_id"].nunique()
-    caption = (f"Reconstruction (rFID) and generation (gFID) quality against the total number of bits in the latent "
-               f"(discrete: h*w*bits_per_token; continuous: h*w*16*channels). Points: "
+    caption = ("Reconstruction (rFID) and generation (gFID) quality against the total number of bits in the latent "
+               "(discrete: h*w*bits_per_token; continuous: h*w*16*channels). Points: "
                + ", ".join(f"{k} {v}" for k, v in n.items()) + ". "
                + ("gFID of the discrete series uses the MBM head. " if head.notna().any() else "")
                + _profiles_text(plotted)
@@ -269,13 +257,13 @@ def bits_vs_fid(df: pd.DataFrame, out_dir, formats=None, name: str = "bits_vs_fi
 # -------------------------------------------------------------------------------------------- 2. codebook scaling
 
 def _codebook_x(df: pd.DataFrame) -> pd.Series:
-    return _num(df, "codebook_log2", "bits_per_token", "tokenizer.bits")
+    return numeric(df, "codebook_log2", "bits_per_token", "tokenizer.bits")
 
 
 def codebook_scaling(df: pd.DataFrame, out_dir, formats=None, name: str = "codebook_scaling") -> FigureResult:
     """gFID (and gFID without CFG) vs log2 C, one line per head (mbm / softmax / bitwise). Infeasible points (cannot
     run, e.g. out of memory) are drawn as an x at the top of the axis and labelled, not dropped."""
-    sub = df[_col(df, "head.name").isin(list(DISCRETE_HEADS))].copy()
+    sub = df[column(df, "head.name").isin(list(DISCRETE_HEADS))].copy()
     if sub.empty:
         return _skip(name, "no runs with a discrete head (mbm, softmax, bitwise)")
     sub["codebook_log2"] = _codebook_x(sub)
@@ -349,12 +337,12 @@ def quality_vs_cost(df: pd.DataFrame, out_dir, formats=None, reported: pd.DataFr
     """gFID vs sampling throughput (img/s, log x), one colour per head and patch size. When `reported` (the paper's
     table, `tables.load_reported()`) is given, its points are overlaid in grey as a reference (other hardware)."""
     sub = df.copy()
-    sub["sample_img_per_s"] = _num(sub, "sample_img_per_s")
-    sub["gfid"] = _num(sub, "gfid")
+    sub["sample_img_per_s"] = numeric(sub, "sample_img_per_s")
+    sub["gfid"] = numeric(sub, "gfid")
     plotted = sub[sub["sample_img_per_s"].notna() & sub["gfid"].notna() & (sub["sample_img_per_s"] > 0)].copy()
     if plotted.empty:
         return _skip(name, "no run has both gfid and sample_img_per_s")
-    patch = _col(plotted, "model.patch_size")
+    patch = column(plotted, "model.patch_size")
     plotted["variant"] = _head_label(plotted) + patch.map(lambda p: "" if p is None or p != p else f", p={p}")
     plotted["group"] = _group_label(plotted)
     style = "group" if plotted["group"].nunique() > 1 else None
@@ -384,7 +372,7 @@ def quality_vs_cost(df: pd.DataFrame, out_dir, formats=None, reported: pd.DataFr
         return fig
 
     fig = _draw(draw)
-    considered = _contributing(sub[_col(sub, "head.name").notna()], plotted)
+    considered = _contributing(sub[column(sub, "head.name").notna()], plotted)
     missing = _describe_missing(considered, ["gfid", "sample_img_per_s"])
     caption = ("Generation quality (gFID) against sampling throughput (images per second, log scale), coloured by "
                f"head and token-group (patch) size: {', '.join(order)}. "
@@ -463,10 +451,10 @@ def training_curves(history: pd.DataFrame, out_dir, formats=None, sweep: str | N
 def head_memory(df: pd.DataFrame, out_dir, formats=None, name: str = "head_memory") -> FigureResult:
     """Memory vs bits per token, one colour per head: measured peak (peak_mem_gb, solid) and analytic estimate
     (mem_estimate_gb, dashed). Infeasible points usually only have the estimate."""
-    sub = df[_col(df, "head.name").isin(list(DISCRETE_HEADS))].copy()
+    sub = df[column(df, "head.name").isin(list(DISCRETE_HEADS))].copy()
     if sub.empty:
         return _skip(name, "no runs with a discrete head (mbm, softmax, bitwise)")
-    sub["bits_per_token"] = _num(sub, "bits_per_token", "codebook_log2", "tokenizer.bits")
+    sub["bits_per_token"] = numeric(sub, "bits_per_token", "codebook_log2", "tokenizer.bits")
     sub["head"] = _head_label(sub)
     quantities = [(c, label) for c, label in (("peak_mem_gb", "measured peak"), ("mem_estimate_gb", "estimate"))
                   if c in sub.columns]

@@ -21,6 +21,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -311,3 +312,20 @@ def latest_parent_run(sweep: str, tracking_uri: str | None = None) -> str | None
                               run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
                               order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
+
+
+# ------------------------------------------------------------------------------------------- frame helpers
+def column(df: pd.DataFrame, name: str) -> pd.Series:
+    """Column or an all-missing column of the frame's length."""
+    if name in df.columns:
+        return df[name]
+    return pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+def numeric(df: pd.DataFrame, *names: str) -> pd.Series:
+    """First non-missing numeric value across the named columns, row by row (float, NaN where none)."""
+    out = pd.Series(np.nan, index=df.index, dtype=float)
+    for name in names:
+        if name in df.columns:
+            out = out.fillna(pd.to_numeric(df[name], errors="coerce").astype(float))
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.runs import cast_value
+from analysis.runs import cast_value, column, numeric
 
 REPORTED_CSV = Path(__file__).resolve().parent / "reported_results.csv"
 # metric column -> (table header, decimals)
@@ -33,18 +33,6 @@ def load_reported(path=None) -> pd.DataFrame:
     return pd.read_csv(path or REPORTED_CSV, dtype={"match": str, "params": str, "model": str, "source": str})
 
 
-def _col(df: pd.DataFrame, name: str) -> pd.Series:
-    if name in df.columns:
-        return df[name]
-    return pd.Series([None] * len(df), index=df.index, dtype=object)
-
-
-def _num(df: pd.DataFrame, *names: str) -> pd.Series:
-    out = pd.Series(np.nan, index=df.index, dtype=float)
-    for name in names:
-        if name in df.columns:
-            out = out.fillna(pd.to_numeric(df[name], errors="coerce").astype(float))
-    return out
 
 
 def _same(a, b) -> bool:
@@ -63,13 +51,13 @@ def _matches(df: pd.DataFrame, spec) -> pd.Series:
     for part in spec.split(";"):
         key, _, value = part.partition("=")
         key, value = key.strip(), cast_value(value.strip())
-        mask &= _col(df, key).astype(object).map(lambda x, v=value: _same(x, v))
+        mask &= column(df, key).astype(object).map(lambda x, v=value: _same(x, v))
     return mask
 
 
 def _profile(df: pd.DataFrame) -> pd.Series:
-    prof = _col(df, "profile").astype(object)
-    prof = prof.where(prof.notna(), _col(df, "profile.name").astype(object))
+    prof = column(df, "profile").astype(object)
+    prof = prof.where(prof.notna(), column(df, "profile.name").astype(object))
     return prof.where(prof.notna(), "unknown").astype(str)
 
 
@@ -89,11 +77,11 @@ def main_results_table(df: pd.DataFrame, reported: pd.DataFrame | None = None) -
     grouped by (model.preset, head.name, model.patch_size, tokenizer), sweep and profile. Numeric metric columns (NaN = not available)."""
     reported = load_reported() if reported is None else reported
     df = df if df is not None else pd.DataFrame()
-    finished = df[_col(df, "status") == "finished"].copy() if not df.empty else df
+    finished = df[column(df, "status") == "finished"].copy() if not df.empty else df
     if not finished.empty:
         finished["_profile"] = _profile(finished)
-        sweep = _col(finished, "sweep").astype(object)
-        finished["_sweep"] = sweep.where(sweep.notna(), _col(finished, "experiment")).fillna("default").astype(str)
+        sweep = column(finished, "sweep").astype(object)
+        finished["_sweep"] = sweep.where(sweep.notna(), column(finished, "experiment")).fillna("default").astype(str)
     rows = []
     used = pd.Series(False, index=finished.index)
 
@@ -103,7 +91,7 @@ def main_results_table(df: pd.DataFrame, reported: pd.DataFrame | None = None) -
             row = {"section": section, "model": model, "params": params, "source": "measured", "sweep": sw,
                    "profile": prof, "n": int(len(grp))}
             for m in METRICS:
-                vals = _num(grp, m)
+                vals = numeric(grp, m)
                 row[m] = float(vals.mean()) if vals.notna().any() else np.nan
             out.append(row)
         return out
@@ -122,11 +110,11 @@ def main_results_table(df: pd.DataFrame, reported: pd.DataFrame | None = None) -
             rows += measured_rows(finished[mask], section, rep["model"], row["params"])
     rest = finished[~used] if not finished.empty else finished
     if not rest.empty:
-        preset = _col(rest, "model.preset").astype(object)
-        head = _col(rest, "head.name").astype(object)
-        patch = _col(rest, "model.patch_size").astype(object)
-        tok_kind = _col(rest, "tokenizer.kind").astype(object)
-        tok_size = _num(rest, "tokenizer.bits").fillna(_num(rest, "tokenizer.channels"))
+        preset = column(rest, "model.preset").astype(object)
+        head = column(rest, "head.name").astype(object)
+        patch = column(rest, "model.patch_size").astype(object)
+        tok_kind = column(rest, "tokenizer.kind").astype(object)
+        tok_size = numeric(rest, "tokenizer.bits").fillna(numeric(rest, "tokenizer.channels"))
 
         def label(i):
             parts = [str(preset[i]) if pd.notna(preset[i]) else "model?"]
@@ -273,7 +261,7 @@ CLAIMS = {
 
 def _curve(df: pd.DataFrame, x: pd.Series, y: pd.Series) -> pd.Series:
     """Mean y per x (sorted by x), over rows that are not infeasible and have both values."""
-    ok = x.notna() & y.notna() & (_col(df, "status") != "infeasible")
+    ok = x.notna() & y.notna() & (column(df, "status") != "infeasible")
     if not ok.any():
         return pd.Series(dtype=float)
     return y[ok].groupby(x[ok]).mean().sort_index()
@@ -295,14 +283,14 @@ def _curve_text(curve: pd.Series, xname: str = "", yname: str = "") -> str:
 
 
 def _families(df: pd.DataFrame, metric: str) -> dict[str, pd.Series]:
-    kind = _col(df, "tokenizer.kind")
-    head = _col(df, "head.name")
+    kind = column(df, "tokenizer.kind")
+    head = column(df, "head.name")
     curves = {}
     for fam, label in (("fsq", "discrete"), ("ae", "continuous")):
         sub = df[kind == fam]
         if fam == "fsq" and metric == "gfid":
-            sub = sub[_col(sub, "head.name").isna() | (_col(sub, "head.name") == "mbm")] if head.notna().any() else sub
-        curves[label] = _curve(sub, _num(sub, "total_bits"), _num(sub, metric))
+            sub = sub[column(sub, "head.name").isna() | (column(sub, "head.name") == "mbm")] if head.notna().any() else sub
+        curves[label] = _curve(sub, numeric(sub, "total_bits"), numeric(sub, metric))
     return curves
 
 
@@ -346,17 +334,17 @@ def _claim_matched(df: pd.DataFrame, tol: float) -> tuple[str, str]:
 
 
 def _claim_mbm(df: pd.DataFrame) -> tuple[str, str]:
-    sub = df[_col(df, "head.name").isin(list(DISCRETE_HEADS))]
+    sub = df[column(df, "head.name").isin(list(DISCRETE_HEADS))]
     if sub.empty:
         return "not measured", "no discrete-head runs"
-    x = _num(sub, "codebook_log2", "bits_per_token", "tokenizer.bits")
-    gfid = _num(sub, "gfid")
+    x = numeric(sub, "codebook_log2", "bits_per_token", "tokenizer.bits")
+    gfid = numeric(sub, "gfid")
     compared, lost, notes = [], [], []
     for size in sorted(x.dropna().unique()):
         at = sub[x == size]
-        heads = _col(at, "head.name")
+        heads = column(at, "head.name")
         g = gfid[x == size]
-        mbm = g[(heads == "mbm") & (_col(at, "status") != "infeasible")].dropna()
+        mbm = g[(heads == "mbm") & (column(at, "status") != "infeasible")].dropna()
         if mbm.empty:
             continue
         m = float(mbm.mean())
@@ -378,7 +366,7 @@ def _claim_mbm(df: pd.DataFrame) -> tuple[str, str]:
             compared.append(f"log2 C = {int(size)}: MBM {_fmt(m)} vs " + ", ".join(parts))
     if not compared:
         return "not measured", "no codebook size with MBM and a competing head both measured"
-    heads_seen = set(_col(sub, "head.name").dropna())
+    heads_seen = set(column(sub, "head.name").dropna())
     for other in ("softmax", "bitwise"):
         if other not in heads_seen:
             notes.append(f"{HEAD_LABEL[other]} head not measured")
@@ -389,15 +377,15 @@ def _claim_mbm(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def _claim_wall(df: pd.DataFrame) -> tuple[str, str]:
-    sub = df[_col(df, "head.name") == "softmax"]
+    sub = df[column(df, "head.name") == "softmax"]
     if sub.empty:
         return "not measured", "no softmax-head runs"
-    x = _num(sub, "codebook_log2", "bits_per_token", "tokenizer.bits")
-    err = _col(sub, "error").fillna("").astype(str).str.lower()
+    x = numeric(sub, "codebook_log2", "bits_per_token", "tokenizer.bits")
+    err = column(sub, "error").fillna("").astype(str).str.lower()
     oom = (sub["status"] == "failed") & err.str.contains("memory|oom")
     wall = (sub["status"] == "infeasible") | oom
     ran = x[sub["status"] == "finished"].dropna()
-    est = _num(sub, "mem_estimate_gb")
+    est = numeric(sub, "mem_estimate_gb")
     ran_text = f"ran up to log2 C = {int(ran.max())}" if not ran.empty else "no softmax run finished"
     if wall.any():
         walls = sorted(x[wall].dropna().unique())
@@ -410,17 +398,17 @@ def _claim_wall(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def _memory_curve(sub: pd.DataFrame) -> tuple[pd.Series, str]:
-    x = _num(sub, "bits_per_token", "codebook_log2", "tokenizer.bits")
+    x = numeric(sub, "bits_per_token", "codebook_log2", "tokenizer.bits")
     for col, what in (("peak_mem_gb", "measured peak"), ("mem_estimate_gb", "estimate")):
-        curve = _curve(sub, x, _num(sub, col)) if col != "mem_estimate_gb" else (
-            _num(sub, col).groupby(x).mean().dropna().sort_index() if col in sub.columns else pd.Series(dtype=float))
+        curve = _curve(sub, x, numeric(sub, col)) if col != "mem_estimate_gb" else (
+            numeric(sub, col).groupby(x).mean().dropna().sort_index() if col in sub.columns else pd.Series(dtype=float))
         if len(curve) >= 2:
             return curve, what
     return pd.Series(dtype=float), ""
 
 
 def _claim_flat(df: pd.DataFrame, flat_ratio: float) -> tuple[str, str]:
-    heads = _col(df, "head.name")
+    heads = column(df, "head.name")
     curve, what = _memory_curve(df[heads == "mbm"])
     if curve.empty:
         return "not measured", "no MBM memory (peak_mem_gb or mem_estimate_gb) at two or more bits per token"
@@ -434,9 +422,9 @@ def _claim_flat(df: pd.DataFrame, flat_ratio: float) -> tuple[str, str]:
 
 
 def _claim_patch(df: pd.DataFrame) -> tuple[str, str]:
-    patch = _num(df, "model.patch_size")
-    speed = _num(df, "sample_img_per_s")
-    heads = _col(df, "head.name").fillna("?")
+    patch = numeric(df, "model.patch_size")
+    speed = numeric(df, "sample_img_per_s")
+    heads = column(df, "head.name").fillna("?")
     lines, verdicts = [], []
     for head in sorted(heads.unique()):
         sel = heads == head
@@ -471,8 +459,8 @@ def evaluate_claims(df: pd.DataFrame, match_tol: float = 0.05, flat_ratio: float
     the measured bit range still called nearly flat."""
     if df is None or df.empty:
         return [Claim(k, s, "-", "-", "not measured", "no runs") for k, s in CLAIMS.items()]
-    sweep = _col(df, "sweep").astype(object)
-    sweep = sweep.where(sweep.notna(), _col(df, "experiment").astype(object)).fillna("default").astype(str)
+    sweep = column(df, "sweep").astype(object)
+    sweep = sweep.where(sweep.notna(), column(df, "experiment").astype(object)).fillna("default").astype(str)
     df = df.assign(_profile=_profile(df), _sweep=sweep)
     groups = sorted(df.groupby(["_sweep", "_profile"]).groups)
     out = []
@@ -506,11 +494,11 @@ def report_markdown(df: pd.DataFrame, figures=None, reported: pd.DataFrame | Non
     if df.empty:
         lines += ["No runs.", ""]
     else:
-        counts = df.assign(sweep=_col(df, "sweep").fillna(_col(df, "experiment")), profile_=_profile(df)) \
+        counts = df.assign(sweep=column(df, "sweep").fillna(column(df, "experiment")), profile_=_profile(df)) \
             .groupby(["sweep", "profile_", "status"]).size().rename("n").reset_index()
         lines += ["| sweep | profile | status | points |", "|---|---|---|---:|"]
         lines += [f"| {r.sweep} | {r.profile_} | {r.status} | {r.n} |" for r in counts.itertuples()]
-        end = pd.to_datetime(_col(df, "end_time"), utc=True).dropna()
+        end = pd.to_datetime(column(df, "end_time"), utc=True).dropna()
         if not end.empty:
             lines += ["", f"Latest run ended {end.max().strftime('%Y-%m-%d %H:%M')} UTC."]
         failed = df[df["status"] == "failed"].sort_values(["run_name", "run_id"])

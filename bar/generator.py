@@ -357,10 +357,8 @@ class BARGenerator(nn.Module):
         B, n = steps_BnK.shape[:2]
         L = orders_BL.shape[1]
         if start == 0:
-            first = 0
             end = P + n
         elif start >= P and cache is not None and cache.length == start:
-            first = start - P
             end = start + n
         else:
             raise ValueError(f"start {start} needs a cache filled up to it (prefix is {P})")

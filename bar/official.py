@@ -76,7 +76,7 @@ def map_official_key(key: str):
 def convert_official_state_dict(state_dict: dict, model) -> dict:
     """Release state dict -> ours (shapes adapted, RoPE tables checked). Raises UserError listing every problem."""
     cfg = model.cfg
-    P, n_rows = cfg.prefix, cfg.prefix + cfg.steps
+    n_rows = cfg.prefix + cfg.steps
     ours = model.state_dict()
     out, unknown, problems = {}, [], []
     for key, value in state_dict.items():

@@ -33,7 +33,7 @@ def generate(model, labels_B: torch.Tensor, cfg_scale: float = 1.0, temperature:
         raise UserError(f"labels must lie in [0, {model.null_class}] ({model.null_class} = null class)")
     device = next(model.parameters()).device
     labels_B = labels_B.to(device)
-    B, L, K = labels_B.shape[0], model.cfg.steps, model.cfg.step_dim
+    L, K = model.cfg.steps, model.cfg.step_dim
     use_cfg = cfg_scale != 1.0
     labels = torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if use_cfg else labels_B
     orders = torch.arange(L, device=device).expand(labels.shape[0], L)

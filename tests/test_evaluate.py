@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch_fidelity
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bar import UserError
