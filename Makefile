@@ -43,3 +43,15 @@ bench: install
 
 clean:
 	rm -rf outputs multirun
+
+.PHONY: slurm-up mlflow-server
+# A single-node SLURM on this machine (root; Debian packages): what the `slurm` tests run against.
+slurm-up:
+	bash .ci/slurm_up.sh
+
+# MLflow tracking server for many jobs (tracking=server): sqlite on local disk, artifacts under outputs/.
+# HOST=0.0.0.0 to serve a cluster; PORT to move it.
+HOST ?= 127.0.0.1
+PORT ?= 5000
+mlflow-server: install
+	$(PY) -m bar.tracking serve --host $(HOST) --port $(PORT)

@@ -19,7 +19,7 @@ CONF_DIR = PROJECT_ROOT / "bar" / "conf"
 
 # Config keys that never change a result: excluded from signatures.
 NON_RESULT_KEYS = ("tracking", "paths", "launcher", "force", "dry_run", "experiment", "num_workers", "hydra",
-                   "point_label")
+                   "point_label", "num_threads")
 
 
 def available_sweeps() -> list[str]:

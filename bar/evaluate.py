@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from bar import UserError
-from bar.cache import get_or_build
+from bar.cache import file_lock, get_or_build
 from bar.config import signature
 from bar.train import infinite_batches, train
 
@@ -151,11 +151,25 @@ class Evaluator:
     def compare(self, images: Dataset, reference: Dataset, reference_name: str, *, isc: bool = False,
                 prc: bool = False) -> dict[str, float]:
         """FID (and optionally IS, precision/recall) of `images` against `reference` (both uint8 CHW datasets)."""
-        raw = torch_fidelity.calculate_metrics(
-            input1=self._wrap(images), input2=self._wrap(reference), fid=True, isc=isc, prc=prc,
-            feature_extractor=self.extractor, feature_extractor_weights_path=self.weights, cuda=self.cuda,
-            batch_size=self.cfg.eval.batch_size, save_cpu_ram=True, verbose=False, cache=True,
-            cache_root=str(self.cache_root), input2_cache_name=f"{self.data_sig}-{reference_name}-{self.extractor_sig}")
+        cache_name = f"{self.data_sig}-{reference_name}-{self.extractor_sig}"
+
+        def calculate():
+            return torch_fidelity.calculate_metrics(
+                input1=self._wrap(images), input2=self._wrap(reference), fid=True, isc=isc, prc=prc,
+                feature_extractor=self.extractor, feature_extractor_weights_path=self.weights, cuda=self.cuda,
+                batch_size=self.cfg.eval.batch_size, save_cpu_ram=True, verbose=False, cache=True,
+                cache_root=str(self.cache_root), input2_cache_name=cache_name)
+
+        # torch-fidelity writes the reference's cached features/statistics non-atomically: the first job to need an
+        # entry computes it under a file lock (the others wait, then read it); once the `.done` marker exists,
+        # nobody locks.
+        done = self.cache_root / f".{cache_name}-{'f'}{'i' if isc else ''}{'p' if prc else ''}.done"
+        if done.is_file():
+            raw = calculate()
+        else:
+            with file_lock(self.cache_root / f".{cache_name}.lock"):
+                raw = calculate()
+                done.touch()
         out = {"fid": raw["frechet_inception_distance"]}
         if isc:
             out["inception_score"] = raw["inception_score_mean"]

@@ -101,8 +101,13 @@ def check_generator_config(cfg: DictConfig) -> None:
 
 # ----------------------------------------------------------------------------------------------------- training
 def train_generator(cfg: DictConfig, model, tokens: torch.Tensor, labels: torch.Tensor, st: GeneratorSettings,
-                    device: torch.device) -> TrainResult:
-    torch.manual_seed(cfg.seed)
+                    device: torch.device, checkpoint_dir: str | Path | None = None, on_checkpoint=None) -> TrainResult:
+    """Data-parallel over the ranks of torch.distributed when there are several (each rank trains on its shard of
+    every global batch, gradients averaged); resumes from `checkpoint_dir` and checkpoints into it."""
+    from bar import distributed
+
+    world, rank = distributed.world_size(), distributed.rank()
+    torch.manual_seed(cfg.seed + rank)     # per-rank random streams (masks, orders); rank 0 = the 1-process run
     model.to(device)
     step_model = torch.compile(model) if cfg.model.compile and hasattr(torch, "compile") else model
     bf16 = torch.bfloat16 if device.type == "cuda" and cfg.generator.train.bf16 else None
@@ -111,9 +116,24 @@ def train_generator(cfg: DictConfig, model, tokens: torch.Tensor, labels: torch.
         x, y = batch
         return step_model.training_loss(x.to(device, non_blocking=True), y.to(device), step)
 
-    return train(model, loss_fn, infinite_batches((tokens, labels), st.batch_size, cfg.seed), steps=st.steps,
-                 lr=st.lr, min_lr=st.end_lr, warmup=st.warmup, weight_decay=st.weight_decay, betas=st.betas,
-                 grad_clip=st.grad_clip, autocast_dtype=bf16, device_type=device.type, log_every=10)
+    launcher = cfg.get("launcher") or {}
+    return train(model, loss_fn, infinite_batches((tokens, labels), st.batch_size, cfg.seed, rank, world),
+                 steps=st.steps, lr=st.lr, min_lr=st.end_lr, warmup=st.warmup, weight_decay=st.weight_decay,
+                 betas=st.betas, grad_clip=st.grad_clip, autocast_dtype=bf16, device_type=device.type, log_every=10,
+                 checkpoint_dir=checkpoint_dir, checkpoint_every=int(launcher.get("checkpoint_every", 0) or 0),
+                 keep_checkpoints=int(launcher.get("keep_checkpoints", 2) or 2), distributed=world > 1,
+                 on_checkpoint=on_checkpoint)
+
+
+def weights_fingerprint(model) -> str:
+    """Short hash of the parameters' bytes: equal on every rank when data-parallel training kept them in sync."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------- sampling
@@ -125,20 +145,29 @@ def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def sample_images(model, tokenizer: Tokenizer, labels: torch.Tensor, st: GeneratorSettings, batch_size: int,
                   cfg_scale: float, seed: int, kv_cache: bool, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Generated uint8 images for `labels` and the throughput in images per second (tokens + decoding)."""
+    """Generated uint8 images for `labels` and the throughput in images per second (tokens + decoding).
+    With several ranks each generates every world_size-th label (seed + rank) and all get the gathered images."""
+    from bar import distributed
+
     model.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
+    world = distributed.world_size()
+    mine = labels[distributed.shard_indices(len(labels))] if world > 1 else labels
+    generator = torch.Generator(device=device).manual_seed(seed + distributed.rank())
     schedule = {"allocation": st.allocation} if st.allocation is not None else {}
     images = []
     start = time.perf_counter()
-    for i in range(0, len(labels), batch_size):
-        tokens = generate(model, labels[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=st.temperature,
+    for i in range(0, len(mine), batch_size):
+        tokens = generate(model, mine[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=st.temperature,
                           kv_cache=kv_cache, generator=generator, **schedule)
         images.append(float_to_images(tokenizer.decode(tokens)).cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return torch.cat(images), len(labels) / seconds if seconds else math.nan
+    out = torch.cat(images) if images else torch.empty(0)
+    if world > 1:
+        out = distributed.gather_shards(out, len(labels))
+        seconds = max(distributed.all_gather_objects(seconds))
+    return out, len(labels) / seconds if seconds else math.nan
 
 
 def memory_estimate_gb(cfg: DictConfig, meta_model, st: GeneratorSettings, device: torch.device) -> float:
@@ -163,33 +192,49 @@ def run_generator(cfg: DictConfig, tokenizer: Tokenizer, train_set, evaluator, d
         run.log_metrics(metrics)
         return metrics
 
+    from bar import distributed
+    from bar.checkpoint import point_folder
+
     tokens, labels = obtain_codes(cfg, tokenizer, train_set, device)
+    torch.manual_seed(cfg.seed)   # the same initial weights whether or not the tokenizer was just trained
     model = make_generator(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = train_generator(cfg, model, tokens, labels, st, device)
-    run.log_history("train_loss", result.history)
+    main = distributed.is_main()
+    result = train_generator(cfg, model, tokens, labels, st, device, checkpoint_dir=point_folder(cfg) / "generator",
+                             on_checkpoint=lambda r: run.append_history("train_loss", r.history))
+    run.append_history("train_loss", result.history)
     metrics.update(train_img_per_s=result.samples_per_s, train_loss=result.history[-1][1])
+    if result.start_step:
+        run.set_tags({"resumed_from_step": str(result.start_step)})
+    if distributed.world_size() > 1:
+        prints = distributed.all_gather_objects(weights_fingerprint(model))
+        run.set_tags({"weights_by_rank": ",".join(prints), "ranks_in_sync": str(len(set(prints)) == 1)})
     if device.type == "cuda":
         metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     ckpt_dir = Path(cfg.paths.outputs) / "checkpoints" / run.run_id
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
-               ckpt_dir / "generator.pt")
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
+                   ckpt_dir / "generator.pt")
     run.log_params({"generator.checkpoint": str(ckpt_dir / "generator.pt")})
 
     scfg = cfg.generator.sample
     sample_labels = balanced_labels(scfg.num_samples, cfg.data.num_classes)
     images, metrics["sample_img_per_s"] = sample_images(model, tokenizer, sample_labels, st, scfg.batch_size,
                                                         st.cfg_scale, scfg.seed, scfg.kv_cache, device)
+    plain = None
+    if scfg.nocfg and st.cfg_scale != 1.0:   # every rank samples its shard; rank 0 evaluates
+        plain, _ = sample_images(model, tokenizer, sample_labels, st, scfg.batch_size, 1.0, scfg.seed,
+                                 scfg.kv_cache, device)
+    if not main:
+        return metrics
     generated = TensorImages(images, sample_labels, cfg.data.num_classes)
     reference = train_set
     scores = evaluator.compare(images_only(generated), images_only(reference), "train", isc=True, prc=True)
     metrics.update(gfid=scores["fid"], inception_score=scores["inception_score"], precision=scores["precision"],
                    recall=scores["recall"])
-    if scfg.nocfg and st.cfg_scale != 1.0:
-        plain, _ = sample_images(model, tokenizer, sample_labels, st, scfg.batch_size, 1.0, scfg.seed,
-                                 scfg.kv_cache, device)
+    if plain is not None:
         metrics["gfid_nocfg"] = evaluator.compare(images_only(TensorImages(plain, sample_labels, cfg.data.num_classes)),
                                                   images_only(reference), "train")["fid"]
     run.log_metrics(metrics)

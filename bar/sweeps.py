@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bar import UserError
-from bar.config import point_name, validate_config
+from bar.config import point_name, point_signature, validate_config
 from bar import tracking
 
 log = logging.getLogger("bar")
@@ -57,20 +58,36 @@ def run_sweep(sweeper, arguments: Sequence[str]):
         except UserError as err:
             _fail(f"sweep point [{' '.join(point)}]: {err}")
         configs.append(point_cfg)
+    uri = cfg.tracking.uri
+    varying = _varying_keys(grids, dict(sweeper.params or {}))
+    signatures = [_job_signature(c) for c in configs]
+    done = {} if cfg.force else _done_points(uri, cfg.experiment, cfg.dry_run)
     if cfg.dry_run:
-        print(f"sweep {cfg.experiment}: {len(points)} points (dry run, nothing submitted)")
-        for point_cfg, point in zip(configs, points):
-            print(f"  {point_label(point_cfg, point, _varying_keys(grids, dict(sweeper.params or {}))):<36} "
-                  f"{' '.join(point)}")
+        hours = [0.0 if sig in done else estimate_gpu_hours(c) for c, sig in zip(configs, signatures)]
+        print(f"sweep {cfg.experiment}: {len(points)} points, {sum(s in done for s in signatures)} already done, "
+              f"~{sum(hours):.3g} GPU-hours to run (estimate; launcher: {_launcher_name(cfg)}; dry run, nothing "
+              "submitted)")
+        for point_cfg, point, sig, h in zip(configs, points, signatures, hours):
+            state = f"done ({done[sig]['status']})" if sig in done else f"~{h:.2g} GPU-h"
+            print(f"  {point_label(point_cfg, point, varying):<36} {sig}  {state:<18} {' '.join(point)}")
         return []
 
-    uri = cfg.tracking.uri
+    todo = [i for i, sig in enumerate(signatures) if sig not in done]
+    skipped = len(points) - len(todo)
+    if skipped:
+        print(f"sweep {cfg.experiment}: {skipped} of {len(points)} points already done, skipped "
+              "(force=true re-runs them)", file=sys.stderr)
+    counts = {"finished": 0, "infeasible": 0, "failed": 0}
+    if not todo:
+        print(f"sweep {cfg.experiment}: 0 finished, 0 infeasible, 0 failed, {skipped} already done: nothing to run "
+              f"(MLflow: {uri})", file=sys.stderr)
+        return []
+    points, configs = [points[i] for i in todo], [configs[i] for i in todo]
     parent = tracking.start_parent_run(uri, cfg.experiment, cfg.profile.name, len(points))
-    varying = _varying_keys(grids, dict(sweeper.params or {}))
     points = [list(p) + [f"tracking.parent_run_id={parent}", f"point_label='{point_label(c, p, varying)}'"]
               for p, c in zip(points, configs)]
     batch_size = sweeper.max_batch_size or len(points)
-    returns, counts, job_idx = [], {"finished": 0, "infeasible": 0, "failed": 0}, 0
+    returns, job_idx = [], 0
     try:
         for start in range(0, len(points), batch_size):
             batch = points[start:start + batch_size]
@@ -86,8 +103,9 @@ def run_sweep(sweeper, arguments: Sequence[str]):
             returns.append(results)
     finally:
         tracking.end_parent_run(uri, parent, counts)
+    skipped += counts.pop("skipped", 0)
     summary = (f"sweep {cfg.experiment}: {counts['finished']} finished, {counts['infeasible']} infeasible, "
-               f"{counts['failed']} failed (MLflow: {uri})")
+               f"{counts['failed']} failed" + (f", {skipped} already done" if skipped else "") + f" (MLflow: {uri})")
     print(summary, file=sys.stderr)
     if counts["failed"]:
         raise SystemExit(1)
@@ -113,6 +131,63 @@ def point_label(point_cfg: DictConfig, overrides: Sequence[str], varying: set[st
         if key in varying:
             extra.append(f"{key.rsplit('.', 1)[-1]}={value.replace(chr(39), '')}")
     return "-".join([point_name(point_cfg), *extra])
+
+
+def _job_signature(point_cfg: DictConfig) -> str:
+    """The signature the job will compute: of the config without its `hydra` node (as Hydra hands it to the task)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task_cfg = copy.deepcopy(point_cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        task_cfg.pop("hydra", None)
+    return point_signature(task_cfg)
+
+
+def _done_points(uri: str, experiment: str, dry_run: bool) -> dict:
+    """Signatures of the points already finished in this experiment. A dry run never creates the store."""
+    if dry_run and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return {}
+    return tracking.done_points(uri, experiment)
+
+
+def _launcher_name(cfg: DictConfig) -> str:
+    launcher = cfg.get("launcher") or {}
+    return str(launcher.get("name", "local"))
+
+
+def estimate_gpu_hours(cfg: DictConfig) -> float:
+    """Rough accelerator-hours of one point: training FLOPs ~ 6 * params * tokens per sample * samples seen, sampling
+    ~ 2 * params * tokens per image * images (x2 with CFG), at `launcher.gpu_tflops` effective TFLOP/s (bf16, a
+    realistic utilisation). Tokenizer training is counted the same way on its latent grid."""
+    import torch
+
+    from bar.tokenizer import Tokenizer, latent_shape
+
+    launcher = cfg.get("launcher") or {}
+    flops_per_s = float(launcher.get("gpu_tflops", 400)) * 1e12
+    _, grid, _ = latent_shape(cfg.tokenizer, cfg.data.resolution)
+    tokens = grid * grid
+    flops = 0.0
+    with torch.device("meta"):
+        tok_params = sum(p.numel() for p in Tokenizer(cfg.tokenizer, cfg.data.in_channels,
+                                                      cfg.data.resolution).parameters())
+        tcfg = cfg.tokenizer.train
+        # convolutions/attention touch every pixel, not only every token: scale by pixels per token
+        flops += 6 * tok_params * (cfg.data.resolution ** 2) * tcfg.steps * tcfg.batch_size / max(1, tokens)
+        if cfg.stage in ("all", "sample"):
+            from bar.generator_stage import make_generator, settings
+
+            model = make_generator(cfg)
+            st = settings(cfg, model)
+            params = sum(p.numel() for p in model.parameters())
+            if cfg.stage == "all":
+                flops += 6 * params * tokens * st.steps * st.batch_size
+            passes = 2 if (st.cfg_scale or 1.0) != 1.0 else 1
+            n = cfg.generator.sample.num_samples * (2 if cfg.generator.sample.nocfg else 1)
+            flops += 2 * params * tokens * n * passes
+    return flops / flops_per_s / 3600
 
 
 def _fail(message: str):

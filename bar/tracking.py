@@ -30,13 +30,94 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{outputs}/mlflow.db"
 
 
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs",
+                       "fuse.glusterfs", "glusterfs", "9p", "afs", "panfs", "wekafs", "fuse.s3fs", "fuse.gcsfuse"}
+_warned: set[str] = set()
+
+
+def filesystem_type(path: str | Path) -> str:
+    """The type of the filesystem holding `path` (longest matching mount point in /proc/mounts), '' if unknown."""
+    target = Path(path).resolve()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    best, kind = "", ""
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mount = fields[1].replace("\\040", " ")
+            if (str(target) == mount or str(target).startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                best, kind = mount, fields[2]
+    except OSError:
+        return ""
+    return kind
+
+
+def warn_if_network_sqlite(uri: str) -> bool:
+    """sqlite locking is unreliable on network filesystems: warn (once per file) and suggest tracking=server."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = uri[len("sqlite:///"):]
+    kind = filesystem_type(path)
+    if kind in NETWORK_FILESYSTEMS or kind.startswith("nfs"):
+        if path not in _warned:
+            _warned.add(path)
+            print(f"warning: the MLflow sqlite store {path} is on a network filesystem ({kind}); many jobs writing "
+                  "to it can corrupt or lock it. Start `python -m bar.tracking serve` on one machine and use "
+                  "tracking=server", file=sys.stderr)
+        return True
+    return False
+
+
 def client_for(uri: str):
     """An MlflowClient for `uri`; an sqlite store's folder is created first."""
     from mlflow.tracking import MlflowClient
 
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        warn_if_network_sqlite(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+DONE_STATUSES = ("finished", "infeasible")
+
+
+def done_points(uri: str, experiment: str, signature: str | None = None) -> dict[str, dict]:
+    """{signature: {"run_id", "status", "metric"}} of the points of `experiment` that ended finished or infeasible
+    (only those with `signature` when given)."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    out, token = {}, None
+    while True:
+        query = "tags.role = 'point' and attributes.status = 'FINISHED'"
+        if signature:
+            query += f" and tags.signature = '{signature}'"
+        page = client.search_runs([exp.experiment_id], query,
+                                  max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if tags.get("status") in DONE_STATUSES and tags.get("signature"):
+                metrics = run.data.metrics
+                out.setdefault(tags["signature"], {
+                    "run_id": run.info.run_id, "status": tags["status"], "name": run.info.run_name,
+                    "metric": metrics.get("gfid", metrics.get("rfid", math.nan))})
+        token = page.token
+        if not token:
+            return out
+
+
+def run_state(uri: str, run_id: str) -> tuple[str, str] | None:
+    """(MLflow status, `status` tag) of a run, None if it does not exist (or was deleted)."""
+    try:
+        run = client_for(uri).get_run(run_id)
+    except Exception:
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    return run.info.status, run.data.tags.get("status", "")
 
 
 def experiment_id(client, name: str, uri: str) -> str:
@@ -77,7 +158,8 @@ class PointRun:
     """The MLflow run of one sweep point. As a context manager it ends the run FINISHED, or FAILED with the error
     as a tag when the body raises (the exception still propagates)."""
 
-    def __init__(self, uri: str, experiment: str, name: str, tags: dict[str, str], parent_run_id: str | None = None):
+    def __init__(self, uri: str, experiment: str, name: str, tags: dict[str, str], parent_run_id: str | None = None,
+                 resume_run_id: str | None = None):
         self.uri = uri
         self.client = client_for(uri)
         all_tags = {"role": "point", "point": name, "status": "running", "git_sha": git_sha(), **tags}
@@ -85,8 +167,24 @@ class PointRun:
             all_tags["mlflow.parentRunId"] = parent_run_id
         if os.environ.get("SLURM_JOB_ID"):
             all_tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-        self.run_id = self.client.create_run(experiment_id(self.client, experiment, uri), run_name=name,
-                                             tags=all_tags).info.run_id
+        self._logged_steps: dict[str, int] = {}   # metric -> last logged step (resumed runs)
+        self._logged_keys: set[str] = set()
+        self.resumed = False
+        if resume_run_id:  # the same point again after a requeue or a relaunch: continue its run
+            run = self.client.get_run(resume_run_id)
+            self.run_id, self.resumed = resume_run_id, True
+            self._logged_keys = {k for k in run.data.metrics   # metrics it already has at step 0
+                                 if any(m.step == 0 for m in self.client.get_metric_history(self.run_id, k))}
+            all_tags.pop("mlflow.parentRunId", None)     # it stays under the launch that started it
+            all_tags["resumes"] = str(int(run.data.tags.get("resumes", "0")) + 1)
+            self.client.update_run(self.run_id, status="RUNNING")
+            for key in ("error",):
+                if key in run.data.tags:
+                    self.client.delete_tag(self.run_id, key)
+            self.set_tags(all_tags)
+        else:
+            self.run_id = self.client.create_run(experiment_id(self.client, experiment, uri), run_name=name,
+                                                 tags=all_tags).info.run_id
         self.status = "finished"
 
     # -- logging
@@ -98,15 +196,25 @@ class PointRun:
             self.client.log_batch(self.run_id, params=items[i:i + PARAM_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Metrics at `step`; in a resumed run, step-0 metrics it already has are not logged twice."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+                 and not (self.resumed and step == 0 and k in self._logged_keys)]
+        self._logged_keys |= {m.key for m in items}
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_history(self, name: str, history: list[tuple[int, float]]) -> None:
-        """A metric's whole history in batched requests (per-step requests are slow with many writers)."""
+        """A metric's whole history in batched requests (per-step requests are slow with many writers). In a resumed
+        run, steps it already has are not logged again."""
+        if self.resumed:
+            self.append_history(name, history)
+            return
+        self._write_history(name, history)
+
+    def _write_history(self, name: str, history: list[tuple[int, float]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -114,9 +222,24 @@ class PointRun:
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
+    def append_history(self, name: str, history: list[tuple[int, float]]) -> None:
+        """Log only the steps of `history` after the last one this run already has: flushing the history at every
+        checkpoint, and again after a resume, leaves it without gaps or duplicated steps."""
+        if name not in self._logged_steps:
+            logged = self.client.get_metric_history(self.run_id, name)
+            self._logged_steps[name] = max((m.step for m in logged), default=-1)
+        last = self._logged_steps[name]
+        new = [(s, v) for s, v in history if int(s) > last]
+        if new:
+            self._write_history(name, new)
+            self._logged_steps[name] = max(int(s) for s, _ in new)
+
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i:i + PARAM_BATCH])
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
@@ -130,6 +253,12 @@ class PointRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        from bar.checkpoint import stop_requested
+
+        if exc is not None and isinstance(exc, (SystemExit, KeyboardInterrupt)) and stop_requested():
+            # stopped by SLURM (timeout, preemption, requeue): the run stays RUNNING and the next attempt resumes it
+            self.client.set_tag(self.run_id, "stopped_by_signal", str(stop_requested()))
+            return False
         if exc is None:
             self.client.set_tag(self.run_id, "status", self.status)
             self.client.set_terminated(self.run_id, "FINISHED")
@@ -140,14 +269,96 @@ class PointRun:
         return False
 
 
+class NullRun:
+    """What ranks other than 0 log through: nothing. Same interface as PointRun; `run_id` is rank 0's."""
+
+    resumed = False
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.status = "finished"
+
+    def log_params(self, params) -> None: ...
+    def log_metrics(self, metrics, step: int = 0) -> None: ...
+    def log_history(self, name, history) -> None: ...
+    def append_history(self, name, history) -> None: ...
+    def set_tags(self, tags) -> None: ...
+    def log_artifact(self, path, folder=None) -> None: ...
+
+    def mark(self, status: str) -> None:
+        self.status = status
+
+
+def default_server_backend() -> Path:
+    """The server's sqlite file: on local disk (not the shared outputs folder), one per user."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "bar" / "mlflow-server.db"
+
+
+def serve_command(host: str, port: str | int, backend: str | Path, artifacts: str | Path,
+                  workers: int = 2) -> list[str]:
+    backend, artifacts = Path(backend).resolve(), Path(artifacts).resolve()
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{backend}",
+            "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--host", str(host),
+            "--port", str(port), "--workers", str(workers)]
+
+
+def _supervise(cmd: list[str]) -> int:
+    """Run the server in its own process group and take the whole group down when this process is stopped
+    (SIGTERM, SIGINT): mlflow server starts uvicorn workers and job runners that outlive a plain kill."""
+    import signal
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if True:   # children may outlive the server process itself
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(wait)
+                    time.sleep(0.5)
+                except subprocess.TimeoutExpired:
+                    continue
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bar.tracking ui` opens the MLflow UI on the default store."""
+    """`python -m bar.tracking ui` opens the MLflow UI on the default store; `serve` starts the tracking server that
+    `tracking=server` points jobs at."""
     parser = argparse.ArgumentParser(prog="python -m bar.tracking")
     sub = parser.add_subparsers(dest="command", required=True)
     ui = sub.add_parser("ui", help="mlflow ui on the default store (or MLFLOW_TRACKING_URI)")
     ui.add_argument("--port", default="5000")
     ui.add_argument("--host", default="127.0.0.1")
+    serve = sub.add_parser("serve", help="mlflow server for many jobs: sqlite on local disk, artifacts on shared "
+                                         "storage; use tracking=server tracking.host=... in the jobs")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 for a cluster)")
+    serve.add_argument("--port", default="5000")
+    serve.add_argument("--backend", default=str(default_server_backend()), help="sqlite file, on local disk")
+    outputs = Path(os.environ.get("BAR_OUTPUTS", PROJECT_ROOT / "outputs")).resolve()
+    serve.add_argument("--artifacts", default=str(outputs / "mlartifacts"), help="artifact folder (shared storage)")
+    serve.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        backend = Path(args.backend).expanduser()
+        backend.parent.mkdir(parents=True, exist_ok=True)
+        Path(args.artifacts).expanduser().mkdir(parents=True, exist_ok=True)
+        warn_if_network_sqlite(f"sqlite:///{backend.resolve()}")
+        print(f"MLflow server at http://{args.host}:{args.port} (store sqlite:///{backend.resolve()}, artifacts "
+              f"{Path(args.artifacts).resolve()}); jobs: tracking=server tracking.host={args.host} "
+              f"tracking.port={args.port}", file=sys.stderr)
+        cmd = serve_command(args.host, args.port, backend, Path(args.artifacts).expanduser(), args.workers)
+        return _supervise(cmd)
     uri = default_uri()
     client_for(uri)
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", file=sys.stderr)

@@ -1,0 +1,154 @@
+"""Checkpoints: atomic writes with a checksum, corrupt-last fallback, exact resume of the training loop, and a killed
+point that continues its own MLflow run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bar.checkpoint import (CheckpointDir, CorruptCheckpoint, clear_stop, load_verified, request_stop, save_atomic)
+from bar.train import infinite_batches, train
+
+from conftest import ROOT, child_runs
+
+
+def _problem(seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(96, 6)
+    y = (x @ torch.randn(6, 1)).squeeze(1) + 0.1 * torch.randn(96)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
+
+    def loss_fn(batch, step):
+        xb, yb = batch
+        return (model(xb).squeeze(1) - yb).pow(2).mean()   # dropout: uses the global RNG, which must be restored
+
+    return model, loss_fn, (x, y)
+
+
+def _run(tmp_path, steps=30, stop_at=None, ckpt=True, every=7):
+    model, loss_fn, data = _problem()
+    seen = []
+
+    def loss_and_stop(batch, step):
+        if stop_at is not None and step == stop_at:
+            request_stop(signal.SIGTERM)
+        seen.append(step)
+        return loss_fn(batch, step)
+
+    try:
+        result = train(model, loss_and_stop, infinite_batches(data, 16, seed=3), steps=steps, lr=1e-2, warmup=3,
+                       log_every=5, checkpoint_dir=tmp_path / "ckpt" if ckpt else None, checkpoint_every=every)
+    finally:
+        clear_stop()
+    return model, result, seen
+
+
+def test_atomic_save_roundtrip_and_checksum(tmp_path):
+    path = save_atomic({"a": torch.arange(5)}, tmp_path / "x.pt")
+    assert torch.equal(load_verified(path)["a"], torch.arange(5))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp file left behind
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpoint):
+        load_verified(path)
+    path.write_bytes(path.read_bytes()[:40])   # truncated
+    with pytest.raises(CorruptCheckpoint):
+        load_verified(path)
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path):
+    ckpts = CheckpointDir(tmp_path, keep=2)
+    for step in (10, 20, 30):
+        ckpts.save({"step": step}, step)
+    assert ckpts.steps() == [20, 30]          # only the newest `keep`
+    ckpts.path(30).write_bytes(ckpts.path(30).read_bytes()[:-10])
+    assert ckpts.load_latest()["step"] == 20
+    assert ckpts.steps() == [20]              # the corrupt one is set aside
+
+
+def test_stopped_and_resumed_training_equals_uninterrupted(tmp_path):
+    reference, ref_result, _ = _run(tmp_path / "ref", ckpt=False)
+    with pytest.raises(SystemExit):           # a stop request: checkpoint at the end of step 12, then exit
+        _run(tmp_path / "run", stop_at=12)
+    assert CheckpointDir(tmp_path / "run" / "ckpt").steps()[-1] == 13
+    resumed, result, seen = _run(tmp_path / "run")
+    assert seen[0] == 13 and result.start_step == 13
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert result.history == ref_result.history            # no gaps, no duplicated steps
+    assert [s for s, _ in result.history] == [5, 10, 15, 20, 25, 30]
+
+
+def test_resume_after_hard_kill_uses_last_periodic_checkpoint(tmp_path):
+    reference, _, _ = _run(tmp_path / "ref", ckpt=False)
+    _run(tmp_path / "run", steps=30)                      # leaves checkpoints 28 and 30 (final)
+    ckpts = CheckpointDir(tmp_path / "run" / "ckpt")
+    ckpts.path(30).unlink()                               # as if killed after step 28's checkpoint
+    resumed, result, seen = _run(tmp_path / "run")
+    assert result.start_step == 28 and seen == [28, 29]
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_batch_stream_matches_old_order_and_resumes():
+    x, y = torch.arange(10).float(), torch.arange(10)
+    a = infinite_batches((x, y), 4, seed=1)
+    first = [next(a)[1].tolist() for _ in range(5)]
+    b = infinite_batches((x, y), 4, seed=1)
+    next(b), next(b)
+    state = b.state_dict()
+    c = infinite_batches((x, y), 4, seed=99)
+    c.load_state_dict(state)
+    assert [next(c)[1].tolist() for _ in range(3)] == first[2:]
+    gen = torch.Generator().manual_seed(1)                 # the previous generator-function order
+    assert first[0] == torch.randperm(10, generator=gen)[:4].tolist()
+
+
+def _cli(args, outputs):
+    env = {**os.environ, "BAR_OUTPUTS": str(outputs), "MLFLOW_TRACKING_URI": f"sqlite:///{outputs}/mlflow.db",
+           "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_point_resumes_its_own_run(tmp_path):
+    """SIGKILL mid-training (no chance to clean up), run again: one MLflow run, history without gaps or duplicates,
+    the same final weights as an uninterrupted run."""
+    args = ["profile=smoke", "generator.train.steps=60", "launcher.checkpoint_every=10", "generator.sample.nocfg=false",
+            "generator.sample.num_samples=20"]
+    proc = _cli(args + ["experiment=killed"], tmp_path)
+    ckpt_root = tmp_path / "points" / "killed"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if list(ckpt_root.glob("*/generator/ckpt-*.pt")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, points, _ = child_runs(tmp_path, "killed")
+    assert len(points) == 1 and points[0].data.tags["status"] == "running"
+    again = _cli(args + ["experiment=killed"], tmp_path)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out[-3000:]
+    reference = _cli(args + ["experiment=reference"], tmp_path)
+    out = reference.communicate(timeout=300)[0]
+    assert reference.returncode == 0, out[-3000:]
+
+    client, points, _ = child_runs(tmp_path, "killed")
+    assert len(points) == 1
+    run = points[0]
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+    assert run.data.tags["resumes"] == "1" and int(run.data.tags["resumed_from_step"]) >= 10
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == [0] + list(range(10, 61, 10))   # step 0: the final value among the point metrics
+    _, ref_points, _ = child_runs(tmp_path, "reference")
+    weights = [torch.load(r.data.params["generator.checkpoint"], weights_only=False)["state_dict"]
+               for r in (run, ref_points[0])]
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
