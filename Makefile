@@ -19,9 +19,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The default sweep (codebook scaling: three heads x bits per token), then bits vs rFID (reuses its tokenizers),
 # then every figure, table and REPORT.md into paper_figs/.
+# Points run two at a time (one thread each: `profile=tiny` models are too small for more); DEMO_LAUNCHER=local runs
+# them one after another.
+DEMO_LAUNCHER ?= local_parallel
 demo: install
-	$(PY) run.py -m sweep=codebook_scaling
-	$(PY) run.py -m sweep=bits_vs_rfid
+	$(PY) run.py -m sweep=codebook_scaling launcher=$(DEMO_LAUNCHER)
+	$(PY) run.py -m sweep=bits_vs_rfid launcher=$(DEMO_LAUNCHER)
 	$(PY) analysis/make_figures.py --out paper_figs
 
 test: install
