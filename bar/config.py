@@ -61,11 +61,12 @@ def signature(cfg_subtree, length: int = 12) -> str:
 
 
 def tokenizer_signature(cfg: DictConfig) -> str:
-    return signature({"data": _data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
+    return signature({"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
                       "seed": cfg.seed})
 
 
-def _data_identity(cfg: DictConfig) -> dict:
+def data_identity(cfg: DictConfig) -> dict:
+    """The data config that defines a dataset split (not how it is loaded)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     data.pop("num_workers", None)
     return data

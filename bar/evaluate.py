@@ -19,7 +19,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from bar import UserError
 from bar.cache import file_lock, get_or_build
-from bar.config import signature
+from bar.config import data_identity, signature
 from bar.train import infinite_batches, train
 
 CLASSIFIER_EXTRACTOR = "bar-classifier"
@@ -126,8 +126,7 @@ class Evaluator:
     def __init__(self, cfg, train_images_dataset, device: torch.device):
         self.cfg, self.cuda = cfg, device.type == "cuda"
         self.cache_root = Path(cfg.paths.cache) / "fidelity"
-        data_sig = signature({k: v for k, v in dict(cfg.data).items() if k != "num_workers"})
-        self.data_sig = data_sig
+        self.data_sig = data_sig = signature(data_identity(cfg))
         if cfg.eval.extractor == "inception":
             path = Path(str(cfg.eval.inception_weights)).expanduser()
             if not path.is_file():
