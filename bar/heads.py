@@ -489,6 +489,10 @@ class DiffusionConfig:
     sampler: str = "ddpm"        # "ddpm": ancestral on the respaced chain (MAR); "ddim": deterministic, eta = 0
     batch_mul: int = 4           # noise draws per token per training step (MAR's diffusion_batch_mul)
     freq_dim: int = 256          # sinusoidal timestep features before the timestep MLP
+    x0_clip: float | None = 10.0  # sampling: clamp the predicted clean token to +-x0_clip. Near t = T, alpha_bar is
+                                  # ~1e-9 and x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) multiplies any error in eps by
+                                  # ~1e4; an under-trained head then samples tokens of size ~1e3 (seen at the tiny
+                                  # profile). Latents are ~unit scale, so a well-trained head never reaches the clamp.
 
 
 SAMPLERS = ("ddpm", "ddim")
@@ -598,6 +602,8 @@ class DiffusionHead(TokenHead):
             t_N = torch.full((inp.shape[0],), t, device=dev, dtype=torch.long)
             eps = guide(self.eps(inp, t_N, cond_BW).float(), cfg_scale)
             x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+            if self.cfg.x0_clip is not None:
+                x0 = x0.clamp(-self.cfg.x0_clip, self.cfg.x0_clip)
             if sampler == "ddim":
                 x = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps
                 continue

@@ -308,3 +308,19 @@ def test_mar_head_sizes_at_paper_scale():
     n = count_params(h)
     assert 30e6 < n < 40e6, n
     assert math.isclose(n, 6 * (5 * 1024 ** 2) + 256 * 1024 + 1024 ** 2 + 2 * 1024 ** 2 + 16 * 1024 * 2, rel_tol=0.01)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_diffusion_sampling_stays_bounded_when_the_noise_prediction_is_poor(sampler):
+    # An untrained head predicts poor noise; without the x0 clamp the first step from t = T multiplies that error by
+    # ~1e4 (alpha_bar_T ~ 2e-9) and tokens come out in the thousands.
+    torch.manual_seed(0)
+    head = build_head("diffusion", 4, width=32, depth=1, sampler=sampler)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    z = head.sample(torch.randn(64, 32), generator=torch.Generator().manual_seed(0), steps=20)
+    assert z.abs().max() <= head.cfg.x0_clip + 5
+    unclamped = build_head("diffusion", 4, width=32, depth=1, sampler=sampler, x0_clip=None)
+    unclamped.load_state_dict(head.state_dict())
+    wild = unclamped.sample(torch.randn(64, 32), generator=torch.Generator().manual_seed(0), steps=20)
+    assert wild.abs().max() > 10 * head.cfg.x0_clip
