@@ -58,12 +58,13 @@ def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: Tokenizer, dataset, device: torch.device, batch_size: int = 256) -> TensorImages:
+def reconstruct(tokenizer: Tokenizer, dataset, device: torch.device, batch_size: int = 256):
+    """(originals, reconstructions) of every image of `dataset`, both uint8 (N, C, H, W); each image decoded once."""
     images, labels = zip(*[dataset[i] for i in range(len(dataset))])
     images, labels = torch.stack(images), torch.tensor(labels)
     out = [float_to_images(tokenizer.decode(tokenizer.encode(images_to_float(images[i:i + batch_size].to(device)))))
            for i in range(0, len(images), batch_size)]
-    return TensorImages(torch.cat(out).cpu(), labels, getattr(dataset, "num_classes", 0))
+    return images, TensorImages(torch.cat(out).cpu(), labels, getattr(dataset, "num_classes", 0))
 
 
 def save_pairs_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, n: int = 32) -> None:
@@ -110,14 +111,13 @@ def run_point(cfg: DictConfig, run: PointRun) -> dict[str, float]:
 
     evaluator = Evaluator(cfg, train_set, device)
     run.set_tags({"fid_extractor": evaluator.tag})
-    recon = reconstruct(tokenizer, val_set, device)
+    originals, recon = reconstruct(tokenizer, val_set, device)
     metrics["rfid"] = evaluator.compare(images_only(recon), images_only(val_set), "val")["fid"]
-    metrics["recon_mse"] = float(((recon.images.float() - torch.stack([val_set[i][0] for i in range(len(val_set))])
-                                   .float()) / 255).pow(2).mean())
+    metrics["recon_mse"] = float(((recon.images.float() - originals.float()) / 255).pow(2).mean())
     run.log_metrics(metrics)
     with tempfile.TemporaryDirectory() as tmp:
         grid = Path(tmp) / "recon_grid.png"
-        save_pairs_grid(torch.stack([val_set[i][0] for i in range(min(32, len(val_set)))]), recon.images, grid)
+        save_pairs_grid(originals, recon.images, grid)
         run.log_artifact(grid)
     if cfg.stage == "all":
         from bar.generator_stage import run_generator
