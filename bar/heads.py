@@ -102,6 +102,13 @@ def gumbel(shape, generator: torch.Generator | None, device, dtype=torch.float32
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """A sample of softmax(logits / temperature) over the last axis (argmax when temperature is 0)."""
+    if temperature > 0:
+        logits = logits + temperature * gumbel(logits.shape, generator, logits.device)
+    return logits.argmax(-1)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Interface
 # ---------------------------------------------------------------------------------------------------------------------
@@ -377,9 +384,7 @@ class SoftmaxHead(TokenHead):
         """Returns uint8 bits (B, k)."""
         self.check_schedule(**schedule)
         logits_BC = guide(self.out(cond_BW).float(), cfg_scale)
-        if temperature > 0:
-            logits_BC = logits_BC + temperature * gumbel(logits_BC.shape, generator, logits_BC.device)
-        return index_to_bits(logits_BC.argmax(-1), self.token_dim)
+        return index_to_bits(gumbel_argmax(logits_BC, temperature, generator), self.token_dim)
 
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
         # backward holds the log-probabilities, their gradient and the logits' gradient together: three fp32 C-sized
@@ -421,9 +426,7 @@ class BitwiseHead(TokenHead):
         """Returns uint8 bits (B, k)."""
         self.check_schedule(**schedule)
         logits_Bk2 = guide(self.logits(cond_BW).float(), cfg_scale)
-        if temperature > 0:
-            logits_Bk2 = logits_Bk2 + temperature * gumbel(logits_Bk2.shape, generator, logits_Bk2.device)
-        return logits_Bk2.argmax(-1).to(torch.uint8)
+        return gumbel_argmax(logits_Bk2, temperature, generator).to(torch.uint8)
 
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
         return rows * (4 * 2 * self.token_dim * 4 + 2 * self.width * bytes_per_value)
