@@ -143,10 +143,11 @@ def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_images(model, tokenizer: Tokenizer, labels: torch.Tensor, st: GeneratorSettings, batch_size: int,
+def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, st: GeneratorSettings, batch_size: int,
                   cfg_scale: float, seed: int, kv_cache: bool, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Generated uint8 images for `labels` and the throughput in images per second (tokens + decoding).
-    With several ranks each generates every world_size-th label (seed + rank) and all get the gathered images."""
+    """Generated uint8 images for `labels` and the throughput in images per second (tokens + decoding); with no
+    tokenizer, the generated tokens and tokens per second. With several ranks each generates every world_size-th
+    label (seed + rank) and all get the gathered results."""
     from bar import distributed
 
     model.eval()
@@ -159,7 +160,7 @@ def sample_images(model, tokenizer: Tokenizer, labels: torch.Tensor, st: Generat
     for i in range(0, len(mine), batch_size):
         tokens = generate(model, mine[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=st.temperature,
                           kv_cache=kv_cache, generator=generator, **schedule)
-        images.append(float_to_images(tokenizer.decode(tokens)).cpu())
+        images.append((float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else tokens).cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -262,23 +263,15 @@ def run_sampling(cfg: DictConfig, device, run) -> dict[str, float]:
     model, official = load_generator_checkpoint(cfg, cfg.checkpoint, device)
     st = settings(cfg, model)
     scfg = cfg.generator.sample
-    labels = balanced_labels(scfg.num_samples, cfg.data.num_classes).to(device)
-    schedule = {"allocation": st.allocation} if st.allocation is not None else {}
-    generator = torch.Generator(device=device).manual_seed(scfg.seed)
-    start, tokens = time.perf_counter(), []
-    for i in range(0, len(labels), scfg.batch_size):
-        tokens.append(generate(model, labels[i:i + scfg.batch_size], cfg_scale=st.cfg_scale,
-                               temperature=st.temperature, kv_cache=scfg.kv_cache, generator=generator,
-                               **schedule).cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    labels = balanced_labels(scfg.num_samples, cfg.data.num_classes)
+    tokens, per_s = sample_images(model, None, labels, st, scfg.batch_size, st.cfg_scale, scfg.seed, scfg.kv_cache,
+                                  device)
     out = Path(cfg.paths.outputs) / "samples" / run.run_id
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"tokens": torch.cat(tokens), "labels": labels.cpu()}, out / "tokens.pt")
+    torch.save({"tokens": tokens, "labels": labels}, out / "tokens.pt")
     run.set_tags({"checkpoint_format": "official" if official else "bar"})
     run.log_params({"samples.tokens": str(out / "tokens.pt")})
-    metrics = {"sample_tokens_per_s": len(labels) / seconds, "generator_params": sum(p.numel() for p in model.parameters())}
+    metrics = {"sample_tokens_per_s": per_s, "generator_params": sum(p.numel() for p in model.parameters())}
     run.log_metrics(metrics)
     return metrics
 
