@@ -45,7 +45,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bar import UserError
-from bar.heads import RMSNorm, SwiGLU, TokenHead, init_weights, modulate, swiglu_hidden
+from bar.heads import TokenHead
+from bar.layers import RMSNorm, SwiGLU, init_weights, modulate, swiglu_hidden
 
 
 # ---------------------------------------------------------------------------------------------------------------------

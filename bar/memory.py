@@ -31,7 +31,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from bar.heads import TokenHead, swiglu_hidden
+from bar.heads import TokenHead
+from bar.layers import swiglu_hidden
 
 
 def _param_count(module: nn.Module) -> int:

@@ -14,22 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bar import UserError
-
-MAX_BITS_PER_TOKEN = 256
-MAX_INDEX_BITS = 63  # integer indices overflow int64 beyond this
-BITS_PER_CONTINUOUS_CHANNEL = 16
+from bar.bits import MAX_BITS_PER_TOKEN, bits_to_codes, codes_to_bits, latent_bits
 
 
-# ----------------------------------------------------------------------------------------------------- bit budget
-def latent_bits(kind: str, grid_h: int, grid_w: int, bits: int | None = None, channels: int | None = None) -> int:
-    """Total bits a latent of this shape carries (the paper's x axis)."""
-    if kind == "fsq":
-        return grid_h * grid_w * bits
-    if kind == "ae":
-        return grid_h * grid_w * BITS_PER_CONTINUOUS_CHANNEL * channels
-    raise UserError(f"unknown tokenizer.kind {kind!r}: use fsq (discrete) or ae (continuous)")
-
-
+# ----------------------------------------------------------------------------------------------------- config checks
 def validate_tokenizer_config(tok) -> None:
     """One-line errors for a tokenizer config that cannot work, before anything is built."""
     if tok.kind == "fsq":
@@ -65,32 +53,6 @@ class BinaryFSQ(nn.Module):
         bounded = torch.tanh(z)
         rounded = torch.where(bounded >= 0, 1.0, -1.0).to(bounded.dtype)
         return bounded + (rounded - bounded).detach()
-
-
-def codes_to_bits(codes: torch.Tensor) -> torch.Tensor:
-    """{-1, +1} codes -> {0, 1} uint8 bits."""
-    return (codes > 0).to(torch.uint8)
-
-
-def bits_to_codes(bits: torch.Tensor) -> torch.Tensor:
-    """{0, 1} bits -> {-1, +1} float codes."""
-    return bits.float() * 2 - 1
-
-
-def bits_to_index(bits_k: torch.Tensor) -> torch.Tensor:
-    """Bits (..., k), most significant first, -> int64 index; only defined for k <= 63."""
-    k = bits_k.shape[-1]
-    if k > MAX_INDEX_BITS:
-        raise UserError(f"{k} bits per token have no int64 index (at most {MAX_INDEX_BITS}); keep tokens as bits")
-    weights = 2 ** torch.arange(k - 1, -1, -1, dtype=torch.int64, device=bits_k.device)
-    return (bits_k.long() * weights).sum(-1)
-
-
-def index_to_bits(index: torch.Tensor, k: int) -> torch.Tensor:
-    if k > MAX_INDEX_BITS:
-        raise UserError(f"{k} bits per token have no int64 index (at most {MAX_INDEX_BITS}); keep tokens as bits")
-    shifts = torch.arange(k - 1, -1, -1, dtype=torch.int64, device=index.device)
-    return ((index.long()[..., None] >> shifts) & 1).to(torch.uint8)
 
 
 class DiagonalGaussian(nn.Module):

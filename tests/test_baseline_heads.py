@@ -12,7 +12,7 @@ from bar.heads import (HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead
                        cosine_schedule, respaced_timesteps)
 from bar.presets import MAR_HEADS, build_generator, count_params, mar_head
 from bar.sampling import generate
-from bar.tokenizer import bits_to_index, index_to_bits
+from bar.bits import bits_to_index, index_to_bits
 
 
 
