@@ -24,8 +24,13 @@ Entry points:
     BARGenerator(GeneratorConfig, head).training_loss(tokens_BLk, labels_B, step=None) -> scalar
         tokens in raster order (uint8/float bits, or floats for continuous tokens); step=None means raster order
         (no random orders), e.g. for a validation loss. Label dropout applies in train mode only.
+        training_loss = loss_from_draws(tokens, labels, training_draws(B, step)): every random draw is made first,
+        so the loss computation itself is deterministic and compiles as one graph (bar.fast.compile_training).
     BARGenerator.conditions(steps_BnK, labels_B, orders_BL, start=0, cache=None) / new_cache(): used by
         bar.sampling.generate; group(tokens_BLk) / ungroup(steps_BLK) convert raster tokens <-> AR steps.
+    BARGenerator.new_static_cache(batch) / decode(step_BK, labels_B, pos, cache) -> cond_BW: the fast decoding path
+        (bar.fast): a preallocated cache written in place at a tensor position, attention over the whole buffer
+        under a position mask, so every step has the same shapes and no host synchronisation.
 Label `num_classes` is the null (unconditional) class. Sizes, training and sampling presets live in bar.presets
 (`build_generator`); the release's checkpoints load through bar.official.
 
@@ -229,6 +234,42 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+class StaticKVCache(nn.Module):
+    """Keys/values of every layer preallocated at their final size, (B, H, max_len, hd) per layer, written in place at
+    a position (which may be a tensor) and read whole under a mask: every decode step has the same shapes and no
+    host-side bookkeeping, so it can be compiled and captured in a CUDA graph (bar.fast). `length` is only tracked by
+    eager callers of `BARGenerator.conditions`."""
+
+    def __init__(self, depth: int, batch: int, heads: int, max_len: int, head_dim: int, dtype=torch.float32,
+                 device=None):
+        super().__init__()
+        self.depth, self.max_len, self.length = depth, max_len, 0
+        for layer in range(depth):
+            self.register_buffer(f"k{layer}", torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device),
+                                 persistent=False)
+            self.register_buffer(f"v{layer}", torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device),
+                                 persistent=False)
+        self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
+
+    def buffers_kv(self):
+        return [getattr(self, f"{kv}{layer}") for layer in range(self.depth) for kv in "kv"]
+
+    def reset(self) -> None:
+        for buf in self.buffers_kv():
+            buf.zero_()
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos):
+        """Write S keys/values at positions pos .. pos+S-1 (pos: int or 0-d long tensor). Returns the whole buffers and
+        the boolean mask (S, max_len) of the keys each new query sees (key slot <= query position)."""
+        S = k.shape[2]
+        idx = self.slots[:S] + pos
+        k_all, v_all = getattr(self, f"k{layer}"), getattr(self, f"v{layer}")
+        k_all.index_copy_(2, idx, k.to(k_all.dtype))
+        v_all.index_copy_(2, idx, v.to(v_all.dtype))
+        return k_all, v_all, self.slots[None, :] <= idx[:, None]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Transformer block
 # ---------------------------------------------------------------------------------------------------------------------
@@ -244,7 +285,8 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x_BSD, rope_here, rope_target, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x_BSD, rope_here, rope_target, cache: KVCache | StaticKVCache | None = None, layer: int = 0,
+                pos=None):
         B, S, D = x_BSD.shape
         H, hd = self.heads, self.head_dim
         q, k, v = self.qkv(x_BSD).reshape(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)      # each (B, H, S, hd)
@@ -252,6 +294,11 @@ class Attention(nn.Module):
         q = torch.cat([apply_rope(q[:, : H // 2], *rope_here), apply_rope(q[:, H // 2:], *rope_target)], dim=1)
         k = apply_rope(k, *rope_here)
         past = 0
+        if isinstance(cache, StaticKVCache):       # whole static buffers, masked: same shapes at every position
+            k, v, mask = cache.update(layer, k, v, pos)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.attn_dropout if self.training else 0.0)
+            return self.drop(self.proj(out.transpose(1, 2).reshape(B, S, D)))
         if cache is not None:
             past = cache.length
             k, v = cache.update(layer, k, v)
@@ -279,9 +326,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(D, swiglu_hidden(D, cfg.mlp_ratio), cfg.dropout)
         self.ada = nn.Linear(D, 6 * D)
 
-    def forward(self, x, c, rope_here, rope_target, cache=None, layer=0):
+    def forward(self, x, c, rope_here, rope_target, cache=None, layer=0, pos=None):
         sh_a, sc_a, g_a, sh_m, sc_m, g_m = self.ada(F.silu(c)).chunk(6, dim=-1)
-        x = x + g_a * self.attn(modulate(self.norm1(x), sh_a, sc_a), rope_here, rope_target, cache, layer)
+        x = x + g_a * self.attn(modulate(self.norm1(x), sh_a, sc_a), rope_here, rope_target, cache, layer, pos)
         return x + g_m * self.mlp(modulate(self.norm2(x), sh_m, sc_m))
 
 
@@ -345,8 +392,15 @@ class BARGenerator(nn.Module):
         """An empty KV cache for one sampling run (the batch size is taken from the first call)."""
         return KVCache(self.cfg.depth, self.cfg.prefix + self.cfg.steps)
 
+    def new_static_cache(self, batch: int, dtype: torch.dtype | None = None, device=None) -> StaticKVCache:
+        """A preallocated cache for the fast decoding path (bar.fast): `dtype` is what attention produces (the
+        autocast dtype under autocast, else the weights' dtype)."""
+        cfg, ref = self.cfg, self.pos_embed
+        return StaticKVCache(cfg.depth, batch, cfg.heads, cfg.prefix + cfg.steps, cfg.dim // cfg.heads,
+                             dtype or ref.dtype, device or ref.device)
+
     def conditions(self, steps_BnK: torch.Tensor, labels_B: torch.Tensor, orders_BL: torch.Tensor,
-                   start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+                   start: int = 0, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         """Run the backbone on sequence positions [start, P + n_fed) and return the conditions they produce.
 
         start == 0: the prefix plus image steps steps_BnK (n >= 0 steps, orders[:, :n] say which grid cells they are);
@@ -380,32 +434,79 @@ class BARGenerator(nn.Module):
             x = torch.cat([prefix, x], dim=1)
         x = x + self.pos_embed[here] + self.target_pos_embed[target]
         c = cls_emb[:, None] + self.ada_pos_embed[start:end][None]
-        rope_here = (self.rope_cos[here], self.rope_sin[here])
-        rope_target = (self.rope_cos[target], self.rope_sin[target])
-
-        for layer, block in enumerate(self.blocks):
-            x = block(x, c, rope_here, rope_target, cache, layer)
+        x = self._blocks(x, c, here, target, cache, start)
         if cache is not None:
             cache.length = end
         x = x[:, max(P - 1 - start, 0):]                                      # positions that predict a step
         return self.cond_proj(self.norm(x))
 
+    def _blocks(self, x_BSD, c_BSD, here_BS, target_BS, cache, pos):
+        """The transformer blocks over positions whose grid cells (embedding rows) are `here` and whose next targets
+        are `target`; `pos` is the first position's index in the cache."""
+        rope_here = (self.rope_cos[here_BS], self.rope_sin[here_BS])
+        rope_target = (self.rope_cos[target_BS], self.rope_sin[target_BS])
+        for layer, block in enumerate(self.blocks):
+            x_BSD = block(x_BSD, c_BSD, rope_here, rope_target, cache, layer, pos)
+        return x_BSD
+
+    def decode(self, steps_BK: torch.Tensor, labels_B: torch.Tensor, pos: torch.Tensor,
+               cache: StaticKVCache) -> torch.Tensor:
+        """One step of the fast decoding path (raster order, as sampling uses): feed AR step pos - P, held at sequence
+        position `pos` (0-d long tensor, P <= pos < P + L - 1), through the static cache and return the condition
+        (B, W) for step pos - P + 1. Same shapes at every position, no host synchronisation: compilable as a whole.
+        The cache must hold positions < pos (`conditions(..., cache=cache)` fills the prefix)."""
+        here = pos.reshape(1, 1)                         # raster: position P + i holds cell i and predicts cell i + 1
+        target = here + 1
+        x = self.token_embed(steps_BK[:, None]) + self.pos_embed[here] + self.target_pos_embed[target]
+        c = self.class_embed(labels_B)[:, None] + self.ada_pos_embed[here]
+        x = self._blocks(x, c, here, target, cache, pos)
+        return self.cond_proj(self.norm(x))[:, -1]
+
     # -- training ------------------------------------------------------------------------------------------------------
-    def drop_labels(self, labels_B: torch.Tensor) -> torch.Tensor:
+    def drop_labels(self, labels_B: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.training or self.cfg.label_dropout <= 0:
             return labels_B
-        drop = torch.rand(labels_B.shape, device=labels_B.device) < self.cfg.label_dropout
-        return torch.where(drop, torch.full_like(labels_B, self.null_class), labels_B)
+        return self._apply_drop(labels_B, self._draw_drop(labels_B.shape[0], labels_B.device, generator))
 
-    def training_loss(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def _draw_drop(self, batch: int, device, generator=None) -> torch.Tensor:
+        return torch.rand(batch, device=device, generator=generator) < self.cfg.label_dropout
+
+    def _apply_drop(self, labels_B: torch.Tensor, drop_B: torch.Tensor) -> torch.Tensor:
+        return torch.where(drop_B, torch.full_like(labels_B, self.null_class), labels_B)
+
+    def training_draws(self, batch: int, step: int | None = None, device=None,
+                       generator: torch.Generator | None = None) -> dict:
+        """Every random draw of one `training_loss`, made up front in the order the loss uses them: the label-dropout
+        mask (train mode only), the AR orders (random with probability order_probability(step, ...), raster when
+        step is None) and the head's draws. Keeping them out of the loss computation makes that computation
+        deterministic: it compiles as one graph with no recompile per step (bar.fast.compile_training) and gives the
+        same loss compiled as eager from the same draws."""
+        device = device if device is not None else self.pos_embed.device
+        draws = {}
+        if self.training and self.cfg.label_dropout > 0:
+            draws["drop"] = self._draw_drop(batch, device, generator)
+        p_random = 0.0 if step is None else order_probability(step, *self.cfg.order_anneal)
+        draws["orders"] = sample_orders(batch, self.cfg.steps, p_random, device, generator)
+        draws["head"] = self.head.loss_draws(batch * self.cfg.steps, device, generator)
+        return draws
+
+    def training_loss(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None,
+                      draws: dict | None = None) -> torch.Tensor:
         """Teacher-forced loss over all AR steps: groups tokens, drops labels (train mode), orders the steps randomly
         with probability order_probability(step, *cfg.order_anneal) (raster when step is None), runs the backbone
-        once and the head on every step in parallel."""
+        once and the head on every step in parallel. `draws` (from `training_draws`) replaces the random draws."""
+        if draws is None:
+            draws = self.training_draws(tokens_BLk.shape[0], step, tokens_BLk.device)
+        return self.loss_from_draws(tokens_BLk, labels_B, draws)
+
+    def loss_from_draws(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, draws: dict) -> torch.Tensor:
+        """`training_loss` given its random draws: no randomness, no data-dependent shapes (what bar.fast compiles)."""
         x = self.group(tokens_BLk)
-        B, L, _ = x.shape
-        labels = self.drop_labels(labels_B.long())
-        p_random = 0.0 if step is None else order_probability(step, *self.cfg.order_anneal)
-        orders = sample_orders(B, L, p_random, x.device)
+        labels = labels_B.long()
+        if "drop" in draws:
+            labels = self._apply_drop(labels, draws["drop"])
+        orders = draws["orders"]
         x = x.gather(1, orders[..., None].expand_as(x))                        # steps in the order they are fed
         cond = self.conditions(x[:, :-1], labels, orders)                      # (B, L, W)
-        return self.head.loss(cond, x)
+        head_draws = draws["head"]                                             # heads without draws take none
+        return self.head.loss(cond, x, draws=head_draws) if head_draws else self.head.loss(cond, x)

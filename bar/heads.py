@@ -7,6 +7,13 @@ on the head type:
     sample(cond_BW, cfg_scale, temperature, generator=None, **schedule) -> tokens_Bk
     check_schedule(**schedule) -> None                       validate sampling options once, before any work
 
+and, for the fast paths of bar.fast (the eager methods above stay the reference):
+
+    loss_draws(rows, device, generator) -> dict              loss(..., draws=d) without randomness (compilable)
+    sample_noise(B, temperature, generator, device, **schedule) -> [uniforms / normals], what `sample` draws, in order
+    sample_constants(temperature, device, **schedule) -> dict  per-call tensors (temperatures, schedule tables)
+    sample_static(cond_BW, cfg_scale_tensor, noise, consts, **schedule) -> tokens_Bk   fixed shapes, no host sync
+
 CFG convention (all heads):
     cfg_scale is None  -> no guidance; cond has shape (B, W).
     cfg_scale is float -> guidance; cond has shape (2B, W): rows [:B] are conditional, rows [B:] unconditional (null
@@ -40,7 +47,8 @@ import torch.nn.functional as F
 
 from bar import UserError
 from bar.bits import MAX_INDEX_BITS, bits_to_index, index_to_bits
-from bar.layers import RMSNorm, SwiGLU, gumbel, gumbel_argmax, init_weights, modulate, swiglu_hidden
+from bar.layers import (RMSNorm, SwiGLU, gumbel, gumbel_argmax, gumbel_from_uniform, init_weights, modulate,
+                        swiglu_hidden, uniform)
 
 MASK = 2  # bit ids: 0, 1, MASK
 
@@ -72,6 +80,30 @@ class TokenHead(nn.Module):
 
     def check_schedule(self, **schedule) -> None:
         """Raise UserError (one line) if the sampling schedule does not fit this head."""
+
+    def loss_draws(self, rows: int, device, generator: torch.Generator | None = None) -> dict:
+        """The random draws of `loss` on `rows` token positions, drawn in the order `loss` draws them; `loss(...,
+        draws=...)` uses them instead of drawing (what a compiled training step needs). Empty for heads without."""
+        return {}
+
+    # -- fast sampling path (bar.fast). The eager `sample` stays the reference; the static sampler must give the same
+    # tokens from the same noise. `sample_noise` draws exactly what `sample` would draw (same shapes, same order, same
+    # generator), `sample_constants` precomputes per-call tensors (temperatures, schedules), and `sample_static` is the
+    # sampler without host synchronisation or data-dependent shapes, so that it compiles (and CUDA-graphs) whole.
+    # fused_sample: the fast path compiles the backbone step and `sample_static` as one graph; False: `sample_static`
+    # is a loop whose body (`step_fn`) the fast path compiles on its own (the diffusion head's 100 denoising steps).
+    fused_sample: bool = True
+
+    def sample_noise(self, batch: int, temperature: float, generator: torch.Generator | None, device,
+                     **schedule) -> list[torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no fast sampling path")
+
+    def sample_constants(self, temperature: float, device, **schedule) -> dict:
+        return {}
+
+    def sample_static(self, cond_BW: torch.Tensor, cfg_scale: torch.Tensor | None, noise: list[torch.Tensor],
+                      consts: dict, **schedule) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no fast sampling path")
 
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
         """Rough peak bytes of this head's activations (and their gradients) for one training step on `rows` token
@@ -118,7 +150,11 @@ class AdaLNResBlock(nn.Module):
         self.ada = nn.Linear(width, 3 * width)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(F.silu(s)).chunk(3, dim=-1)
+        return self.modulated(x, self.ada(F.silu(s)))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """The block given its AdaLN output mod = ada(SiLU(s)) (3W)."""
+        shift, scale, gate = mod.chunk(3, dim=-1)
         return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
 
 
@@ -131,7 +167,10 @@ class AdaLNFinal(nn.Module):
         self.ada = nn.Linear(width, 2 * width)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada(F.silu(s)).chunk(2, dim=-1)
+        return self.modulated(x, self.ada(F.silu(s)))
+
+    def modulated(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        scale, shift = mod.chunk(2, dim=-1)
         return modulate(self.norm(x), shift, scale)
 
 
@@ -173,13 +212,19 @@ class MBMHead(TokenHead):
     # -- network -------------------------------------------------------------------------------------------------------
     def logits(self, ids_Nk: torch.Tensor, cond_NW: torch.Tensor, mask_ratio_N: torch.Tensor) -> torch.Tensor:
         """Bit ids in {0, 1, MASK} (N, k), conditions (N, W), mask ratios (N,) -> logits (N, k, 2)."""
-        N, k = ids_Nk.shape
-        x = self.in_norm(self.bit_proj(self.bit_embed(ids_Nk).reshape(N, -1)))
+        return self.body(self.embed_bits(ids_Nk), cond_NW, mask_ratio_N)
+
+    def embed_bits(self, ids_Nk: torch.Tensor) -> torch.Tensor:
+        N = ids_Nk.shape[0]
+        return self.in_norm(self.bit_proj(self.bit_embed(ids_Nk).reshape(N, -1)))
+
+    def body(self, x_NW: torch.Tensor, cond_NW: torch.Tensor, mask_ratio_N: torch.Tensor) -> torch.Tensor:
+        """Embedded bits (N, W) -> logits (N, k, 2); mask_ratio may be (1,), shared by every row."""
         # s = SiLU(z + t_emb); each AdaLN applies its own SiLU again before its Linear, as the release does
         s = F.silu(cond_NW + self.t_embed(mask_ratio_N).to(cond_NW.dtype))
         for block in self.blocks:
-            x = block(x, s)
-        return self.out(self.final(x, s)).reshape(N, k, 2)
+            x_NW = block(x_NW, s)
+        return self.out(self.final(x_NW, s)).reshape(x_NW.shape[0], self.token_dim, 2)
 
     # -- training ------------------------------------------------------------------------------------------------------
     def mask_bits(self, N: int, device, generator: torch.Generator | None = None):
@@ -191,16 +236,25 @@ class MBMHead(TokenHead):
         rank = torch.rand(N, k, device=device, generator=generator).argsort(dim=-1).argsort(dim=-1)
         return rank < n_masked[:, None], ratio
 
+    def loss_draws(self, rows: int, device, generator: torch.Generator | None = None) -> dict:
+        # the masks themselves, not the normals/uniforms behind them: rounding k * ratio is discontinuous, and a
+        # compiled sigmoid one ulp away from the eager one would flip a mask now and then
+        mask, ratio = self.mask_bits(rows, device, generator)
+        return {"mask": mask, "ratio": ratio}
+
     def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, draws: dict | None = None) -> torch.Tensor:
         k, W = self.token_dim, self.width
         cond = cond_BLW.reshape(-1, W)
         bits = target_BLk.reshape(-1, k).long()
-        mask, ratio = self.mask_bits(bits.shape[0], bits.device, generator)
+        draws = draws if draws is not None else self.loss_draws(bits.shape[0], bits.device, generator)
+        mask, ratio = draws["mask"], draws["ratio"]
         logits = self.logits(torch.where(mask, MASK, bits), cond, ratio)
         ce = F.cross_entropy(logits.float().reshape(-1, 2), bits.reshape(-1), reduction="none").reshape(bits.shape)
         w = torch.where(mask, self.cfg.masked_weight, self.cfg.visible_weight)
-        return (ce * w).sum() / (w.sum() + 1e-8)
+        # sums accumulated in float64: a compiled float32 reduction over B*L*k terms drifts by ~1e-5 relative
+        total = (ce * w).sum(dtype=torch.float64) / (w.sum(dtype=torch.float64) + 1e-8)
+        return total.to(ce.dtype)
 
     # -- sampling ------------------------------------------------------------------------------------------------------
     def check_schedule(self, allocation=None, **extra) -> None:
@@ -254,6 +308,63 @@ class MBMHead(TokenHead):
             ids = new_ids.scatter(1, remask, MASK)
         return ids.to(torch.uint8)
 
+    def sample_noise(self, batch, temperature, generator, device, allocation=None) -> list[torch.Tensor]:
+        """`sample` draws, per unmasking step, uniforms for the bits' Gumbel noise (B, k, 2) and, except at the last
+        step, for the confidences (B, k)."""
+        K, k = len(self._allocation(allocation)), self.token_dim
+        noise = []
+        for step in range(K):
+            noise.append(uniform((batch, k, 2), generator, device))
+            if step < K - 1:
+                noise.append(uniform((batch, k), generator, device))
+        return noise
+
+    def sample_constants(self, temperature, device, allocation=None) -> dict:
+        alloc = self._allocation(allocation)
+        K, k = len(alloc), self.token_dim
+        revealed = [sum(alloc[:step]) for step in range(K)]
+        # computed in double on the host and rounded once, as `sample`'s Python floats are
+        return {"tau": torch.tensor([temperature * (1.0 - step / K) for step in range(K)], device=device),
+                "ratio": torch.tensor([1.0 - r / k for r in revealed], device=device)}
+
+    def sample_static(self, cond_BW, cfg_scale, noise, consts, allocation=None) -> torch.Tensor:
+        """`sample` with fixed shapes and no host synchronisation: the allocation fixes how many bits stay masked
+        after each step (topk of that size). The conditioning of every unmasking step is known up front (the mask
+        ratios are fixed by the allocation), so each AdaLN layer's modulation is computed for all K steps in one
+        matmul (K x the rows: better use of the matmul than K thin ones); the bit embedding is computed once for
+        both CFG halves."""
+        alloc = self._allocation(allocation)
+        k, dev, K = self.token_dim, cond_BW.device, len(alloc)
+        N = cond_BW.shape[0]
+        B = N // 2 if cfg_scale is not None else N
+        s = F.silu(cond_BW[None] + self.t_embed(consts["ratio"]).to(cond_BW.dtype)[:, None])      # (K, N, W)
+        silu_s = F.silu(s.reshape(K * N, -1))
+        mods = [layer.ada(silu_s).reshape(K, N, -1) for layer in (*self.blocks, self.final)]
+        ids = torch.full((B, k), MASK, dtype=torch.long, device=dev)
+        draws = iter(noise)
+        revealed = 0
+        for step, n in enumerate(alloc):
+            tau = consts["tau"][step]
+            x = self.embed_bits(ids)
+            x = x if cfg_scale is None else torch.cat([x, x])
+            for block, mod in zip(self.blocks, mods):
+                x = block.modulated(x, mod[step])
+            x = self.final.modulated(x, mods[-1][step])
+            logits = guide(self.out(x).reshape(N, k, 2).float(), cfg_scale)                      # (B, k, 2)
+            choice = (logits + tau * gumbel_from_uniform(next(draws))).argmax(-1)
+            chosen = logits.gather(-1, choice[..., None]).squeeze(-1)
+            is_masked = ids == MASK
+            new_ids = torch.where(is_masked, choice, ids)
+            revealed += n
+            if revealed == k:
+                ids = new_ids
+                break
+            conf = chosen + tau * gumbel_from_uniform(next(draws))
+            conf = torch.where(is_masked, conf, torch.full_like(conf, float("inf")))
+            remask = conf.topk(k - revealed, dim=-1, largest=False).indices
+            ids = new_ids.scatter(1, remask, MASK)
+        return ids.to(torch.uint8)
+
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
         # per row: ~19 W-sized saved tensors per SwiGLU block (norm, modulation, 3W AdaLN, 2H + H hidden, gated
         # residual; H ~ 2.7 W), ~12 W for the input embedding, Fourier MLP, condition and final layer
@@ -280,12 +391,32 @@ def _no_schedule(head_name: str, extra: dict) -> None:
         raise UserError(f"{head_name} head takes no sampling options, got {sorted(extra)}")
 
 
+class OneShotSampling:
+    """Fast-path sampling of the heads that draw a token in one shot, argmax(guided logits + tau * Gumbel) (softmax,
+    per-bit): one uniform draw of the logits' shape when tau > 0, as `gumbel_argmax` draws it."""
+
+    def _noise_shape(self, batch: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def sample_noise(self, batch, temperature, generator, device, **schedule) -> list[torch.Tensor]:
+        self.check_schedule(**schedule)
+        return [uniform(self._noise_shape(batch), generator, device)] if temperature > 0 else []
+
+    def sample_constants(self, temperature, device, **schedule) -> dict:
+        return {"tau": torch.tensor(float(temperature), device=device)}
+
+    def _static_argmax(self, logits: torch.Tensor, noise: list[torch.Tensor], consts: dict) -> torch.Tensor:
+        if noise:
+            logits = logits + consts["tau"] * gumbel_from_uniform(noise[0])
+        return logits.argmax(-1)
+
+
 @dataclass
 class SoftmaxConfig:
     width: int = 2048            # W: condition width; the head is one Linear(W -> C = 2^k)
 
 
-class SoftmaxHead(TokenHead):
+class SoftmaxHead(OneShotSampling, TokenHead):
     """Linear softmax over all C = 2^k codes of one AR step (the paper's linear-softmax baseline).
 
     Tokens are bits; the class of a token is its integer index, most significant bit first (bar.tokenizer
@@ -322,6 +453,13 @@ class SoftmaxHead(TokenHead):
         logits_BC = guide(self.out(cond_BW).float(), cfg_scale)
         return index_to_bits(gumbel_argmax(logits_BC, temperature, generator), self.token_dim)
 
+    def _noise_shape(self, batch):
+        return batch, self.num_codes
+
+    def sample_static(self, cond_BW, cfg_scale, noise, consts, **schedule) -> torch.Tensor:
+        logits_BC = guide(self.out(cond_BW).float(), cfg_scale)
+        return index_to_bits(self._static_argmax(logits_BC, noise, consts), self.token_dim)
+
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
         # backward holds the log-probabilities, their gradient and the logits' gradient together: three fp32 C-sized
         # rows (the loss upcasts to fp32), plus the condition and its gradient
@@ -333,7 +471,7 @@ class BitwiseConfig:
     width: int = 2048            # W: condition width; the head is one Linear(W -> 2k)
 
 
-class BitwiseHead(TokenHead):
+class BitwiseHead(OneShotSampling, TokenHead):
     """Independent per-bit head (Infinity-style): one Linear gives two logits per bit, trained with a 2-class
     cross-entropy on every bit and sampled bit by bit independently (temperature and CFG on the logits). O(k)."""
 
@@ -363,6 +501,13 @@ class BitwiseHead(TokenHead):
         self.check_schedule(**schedule)
         logits_Bk2 = guide(self.logits(cond_BW).float(), cfg_scale)
         return gumbel_argmax(logits_Bk2, temperature, generator).to(torch.uint8)
+
+    def _noise_shape(self, batch):
+        return batch, self.token_dim, 2
+
+    def sample_static(self, cond_BW, cfg_scale, noise, consts, **schedule) -> torch.Tensor:
+        logits_Bk2 = guide(self.logits(cond_BW).float(), cfg_scale)
+        return self._static_argmax(logits_Bk2, noise, consts).to(torch.uint8)
 
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
         return rows * (4 * 2 * self.token_dim * 4 + 2 * self.width * bytes_per_value)
@@ -454,6 +599,7 @@ class DiffusionHead(TokenHead):
     token_kind = "continuous"
     token_dim_name = "channels"
     schedule_options = ("steps", "sampler")
+    fused_sample = False          # 100 denoising steps: the fast path compiles one step (`denoise_step`), not the loop
 
     def __init__(self, token_dim: int, cfg: DiffusionConfig | None = None):
         super().__init__()
@@ -492,13 +638,19 @@ class DiffusionHead(TokenHead):
         return self.out(modulate(self.final_norm(x), shift, scale))
 
     # -- training ------------------------------------------------------------------------------------------------------
+    def loss_draws(self, rows: int, device, generator: torch.Generator | None = None) -> dict:
+        n = rows * self.cfg.batch_mul
+        return {"t": torch.randint(0, self.cfg.num_timesteps, (n,), device=device, generator=generator),
+                "noise": torch.randn((n, self.token_dim), device=device, generator=generator)}
+
     def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, draws: dict | None = None) -> torch.Tensor:
         d, W, m = self.token_dim, self.width, self.cfg.batch_mul
         x0 = target_BLk.reshape(-1, d).float().repeat(m, 1)
         cond = cond_BLW.reshape(-1, W).repeat(m, 1)
-        t = torch.randint(0, self.cfg.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        if draws is None:
+            draws = self.loss_draws(cond_BLW.reshape(-1, W).shape[0], x0.device, generator)
+        t, noise = draws["t"], draws["noise"]
         ab = self.alphas_cumprod[t][:, None]
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
         return F.mse_loss(self.eps(x_t, t, cond).float(), noise)
@@ -554,6 +706,65 @@ class DiffusionHead(TokenHead):
                 x = mean + math.sqrt(var) * temperature * noise
             else:
                 x = mean
+        return x
+
+    def _resolve(self, steps, sampler):
+        self.check_schedule(steps=steps, sampler=sampler)
+        return int(steps or self.cfg.sampling_steps), sampler or self.cfg.sampler
+
+    def sample_noise(self, batch, temperature, generator, device, steps=None, sampler=None) -> list[torch.Tensor]:
+        """`sample` draws the starting noise (B, d) and, for "ddpm", the noise of every step but the last."""
+        steps, sampler = self._resolve(steps, sampler)
+        noise = [torch.randn(batch, self.token_dim, device=device, generator=generator)]
+        if sampler == "ddpm":
+            noise += [torch.randn(batch, self.token_dim, device=device, generator=generator)
+                      for _, _, ab_prev in self.chain(steps) if ab_prev < 1.0]
+        return noise
+
+    def sample_constants(self, temperature, device, steps=None, sampler=None) -> dict:
+        """Per chain step: the training timestep and the update's coefficients (double on the host, rounded once, as
+        `sample`'s Python floats): x0 = (x - c0 eps) / c1; ddim: x = c2 x0 + c3 eps; ddpm: x = c2 x0 + c3 x + c4 noise
+        (c4 = 0 on the last step, which draws no noise)."""
+        steps, sampler = self._resolve(steps, sampler)
+        rows, ts = [], []
+        for t, ab, ab_prev in self.chain(steps):
+            c0, c1 = math.sqrt(1 - ab), math.sqrt(ab)
+            if sampler == "ddim":
+                rows.append([c0, c1, math.sqrt(ab_prev), math.sqrt(1 - ab_prev), 0.0])
+            else:
+                beta = 1 - ab / ab_prev
+                c4 = math.sqrt(beta * (1 - ab_prev) / (1 - ab)) * temperature if ab_prev < 1.0 else 0.0
+                rows.append([c0, c1, beta * math.sqrt(ab_prev) / (1 - ab),
+                             (1 - ab_prev) * math.sqrt(1 - beta) / (1 - ab), c4])
+            ts.append(t)
+        return {"coef": torch.tensor(rows, device=device), "t": torch.tensor(ts, device=device),
+                "temperature": torch.tensor(float(temperature), device=device)}
+
+    def denoise_step(self, x_Bd, cond_BW, cfg_scale, t, coef, noise_Bd, sampler: str = "ddpm") -> torch.Tensor:
+        """One chain step of `sample` with tensors for the step's timestep (0-d), coefficients (5,) and noise (zeros
+        on the last ddpm step): fixed shapes, no host synchronisation."""
+        inp = x_Bd if cfg_scale is None else torch.cat([x_Bd, x_Bd])
+        eps = guide(self.eps(inp, t.reshape(1), cond_BW).float(), cfg_scale)
+        x0 = (x_Bd - coef[0] * eps) / coef[1]
+        if self.cfg.x0_clip is not None:
+            x0 = x0.clamp(-self.cfg.x0_clip, self.cfg.x0_clip)
+        if sampler == "ddim":
+            return coef[2] * x0 + coef[3] * eps
+        return coef[2] * x0 + coef[3] * x_Bd + coef[4] * noise_Bd
+
+    def sample_static(self, cond_BW, cfg_scale, noise, consts, steps=None, sampler=None,
+                      step_fn=None) -> torch.Tensor:
+        """`sample` as a loop of `denoise_step` (or `step_fn`, its compiled form) over the chain."""
+        steps, sampler = self._resolve(steps, sampler)
+        step_fn = step_fn or self.denoise_step
+        x = noise[0]
+        if sampler == "ddim":
+            x = x * consts["temperature"]
+        later = iter(noise[1:])
+        coef, ts = consts["coef"], consts["t"]
+        for i, (_, _, ab_prev) in enumerate(self.chain(steps)):
+            step_noise = next(later) if sampler == "ddpm" and ab_prev < 1.0 else torch.zeros_like(x)
+            x = step_fn(x, cond_BW, cfg_scale, ts[i], coef[i], step_noise, sampler)
         return x
 
     def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:

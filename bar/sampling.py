@@ -1,7 +1,13 @@
 """AR sampling loop for BARGenerator: raster order, KV cache (or a cache-free path for testing), batched CFG.
 
-    generate(model, labels_B, cfg_scale=1.0, temperature=1.0, kv_cache=True, generator=None, **schedule)
+    generate(model, labels_B, cfg_scale=1.0, temperature=1.0, kv_cache=True, generator=None, fast=False,
+             compile=False, **schedule)
         -> tokens (B, h*w, k) in raster order, ungrouped (uint8 bits for bit heads)
+
+fast=True decodes through bar.fast: a static preallocated KV cache and a decode step with fixed shapes and no host
+synchronisation (backbone one position + the head's sampler); compile=True (implies fast) compiles that step
+(torch.compile default mode on CPU, CUDA graphs on GPU; a string names the mode). Same tokens as the eager path from
+the same generator. kv_cache=False is the cache-free reference and cannot be combined with fast.
 
 CFG: when cfg_scale != 1 the batch is doubled, [labels; null class], and the head receives conditions (2B, W) with the
 unconditional half second and the scale s_i = 1 + (cfg_scale - 1) * i / L for AR step i of L (a linear ramp from 1).
@@ -24,8 +30,12 @@ def cfg_scale_at(i: int, num_steps: int, cfg_scale: float) -> float:
 
 @torch.no_grad()
 def generate(model, labels_B: torch.Tensor, cfg_scale: float = 1.0, temperature: float = 1.0,
-             kv_cache: bool = True, generator: torch.Generator | None = None, **schedule) -> torch.Tensor:
+             kv_cache: bool = True, generator: torch.Generator | None = None, fast: bool = False,
+             compile: bool | str = False, **schedule) -> torch.Tensor:
     model.head.check_schedule(**schedule)
+    fast = fast or bool(compile)
+    if fast and not kv_cache:
+        raise UserError("fast sampling decodes with a static KV cache; kv_cache=False is the eager reference only")
     labels_B = torch.as_tensor(labels_B).long()
     if labels_B.ndim != 1 or labels_B.numel() == 0:
         raise UserError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels_B.shape)}")
@@ -33,6 +43,16 @@ def generate(model, labels_B: torch.Tensor, cfg_scale: float = 1.0, temperature:
         raise UserError(f"labels must lie in [0, {model.null_class}] ({model.null_class} = null class)")
     device = next(model.parameters()).device
     labels_B = labels_B.to(device)
+    if fast:
+        from bar.fast import fast_generate
+
+        was_training = model.training
+        model.eval()
+        try:
+            steps = fast_generate(model, labels_B, cfg_scale, temperature, generator, compile=compile, **schedule)
+        finally:
+            model.train(was_training)
+        return model.ungroup(steps)
     L, K = model.cfg.steps, model.cfg.step_dim
     use_cfg = cfg_scale != 1.0
     labels = torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if use_cfg else labels_B
