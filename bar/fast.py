@@ -2,8 +2,9 @@
 The eager paths (`bar.sampling.generate(..., fast=False)`, `BARGenerator.training_loss`) stay the reference; the
 fast ones give the same tokens from the same seed and the same loss from the same draws (tests/test_fast_paths.py).
 
-    bar.sampling.generate(model, labels_B, ..., fast=True, compile=False | True | "<torch.compile mode>")
-    compile_training(model, **compile_kwargs) -> loss_fn(tokens_BLk, labels_B, step=None, generator=None) -> loss
+    bar.sampling.generate(model, labels_B, ..., fast=True, compile=False | True | "<torch.compile mode>" | {kwargs})
+    release_decoders(model)                   free the decoders (KV caches, compiled steps) kept on the model
+    compile_training(model, generator=None, **compile_kwargs) -> loss_fn(tokens_BLk, labels_B, step=None) -> loss
 
 Decoding (`FastDecoder`): the KV cache is preallocated at its final length and written in place at a tensor position
 (`StaticKVCache`); attention reads the whole buffer under a position mask, so every AR step has the same shapes. One
@@ -16,7 +17,9 @@ The diffusion head's sampler is a 100-step loop: its step (`DiffusionHead.denois
 
 compile=True uses torch.compile's default mode on CPU and "reduce-overhead" (CUDA graphs) on CUDA; a string picks
 the mode. A decoder is built per (batch, CFG on/off, temperature, schedule, device, dtype) and kept on the model
-for the next call with the same settings; torch.compile specialises on shapes, so a new batch size compiles again.
+(the MAX_DECODERS most recent) for the next call with the same settings; torch.compile specialises on shapes, so a
+new batch size compiles again (a last, smaller batch costs one more compile). Parameters stay inputs of the compiled
+graphs (no freezing), so a model that keeps training samples correctly without recompiling.
 
 Training: `training_loss` draws its randomness first (`BARGenerator.training_draws`: label dropout, orders from
 the annealed probability, the head's masks/noise) and computes the loss from the draws (`loss_from_draws`), which
@@ -126,6 +129,22 @@ class FastDecoder:
                     self.denoise = _GraphCall(self.denoise)
         self.step = step
 
+    def prefill(self, model, labels: torch.Tensor) -> torch.Tensor:
+        """Reset the cache, fill the prefix (cls + class tokens) and return the condition of the first step. The
+        prefix sees only itself and its label, so it runs once per distinct label (the null class of the CFG half,
+        repeated classes) and is copied to the rows that share it."""
+        P, L, K = model.cfg.prefix, model.cfg.steps, model.cfg.step_dim
+        uniq, inverse = torch.unique(labels, return_inverse=True)
+        kv = model.new_cache()
+        orders = torch.arange(L, device=labels.device).expand(uniq.shape[0], L)
+        cond = model.conditions(uniq.new_zeros(uniq.shape[0], 0, K), uniq, orders, cache=kv)[:, -1]
+        self.cache.reset()
+        for layer in range(model.cfg.depth):
+            getattr(self.cache, f"k{layer}")[:, :, :P] = kv.k[layer][inverse, :, :P]
+            getattr(self.cache, f"v{layer}")[:, :, :P] = kv.v[layer][inverse, :, :P]
+        self.cache.length = P
+        return cond[inverse]
+
     @torch.no_grad()
     def generate(self, model, labels_B: torch.Tensor, cfg_scale: float, generator: torch.Generator | None):
         """Steps (B, L, K) in AR order. labels_B already validated and on the device."""
@@ -136,9 +155,7 @@ class FastDecoder:
         labels = torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if self.use_cfg else labels_B
         # CFG scale per AR step, computed in double as the eager loop does and rounded once
         scales = torch.tensor([cfg_scale_at(i, L, cfg_scale) for i in range(L)], device=dev) if self.use_cfg else None
-        self.cache.reset()
-        orders = torch.arange(L, device=dev).expand(labels.shape[0], L)
-        cond = model.conditions(labels.new_zeros(labels.shape[0], 0, K), labels, orders, cache=self.cache)[:, -1]
+        cond = self.prefill(model, labels)
 
         def noise():
             return head.sample_noise(B, self.temperature, generator, dev, **self.schedule)

@@ -12,8 +12,9 @@ Rows per grid and section:
   sample  eager  `generate(..., kv_cache=True)`  (CFG, KV cache)
           fast   `generate(..., fast=True)`      static cache, uncompiled
           compiled `generate(..., compile=True)`  static cache, compiled decode step (CUDA graphs on GPU)
-img/s is batch / median seconds of `--repeats` timed calls, the paths interleaved in each repetition so that load
-from other processes hits them alike; compile_s = first call - median call (compile time is not throughput);
+img/s is batch / median wall seconds of `--repeats` timed calls, the paths interleaved in each repetition so that
+load from other processes hits them alike (speedup: median vs eager's median; speedup_min: best call vs eager's best
+call, the least disturbed; cpu_seconds: process CPU time per call, the robust figure at 1 thread); compile_s = first call - median call (compile time is not throughput);
 peak_mem = peak bytes of tensors allocated during one call, above the level at its start (CPU: profiler allocation
 events; GPU: max_memory_allocated). same_tokens: the path's tokens equal the eager path's from the same seed.
 
@@ -47,8 +48,9 @@ from bar.heads import build_head  # noqa: E402
 from bar.memory import fmt_bytes, measure_peak_train_memory  # noqa: E402
 from bar.sampling import generate  # noqa: E402
 
-FIELDS = ["scale", "grid", "section", "path", "batch", "img_per_s", "seconds", "speedup", "compile_s",
-          "peak_mem_bytes", "same_tokens", "threads", "device", "loadavg", "note"]
+FIELDS = ["scale", "grid", "section", "path", "batch", "img_per_s", "seconds", "min_seconds", "cpu_seconds",
+          "speedup", "speedup_min", "compile_s", "compile_cpu_s", "peak_mem_bytes", "same_tokens", "threads", "clock", "device",
+          "loadavg"]
 
 
 @dataclass
@@ -98,12 +100,27 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device) -> tuple[float, object]:
+CLOCK = "wall"     # --clock: "wall" seconds, or "cpu" (process CPU seconds: robust to other processes' load at 1 thread)
+
+
+def timed(fn, device, cpu: list | None = None) -> tuple[float, object]:
+    """Wall seconds of fn() (its process CPU seconds appended to `cpu`)."""
     sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = fn()
     sync(device)
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start, out
+
+
+def summary(wall: list[float], cpu: list[float], first: tuple[float, float], compiled: bool) -> dict:
+    """seconds / min_seconds on CLOCK; compile_s: first call - median call on the wall clock; compile_cpu_s: the same
+    in process CPU seconds (all of the compile's work only when compiling in-process: TORCHINDUCTOR_COMPILE_THREADS=1)."""
+    times = cpu if CLOCK == "cpu" else wall
+    return dict(seconds=statistics.median(times), min_seconds=min(times), cpu_seconds=statistics.median(cpu),
+                compile_s=max(0.0, first[0] - statistics.median(wall)) if compiled else "",
+                compile_cpu_s=max(0.0, first[1] - statistics.median(cpu)) if compiled else "")
 
 
 def loadavg() -> str:
@@ -132,11 +149,14 @@ def bench_train(sc: Scale, side: int, batch: int, device, repeats: int, autocast
         opt.step()
         return loss
 
-    first = {name: timed(lambda: step(fn), device)[0] for name, fn in paths.items()}     # warm-up / compile
-    times = {name: [] for name in paths}
+    first = {}
+    for name, fn in paths.items():                                                     # warm-up / compile
+        first_cpu = []
+        first[name] = (timed(lambda: step(fn), device, first_cpu)[0], first_cpu[0])
+    wall, cpu = {name: [] for name in paths}, {name: [] for name in paths}
     for _ in range(repeats):
         for name, fn in paths.items():
-            times[name].append(timed(lambda: step(fn), device)[0])
+            wall[name].append(timed(lambda: step(fn), device, cpu[name])[0])
     # the same loss from the same draws (the model has no dropout)
     draws = model.training_draws(batch, 0, device)
     with autocast():
@@ -144,10 +164,10 @@ def bench_train(sc: Scale, side: int, batch: int, device, repeats: int, autocast
                               compiled.compiled(tokens, labels, draws).float(), atol=1e-5, rtol=1e-5)
     rows = []
     for name, fn in paths.items():
-        med = statistics.median(times[name])
+        stats = summary(wall[name], cpu[name], first[name], name != "eager")
         peak = measure_peak_train_memory(lambda: step(fn), device)
-        rows.append(dict(section="train", path=name, batch=batch, img_per_s=batch / med, seconds=med,
-                         compile_s=max(0.0, first[name] - med) if name != "eager" else "", peak_mem_bytes=peak,
+        rows.append(dict(section="train", path=name, batch=batch, img_per_s=batch / stats["seconds"], **stats,
+                         peak_mem_bytes=peak,
                          same_tokens=same if name != "eager" else ""))
     return rows
 
@@ -164,19 +184,70 @@ def bench_sample(sc: Scale, side: int, batch: int, device, repeats: int, autocas
 
     first, outs = {}, {}
     for name, opts in paths.items():
-        first[name], outs[name] = timed(lambda: run(opts), device)
-    times = {name: [] for name in paths}
+        first_cpu = []
+        wall_s, outs[name] = timed(lambda: run(opts), device, first_cpu)
+        first[name] = (wall_s, first_cpu[0])
+    wall, cpu = {name: [] for name in paths}, {name: [] for name in paths}
     for _ in range(repeats):
         for name, opts in paths.items():
-            times[name].append(timed(lambda: run(opts), device)[0])
+            wall[name].append(timed(lambda: run(opts), device, cpu[name])[0])
     rows = []
     for name, opts in paths.items():
-        med = statistics.median(times[name])
+        stats = summary(wall[name], cpu[name], first[name], name == "compiled")
         peak = measure_peak_train_memory(lambda: run(opts), device)
-        rows.append(dict(section="sample", path=name, batch=batch, img_per_s=batch / med, seconds=med,
-                         compile_s=max(0.0, first[name] - med) if name == "compiled" else "", peak_mem_bytes=peak,
+        rows.append(dict(section="sample", path=name, batch=batch, img_per_s=batch / stats["seconds"], **stats,
+                         peak_mem_bytes=peak,
                          same_tokens=torch.equal(outs[name], outs["eager"]) if name != "eager" else ""))
     return rows
+
+
+def profile_tables(sc: Scale, side: int, train_b: int, sample_b: int, device, autocast, compile_mode,
+                   top: int = 15) -> str:
+    """torch.profiler tables (top ops by self time, op calls) of one sampling call per AR step and one training step,
+    eager vs compiled: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines = []
+
+    def record(title, fn, per):
+        fn()                                                         # warm (compiles)
+        with profile(activities=acts) as prof:
+            fn()
+            sync(device)
+        ka = prof.key_averages()
+        calls = sum(e.count for e in ka)
+        self_ms = sum(e.self_cpu_time_total for e in ka) / 1e3
+        mm = sum(e.self_cpu_time_total for e in ka if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / 1e3
+        lines.append(f"== {title}: {calls / per:.0f} operator calls and {self_ms / per:.1f} ms self CPU per "
+                     f"{'AR step' if per > 1 else 'step'}; matmuls (mm/addmm/bmm) {100 * mm / self_ms:.0f}% of it")
+        lines.append(ka.table(sort_by=sort, row_limit=top, max_name_column_width=50))
+
+    model = build(sc, side, device).eval()
+    labels = torch.arange(sample_b, device=device) % sc.num_classes
+    kw = dict(cfg_scale=sc.cfg_scale, temperature=sc.temperature, allocation=sc.allocation)
+    L = model.cfg.steps
+    for name, opts in (("eager", {}), ("compiled", {"compile": compile_mode})):
+        def run(opts=opts):
+            with autocast():
+                generate(model, labels, generator=torch.Generator(device=device).manual_seed(0), **kw, **opts)
+        record(f"sample {name}, {side}x{side}, batch {sample_b} (per AR step, {L} steps)", run, L)
+    model = build(sc, side, device).train()
+    tokens = torch.randint(0, 2, (train_b, side * side, sc.bits), dtype=torch.uint8, device=device)
+    tlabels = torch.randint(0, sc.num_classes, (train_b,), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    compiled = compile_training(model)
+    for name, fn in (("eager", lambda: model.training_loss(tokens, tlabels, 0)),
+                     ("compiled", lambda: compiled(tokens, tlabels, 0))):
+        def step(fn=fn):
+            with autocast():
+                loss = fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        record(f"train {name}, {side}x{side}, batch {train_b} (one AdamW step)", step, 1)
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -186,13 +257,23 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default="train,sample")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: the scale's, else 2)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="time on the wall clock, or in process CPU seconds (use with --threads 1 on a shared "
+                         "machine: other processes' load then does not count)")
     ap.add_argument("--batch", type=int, default=None, help="override the train and sample batch")
     ap.add_argument("--compile-mode", default="true",
                     help="compile= for the compiled sampling path: true (default mode on CPU, CUDA graphs on GPU) or "
                          "a torch.compile mode")
     ap.add_argument("--out", default=None, help="CSV (default: benchmarks/results/fast_paths[_<scale>].csv)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing: profiler tables (eager vs compiled) per grid, written beside the CSV "
+                         "as fast_paths[_<scale>]_profile.txt")
     args = ap.parse_args(argv)
     sc = SCALES[args.scale]
+    global CLOCK
+    CLOCK = args.clock
+    if args.clock == "cpu" and sc.gpu:
+        raise SystemExit("--clock cpu measures CPU work; GPU runs need the wall clock")
     if sc.gpu and not torch.cuda.is_available():
         print(f"--scale {args.scale} is a GPU benchmark (bf16 autocast, batch 256) and needs CUDA; this machine has "
               f"none. Run it on a GPU machine, or use --scale small / tiny on CPU.", file=sys.stderr)
@@ -214,7 +295,20 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else Path(__file__).resolve().parent / "results" / name
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{threads}"
     print(f"scale {args.scale}: dim {sc.dim}, depth {sc.depth}, head {sc.head_width} x {sc.head_depth}, "
-          f"allocation {sc.allocation}, CFG {sc.cfg_scale}; {dev_name}; {args.repeats} interleaved repeats", flush=True)
+          f"allocation {sc.allocation}, CFG {sc.cfg_scale}; {dev_name}; {args.repeats} interleaved repeats; "
+          f"{args.clock} clock", flush=True)
+    if args.profile:
+        text = []
+        for side in sides:
+            train_b, sample_b = sc.grids.get(side, (16, 16))
+            text.append(profile_tables(sc, side, args.batch or train_b, args.batch or sample_b, device, autocast,
+                                       compile_mode))
+            print(text[-1], flush=True)
+        prof_out = out.with_name(out.stem + "_profile.txt")
+        prof_out.parent.mkdir(parents=True, exist_ok=True)
+        prof_out.write_text(f"# {dev_name}, scale {args.scale}\n" + "\n".join(text) + "\n")
+        print(f"wrote {prof_out}")
+        return 0
     rows = []
     for side in sides:
         train_b, sample_b = sc.grids.get(side, (16, 16))
@@ -230,8 +324,9 @@ def main(argv=None) -> int:
                 raise SystemExit(f"unknown section {section!r}: train or sample")
             eager = next(r for r in got if r["path"] == "eager")
             for r in got:
-                r.update(scale=args.scale, grid=f"{side}x{side}", threads=threads, device=dev_name,
-                         speedup=r["img_per_s"] / eager["img_per_s"], loadavg=f"{load0}-{loadavg()}")
+                r.update(scale=args.scale, grid=f"{side}x{side}", threads=threads, clock=args.clock, device=dev_name,
+                         speedup=r["img_per_s"] / eager["img_per_s"],
+                         speedup_min=eager["min_seconds"] / r["min_seconds"], loadavg=f"{load0}-{loadavg()}")
                 rows.append(r)
                 print(fmt_row(r), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,11 +341,11 @@ def main(argv=None) -> int:
 
 
 def fmt_row(r: dict) -> str:
-    comp = f"compile {r['compile_s']:.0f}s" if r["compile_s"] != "" else ""
+    comp = f"compile {r['compile_s']:.0f}s ({r['compile_cpu_s']:.0f} cpu)" if r["compile_s"] != "" else ""
     same = "" if r["same_tokens"] == "" else ("same as eager" if r["same_tokens"] else "DIFFERS from eager")
     return (f"  {r['grid']:>5s} {r['section']:6s} {r['path']:8s} batch {r['batch']:3d}: {r['img_per_s']:8.2f} img/s "
-            f"({r['speedup']:.2f}x)  peak {fmt_bytes(r['peak_mem_bytes']):>9s}  {comp:14s} {same}  "
-            f"[load {r['loadavg']}]")
+            f"({r['speedup']:.2f}x median, {r['speedup_min']:.2f}x best)  peak {fmt_bytes(r['peak_mem_bytes']):>9s}  "
+            f"{comp:22s} {same}  [load {r['loadavg']}]")
 
 
 if __name__ == "__main__":
