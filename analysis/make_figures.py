@@ -2,7 +2,8 @@
 
     python analysis/make_figures.py [--sweep NAME ...] [--tracking-uri URI] [--out paper_figs] [--format png,pdf]
 
-Tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///<project root>/outputs/mlflow.db.
+Tracking URI: --tracking-uri, else the project default (bar.paths: MLFLOW_TRACKING_URI, else the sqlite store under
+BAR_OUTPUTS or <project root>/outputs), the same store `run.py` writes to.
 Figures, tables and the report are also logged to each sweep's latest parent run (tag role=parent) under `figures/`
 (--no-log to skip). Exit code 2 with a one-line message when the store is missing or empty or a sweep is unknown.
 """

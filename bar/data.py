@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from bar import UserError
@@ -42,7 +43,7 @@ def _split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def load_digits_split(split: str, resolution: int = 16, val_size: int = 297, split_seed: int = 0) -> TensorImages:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional heavy import (~1 s): only the digits need scikit-learn
 
     digits = load_digits()
     pixels = torch.from_numpy(digits.images).float() / 16.0  # (1797, 8, 8) in [0, 1]
@@ -55,8 +56,6 @@ def load_digits_split(split: str, resolution: int = 16, val_size: int = 297, spl
 
 
 def _center_crop_resize(path: Path, resolution: int) -> torch.Tensor:
-    from PIL import Image
-
     with Image.open(path) as img:
         img = img.convert("RGB")
         scale = resolution / min(img.size)

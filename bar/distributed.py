@@ -3,9 +3,8 @@
 - `setup()` reads submitit's JobEnvironment (a SLURM job with several tasks, or submitit's local executor), or the
   torchrun variables (RANK / WORLD_SIZE / MASTER_ADDR), and initialises torch.distributed: NCCL on GPUs, gloo on CPU.
   A single process gets world size 1 and no process group at all.
-- Helpers every stage uses: `rank()`, `world_size()`, `is_main()`, gradient all-reduce, gathering Python objects.
-The Hydra launchers of `launcher=local_parallel` / `launcher=slurm` live in hydra_plugins/bar_launcher (Hydra only
-instantiates launchers from the `hydra_plugins` package)."""
+- Helpers every stage uses: `rank()`, `world_size()`, `is_main()`, gradient all-reduce, gathering Python objects,
+  `resolve_device()`."""
 
 from __future__ import annotations
 
@@ -13,12 +12,21 @@ import logging
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Sequence
 
+import submitit
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger("bar")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: cuda when available, else cpu; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 @dataclass
@@ -38,8 +46,6 @@ def _env_from_submitit() -> dict | None:
     if not os.environ.get("SUBMITIT_FOLDER") and not os.environ.get("SUBMITIT_EXECUTOR"):
         return None
     try:
-        import submitit
-
         env = submitit.JobEnvironment()
         if env.num_tasks <= 1:
             return None
@@ -74,8 +80,6 @@ def setup(device_type: str | None = None, timeout_s: float = 1800) -> DistEnv:
     os.environ.update(MASTER_ADDR=str(found["master_addr"]), MASTER_PORT=str(found["master_port"]),
                       RANK=str(found["rank"]), WORLD_SIZE=str(found["world_size"]),
                       LOCAL_RANK=str(found["local_rank"]))
-    from datetime import timedelta
-
     dist.init_process_group(backend, init_method="env://", rank=found["rank"], world_size=found["world_size"],
                             timeout=timedelta(seconds=timeout_s))
     log.info("torch.distributed: rank %d of %d (%s)", found["rank"], found["world_size"], backend)

@@ -20,7 +20,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from bar import UserError
 from bar.cache import file_lock, get_or_build
 from bar.config import data_identity, signature
-from bar.train import infinite_batches, train
+from bar.train import Recipe, infinite_batches, train
 
 CLASSIFIER_EXTRACTOR = "bar-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -100,8 +100,8 @@ def train_classifier(dataset, in_channels: int, resolution: int, num_classes: in
         images, labels = batch
         return F.cross_entropy(model(_to_input(images, in_channels, resolution)), labels)
 
-    train(model, loss_fn, infinite_batches(dataset, ccfg.batch_size, seed=0), steps=ccfg.steps, lr=ccfg.lr,
-          warmup=min(20, ccfg.steps // 10))
+    train(model, loss_fn, infinite_batches(dataset, ccfg.batch_size, seed=0),
+          Recipe(steps=ccfg.steps, lr=ccfg.lr, warmup=min(20, ccfg.steps // 10)))
     torch.save({"state_dict": model.state_dict(), "in_channels": in_channels, "resolution": resolution,
                 "width": ccfg.width, "num_classes": num_classes}, folder / "classifier.pt")
 

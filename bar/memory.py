@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
 
 from bar.heads import TokenHead
 from bar.layers import swiglu_hidden
@@ -96,8 +97,6 @@ def measure_peak_train_memory(fn: Callable[[], object], device: str | torch.devi
         fn()
         torch.cuda.synchronize(device)
         return max(0, torch.cuda.max_memory_allocated(device) - base)
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     changes = _allocation_events(prof)

@@ -4,7 +4,6 @@ Stage code never touches MLflow: it hands metrics and files to a `PointRun`."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import subprocess
@@ -12,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
 from bar import PROJECT_ROOT
+from bar.paths import sqlite_path
 
 PARAM_BATCH = 100  # MLflow's per-request limit
 
@@ -23,11 +26,6 @@ def git_sha() -> str:
                               text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def default_uri() -> str:
-    outputs = Path(os.environ.get("BAR_OUTPUTS", PROJECT_ROOT / "outputs")).resolve()
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{outputs}/mlflow.db"
 
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs",
@@ -72,10 +70,9 @@ def warn_if_network_sqlite(uri: str) -> bool:
 
 def client_for(uri: str):
     """An MlflowClient for `uri`; an sqlite store's folder is created first."""
-    from mlflow.tracking import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
         warn_if_network_sqlite(uri)
     return MlflowClient(tracking_uri=uri)
 
@@ -126,8 +123,8 @@ def experiment_id(client, name: str, uri: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+    if sqlite_path(uri) is not None:
+        location = (sqlite_path(uri).parent / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it first
@@ -186,19 +183,16 @@ class PointRun:
             self.run_id = self.client.create_run(experiment_id(self.client, experiment, uri), run_name=name,
                                                  tags=all_tags).info.run_id
         self.status = "finished"
+        self._kept_running = ""
 
     # -- logging
     def log_params(self, params: dict[str, object]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + PARAM_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Metrics at `step`; in a resumed run, step-0 metrics it already has are not logged twice."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
                  and not (self.resumed and step == 0 and k in self._logged_keys)]
@@ -215,8 +209,6 @@ class PointRun:
         self._write_history(name, history)
 
     def _write_history(self, name: str, history: list[tuple[int, float]]) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(name, float(v), now, int(s)) for s, v in history if math.isfinite(float(v))]
         for i in range(0, len(items), 1000):
@@ -235,8 +227,6 @@ class PointRun:
             self._logged_steps[name] = max(int(s) for s, _ in new)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(self.run_id, tags=items[i:i + PARAM_BATCH])
@@ -252,12 +242,14 @@ class PointRun:
     def __enter__(self) -> "PointRun":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        from bar.checkpoint import stop_requested
+    def keep_running(self, reason: str) -> None:
+        """Leave the run RUNNING when the context exits: the job was stopped to be requeued (SLURM timeout,
+        preemption) and the next attempt resumes this run."""
+        self._kept_running = reason
 
-        if exc is not None and isinstance(exc, (SystemExit, KeyboardInterrupt)) and stop_requested():
-            # stopped by SLURM (timeout, preemption, requeue): the run stays RUNNING and the next attempt resumes it
-            self.client.set_tag(self.run_id, "stopped_by_signal", str(stop_requested()))
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._kept_running:
+            self.client.set_tag(self.run_id, "stopped", self._kept_running)
             return False
         if exc is None:
             self.client.set_tag(self.run_id, "status", self.status)
@@ -287,84 +279,3 @@ class NullRun:
 
     def mark(self, status: str) -> None:
         self.status = status
-
-
-def default_server_backend() -> Path:
-    """The server's sqlite file: on local disk (not the shared outputs folder), one per user."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "bar" / "mlflow-server.db"
-
-
-def serve_command(host: str, port: str | int, backend: str | Path, artifacts: str | Path,
-                  workers: int = 2) -> list[str]:
-    backend, artifacts = Path(backend).resolve(), Path(artifacts).resolve()
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{backend}",
-            "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--host", str(host),
-            "--port", str(port), "--workers", str(workers)]
-
-
-def _supervise(cmd: list[str]) -> int:
-    """Run the server in its own process group and take the whole group down when this process is stopped
-    (SIGTERM, SIGINT): mlflow server starts uvicorn workers and job runners that outlive a plain kill."""
-    import signal
-
-    proc = subprocess.Popen(cmd, start_new_session=True)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if True:   # children may outlive the server process itself
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    time.sleep(0.5)
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bar.tracking ui` opens the MLflow UI on the default store; `serve` starts the tracking server that
-    `tracking=server` points jobs at."""
-    parser = argparse.ArgumentParser(prog="python -m bar.tracking")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ui = sub.add_parser("ui", help="mlflow ui on the default store (or MLFLOW_TRACKING_URI)")
-    ui.add_argument("--port", default="5000")
-    ui.add_argument("--host", default="127.0.0.1")
-    serve = sub.add_parser("serve", help="mlflow server for many jobs: sqlite on local disk, artifacts on shared "
-                                         "storage; use tracking=server tracking.host=... in the jobs")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 for a cluster)")
-    serve.add_argument("--port", default="5000")
-    serve.add_argument("--backend", default=str(default_server_backend()), help="sqlite file, on local disk")
-    outputs = Path(os.environ.get("BAR_OUTPUTS", PROJECT_ROOT / "outputs")).resolve()
-    serve.add_argument("--artifacts", default=str(outputs / "mlartifacts"), help="artifact folder (shared storage)")
-    serve.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        backend = Path(args.backend).expanduser()
-        backend.parent.mkdir(parents=True, exist_ok=True)
-        Path(args.artifacts).expanduser().mkdir(parents=True, exist_ok=True)
-        warn_if_network_sqlite(f"sqlite:///{backend.resolve()}")
-        print(f"MLflow server at http://{args.host}:{args.port} (store sqlite:///{backend.resolve()}, artifacts "
-              f"{Path(args.artifacts).resolve()}); jobs: tracking=server tracking.host={args.host} "
-              f"tracking.port={args.port}", file=sys.stderr)
-        cmd = serve_command(args.host, args.port, backend, Path(args.artifacts).expanduser(), args.workers)
-        return _supervise(cmd)
-    uri = default_uri()
-    client_for(uri)
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", file=sys.stderr)
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                            "--host", args.host, "--port", str(args.port)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -219,11 +219,18 @@ def test_missing_store_is_an_error(tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_default_uri_uses_env(monkeypatch, store):
-    from analysis.runs import PROJECT_ROOT, default_tracking_uri
+def test_default_uri_uses_env(monkeypatch, store, tmp_path):
+    from analysis.runs import default_tracking_uri
+    from bar import PROJECT_ROOT
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BAR_OUTPUTS", raising=False)
     assert default_tracking_uri() == f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
+    # BAR_OUTPUTS moves the store for analysis/ exactly as for run.py (one function decides: bar.paths)
+    monkeypatch.setenv("BAR_OUTPUTS", str(tmp_path / "elsewhere"))
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    from bar.config import compose
+    assert compose([]).tracking.uri == default_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert len(load_runs(sweep="patch_size")) == 3
 

@@ -5,7 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from bar import UserError
-from bar.config import available_sweeps, compose, point_signature, tokenizer_signature, validate_config
+from bar.config import available_sweeps, compose, point_signature, tokenizer_signature
+from bar.validate import validate_config
 from conftest import ROOT
 
 PROFILES = ["tiny", "smoke", "paper"]
@@ -20,12 +21,7 @@ def test_every_sweep_composes_with_every_profile(sweep, profile):
 
 
 def test_sweep_files_say_what_varies():
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from bar.config import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["sweep=bits_vs_rfid"], return_hydra_config=True)
+    cfg = compose(["sweep=bits_vs_rfid"], hydra_node=True)
     grids = cfg.hydra.sweeper.grids
     bits = [int(b) for b in str(grids[0]["tokenizer.bits"]).split(",")]
     channels = [int(c) for c in str(grids[1]["tokenizer.channels"]).split(",")]

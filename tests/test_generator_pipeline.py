@@ -63,6 +63,7 @@ def test_figures_from_the_sweep_store(codebook_store, tmp_path):
     assert (tmp_path / "REPORT.md").exists()
 
 
+@pytest.mark.slow
 def test_continuous_path_and_sampling_from_a_checkpoint(tmp_path):
     proc = run_cli(["-m", "sweep=bits_vs_gfid", "profile=smoke", "tokenizer.bits=8", "tokenizer.channels=2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

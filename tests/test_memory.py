@@ -6,7 +6,7 @@ import torch
 from bar.heads import build_head
 from bar.memory import (estimate_train_memory, measure_peak_train_memory, measure_train_step,
                         train_memory_breakdown)
-from bar.presets import build_generator
+from conftest import build_model
 
 
 
@@ -27,7 +27,7 @@ def test_measure_sees_allocations_and_frees():
 def test_softmax_estimate_matches_measurement_where_logits_dominate():
     torch.manual_seed(0)
     k, B = 13, 16                                     # C = 8192 codes, 16 x 16 positions
-    model = build_generator("smoke", bits_per_token=k, head="softmax")
+    model = build_model("profile=smoke", f"tokenizer.bits={k}", "head=softmax", "data.num_classes=4")
     parts = train_memory_breakdown(model, B)
     estimate = estimate_train_memory(model, B)
     assert estimate == sum(parts.values())
@@ -39,8 +39,7 @@ def test_softmax_estimate_matches_measurement_where_logits_dominate():
 
 def test_estimate_scaling_with_bits_per_token():
     def est(head, k):
-        with torch.device("meta"):
-            model = build_generator("tiny", bits_per_token=k, head=head)
+        model = build_model("profile=tiny", f"tokenizer.bits={k}", f"head={head}", "head.width=256", meta=True)
         return estimate_train_memory(model, 32)
 
     mbm = [est("mbm", k) for k in (8, 16, 32, 64)]

@@ -10,8 +10,9 @@ import time
 import pytest
 import torch
 
-from bar.checkpoint import (CheckpointDir, CorruptCheckpoint, clear_stop, load_verified, request_stop, save_atomic)
-from bar.train import infinite_batches, train
+from bar.checkpoint import CheckpointDir, CorruptCheckpoint, load_verified, save_atomic
+from bar.signals import clear_stop, request_stop
+from bar.train import Checkpointing, Recipe, infinite_batches, train
 
 from conftest import ROOT, child_runs
 
@@ -40,8 +41,9 @@ def _run(tmp_path, steps=30, stop_at=None, ckpt=True, every=7):
         return loss_fn(batch, step)
 
     try:
-        result = train(model, loss_and_stop, infinite_batches(data, 16, seed=3), steps=steps, lr=1e-2, warmup=3,
-                       log_every=5, checkpoint_dir=tmp_path / "ckpt" if ckpt else None, checkpoint_every=every)
+        hooks = [Checkpointing(tmp_path / "ckpt", every)] if ckpt else []
+        result = train(model, loss_and_stop, infinite_batches(data, 16, seed=3),
+                       Recipe(steps=steps, lr=1e-2, warmup=3, log_every=5), hooks=hooks)
     finally:
         clear_stop()
     return model, result, seen
@@ -116,6 +118,7 @@ def _cli(args, outputs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_killed_point_resumes_its_own_run(tmp_path):
     """SIGKILL mid-training (no chance to clean up), run again: one MLflow run, history without gaps or duplicates,
     the same final weights as an uninterrupted run."""

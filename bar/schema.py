@@ -1,0 +1,219 @@
+"""The typed schema of the whole configuration, registered with Hydra's ConfigStore.
+
+Values live in the YAML files of bar/conf/ (one file per data set, tokenizer kind, model preset, profile, ...); this
+module only says which keys exist and their types, so a misspelled key or a value of the wrong type fails at
+composition with one line naming it. Fields without a default (MISSING) must be set by a config file.
+
+Head options are the heads' own config dataclasses (bar.heads.HEADS), so a head option has exactly one default and one
+type, in the model code; each head's config file extends its schema (`/schema/head/<name>`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from bar.heads import HEADS
+
+
+@dataclass
+class PathsConf:
+    outputs: str = "${bar_outputs:}"       # BAR_OUTPUTS or <project>/outputs (bar.paths)
+    cache: str = "${paths.outputs}/cache"
+
+
+@dataclass
+class DataConf:
+    name: str = MISSING                    # digits | imagefolder
+    root: Optional[str] = None
+    val_root: Optional[str] = None
+    resolution: int = MISSING
+    in_channels: int = MISSING
+    num_classes: int = MISSING
+    val_size: Optional[int] = None
+    split_seed: int = 0
+
+
+@dataclass
+class ViTSizes:
+    enc_width: int = MISSING
+    enc_depth: int = MISSING
+    enc_heads: int = MISSING
+    dec_width: int = MISSING
+    dec_depth: int = MISSING
+    dec_heads: int = MISSING
+
+
+@dataclass
+class TokenizerLoss:
+    l1: float = MISSING
+    l2: float = MISSING
+    kl: float = MISSING
+
+
+@dataclass
+class TokenizerTrain:
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    min_lr: float = MISSING
+    warmup: int = MISSING
+    weight_decay: float = MISSING
+    betas: List[float] = MISSING
+
+
+@dataclass
+class TokenizerConf:
+    kind: str = MISSING                    # fsq (discrete) | ae (continuous)
+    bits: Optional[int] = None             # fsq: bits per token
+    channels: Optional[int] = None         # ae: channels per token
+    kl: bool = False
+    arch: str = MISSING                    # conv | vit
+    width: int = MISSING
+    num_down: int = MISSING
+    patch: int = MISSING
+    vit: ViTSizes = field(default_factory=ViTSizes)
+    loss: TokenizerLoss = field(default_factory=TokenizerLoss)
+    train: TokenizerTrain = field(default_factory=TokenizerTrain)
+
+
+@dataclass
+class ModelConf:
+    """A generator preset's sizes (bar/conf/model/<preset>.yaml also sets its training and sampling recipe)."""
+    preset: str = MISSING
+    dim: int = MISSING
+    depth: int = MISSING
+    heads: int = MISSING
+    mlp_ratio: float = MISSING
+    dropout: float = MISSING
+    attn_dropout: float = MISSING
+    class_repeat: int = MISSING
+    patch_size: int = MISSING
+    head_width: int = MISSING              # W: the condition width, and the head's width unless the head sets its own
+    head_depth: int = MISSING
+    label_dropout: float = MISSING
+    rope_theta: float = MISSING
+    compile: bool = False
+
+
+@dataclass
+class GeneratorTrain:
+    steps: int = MISSING
+    batch_size: int = MISSING              # global batch (over all ranks)
+    lr: float = MISSING
+    end_lr: float = MISSING
+    warmup: int = MISSING
+    weight_decay: float = MISSING
+    betas: List[float] = MISSING
+    grad_clip: float = MISSING
+    order_anneal: List[int] = MISSING      # [start, end]: random-order probability 1 -> 0 between these steps
+    bf16: bool = True                      # autocast on GPUs; CPU runs stay fp32
+
+
+@dataclass
+class GeneratorSample:
+    num_samples: int = MISSING
+    batch_size: int = MISSING
+    cfg_scale: float = MISSING
+    temperature: float = MISSING
+    allocation_shape: Optional[List[int]] = None   # the preset's MBM schedule, fitted to other bits per AR step
+    allocation: Optional[List[int]] = None         # an explicit schedule (sums to bits per AR step); wins when set
+    kv_cache: bool = True
+    nocfg: bool = True
+    seed: int = 0
+
+
+@dataclass
+class GeneratorConf:
+    memory_budget_gb: float = MISSING
+    train: GeneratorTrain = field(default_factory=GeneratorTrain)
+    sample: GeneratorSample = field(default_factory=GeneratorSample)
+
+
+@dataclass
+class ClassifierConf:
+    width: int = MISSING
+    steps: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+
+
+@dataclass
+class EvalConf:
+    extractor: str = MISSING               # classifier (offline, small) | inception (paper protocol)
+    inception_weights: Optional[str] = None
+    batch_size: int = MISSING
+    classifier: ClassifierConf = field(default_factory=ClassifierConf)
+
+
+@dataclass
+class LauncherConf:
+    """How points run; never part of a point's signature. Hydra's own launcher settings live in hydra.launcher."""
+    name: str = MISSING
+    checkpoint_every: int = MISSING
+    keep_checkpoints: int = MISSING
+    gpu_tflops: float = MISSING
+    submitted_at: Optional[float] = None   # set by the sweeper: launch overhead is measured from it
+
+
+@dataclass
+class TrackingConf:
+    uri: str = MISSING
+    parent_run_id: Optional[str] = None    # set by the sweeper for every point of a launch
+    host: Optional[str] = None             # tracking=server
+    port: Optional[int] = None
+
+
+@dataclass
+class ProfileConf:
+    name: str = MISSING
+
+
+@dataclass
+class Config:
+    experiment: str = MISSING
+    stage: str = MISSING                   # tokenizer | all | sample
+    checkpoint: Optional[str] = None
+    seed: int = MISSING
+    device: str = MISSING
+    num_threads: Optional[int] = None
+    force: bool = False
+    dry_run: bool = False
+    point_label: Optional[str] = None
+    paths: PathsConf = field(default_factory=PathsConf)
+    data: DataConf = field(default_factory=DataConf)
+    tokenizer: TokenizerConf = field(default_factory=TokenizerConf)
+    model: ModelConf = field(default_factory=ModelConf)
+    head: Any = MISSING                    # one of the head schemas below, chosen by the `head` group
+    generator: GeneratorConf = field(default_factory=GeneratorConf)
+    eval: EvalConf = field(default_factory=EvalConf)
+    launcher: LauncherConf = field(default_factory=LauncherConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
+    profile: ProfileConf = field(default_factory=ProfileConf)
+
+
+def _head_schema(name: str) -> type:
+    """The head's own config dataclass with a `name` field: the schema of `bar/conf/head/<option>.yaml`. A module
+    attribute, so configs that carry it can be pickled (submitit jobs)."""
+    _, options = HEADS[name]
+    node = make_dataclass(f"{options.__name__}Node", [("name", str, field(default=name))], bases=(options,))
+    node.__module__, node.__qualname__ = __name__, node.__name__
+    globals()[node.__name__] = node
+    return node
+
+
+HEAD_SCHEMAS: dict[str, type] = {name: _head_schema(name) for name in HEADS}
+
+
+def head_option_names(name: str) -> list[str]:
+    return [f.name for f in fields(HEADS[name][1])]
+
+
+def register() -> None:
+    """Put the schema into Hydra's ConfigStore (idempotent: storing again replaces)."""
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for name, node in HEAD_SCHEMAS.items():
+        store.store(group="schema/head", name=name, node=node)
