@@ -22,16 +22,15 @@ Rank r of W encodes items [r*n//W, (r+1)*n//W) of the dataset in order, so the s
 1-rank store. View 0 is the image as preprocessed, view 1 its horizontal flip (the release pretokenizes both and
 trains on one of the two, drawn per sample; bar.loader's sampler draws it).
 
-Reading never loads the set: each shard is mapped read-only (mmap) and a batch copies only its own rows. Pages a
-process has touched count in its RSS as file-backed (page cache, shared by the ranks of a node, reclaimable); the
-store hands them back to the kernel (madvise DONTNEED) after every `release_bytes` read, so a rank's RSS stays flat
-however large the set (benchmarks/bench_loader.py measures it).
+Writing goes through np.memmap. Reading never loads the set: a batch reads only its own rows, by default with
+positional reads (os.pread) so that nothing is mapped into the process and its RSS stays flat however large the set
+(the page cache, shared by the ranks of a node, does the caching); `access="mmap"` reads through np.memmap instead
+(see `_ShardFiles` for why that makes RSS climb to the file size). benchmarks/bench_loader.py measures both.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from pathlib import Path
 
@@ -219,54 +218,77 @@ def read_meta(root: str | Path) -> dict:
     return meta
 
 
-class _Mapped:
-    """One shard file mapped read-only, viewed as an array, with a way to drop its pages from this process."""
+class _ShardFiles:
+    """One shard's codes and labels, opened lazily in the process that reads them (pickling carries paths only).
 
-    def __init__(self, path: Path, dtype, shape):
-        self.path, self.dtype, self.shape = path, np.dtype(dtype), shape
-        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
-        with open(path, "rb") as f:
-            self.mm = mmap.mmap(f.fileno(), self.nbytes, access=mmap.ACCESS_READ)
-        self.array = np.frombuffer(self.mm, dtype=self.dtype, count=int(np.prod(shape))).reshape(shape)
+    access "pread": positional reads (os.pread) of exactly the rows asked for; the kernel's page cache (shared by
+    the ranks of a node) does the caching and the process maps nothing, so its RSS does not grow. access "mmap":
+    np.memmap views, fancy-indexed: a little faster, but the pages a process touches join its RSS as file-backed
+    memory, and random row reads map far more than the rows (kernel fault-around, large page-cache folios): here
+    one batch of 256 random rows mapped 72 MiB of a 98 MiB file, so RSS climbs to the size of the files."""
 
-    def release(self) -> None:
-        if hasattr(mmap, "MADV_DONTNEED"):
-            self.mm.madvise(mmap.MADV_DONTNEED)
+    def __init__(self, root: Path, stem: str, count: int, views: int, view_shape: tuple, dtype, access: str):
+        self.codes_path, self.labels_path = root / f"{stem}.codes", root / f"{stem}.labels"
+        self.count, self.views, self.view_shape, self.dtype = count, views, view_shape, np.dtype(dtype)
+        self.access = access
+        self.view_bytes = int(np.prod(view_shape)) * self.dtype.itemsize
+        self._fds = self._maps = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fds": None, "_maps": None}
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", None) or ():
+            os.close(fd)
+
+    def read(self, local: np.ndarray, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (b, *view_shape), labels (b,)) of shard-local items `local` (sorted ascending) in views `views`."""
+        if self.access == "mmap":
+            if self._maps is None:
+                self._maps = (np.memmap(self.codes_path, self.dtype, "r",
+                                        shape=(self.count, self.views, *self.view_shape)),
+                              np.memmap(self.labels_path, np.int64, "r", shape=(self.count,)))
+            return np.asarray(self._maps[0][local, views]), np.asarray(self._maps[1][local])
+        if self._fds is None:
+            self._fds = (os.open(self.codes_path, os.O_RDONLY), os.open(self.labels_path, os.O_RDONLY))
+        rows = self._pread(self._fds[0], local * self.views + views, self.view_bytes, self.codes_path)
+        labels = self._pread(self._fds[1], local, 8, self.labels_path)
+        return (np.frombuffer(rows, self.dtype).reshape(len(local), *self.view_shape),
+                np.frombuffer(labels, np.int64).copy())
+
+    @staticmethod
+    def _pread(fd: int, rows: np.ndarray, nbytes: int, path: Path) -> bytearray:
+        buf = bytearray(nbytes * len(rows))
+        view = memoryview(buf)
+        for j, r in enumerate(rows.tolist()):
+            if os.preadv(fd, [view[j * nbytes:(j + 1) * nbytes]], r * nbytes) != nbytes:
+                raise OSError(f"short read from {path}: the file is truncated")
+        return buf
 
 
 class CodesStore(torch.utils.data.Dataset):
-    """All shards of a store, read-only and memory-mapped. Items are global indices 0 .. n-1 in dataset order.
+    """All shards of a store, read-only. Items are global indices 0 .. n-1 in dataset order.
 
     read(indices, views=None) -> (tokens, labels): tokens uint8 bits (B, L, k) or float32 (B, L, d); labels int64 (B,).
     views: per-item view (0 = image, 1 = flip); None means view 0. store[i] -> (tokens (L, k|d), label) of view 0;
-    store[(i, v)] -> of view v.
-    The files are mapped lazily in each process (DataLoader workers map their own; pickling carries only the path)."""
+    store[(i, v)] -> of view v. access: "pread" (default; RSS flat) or "mmap" (see _ShardFiles).
+    Files are opened lazily in each process: DataLoader workers open their own."""
 
-    def __init__(self, root: str | Path, release_bytes: int = 64 * 2 ** 20):
+    def __init__(self, root: str | Path, access: str = "pread"):
+        if access not in ("pread", "mmap"):
+            raise UserError(f"codes store access {access!r} must be 'pread' or 'mmap'")
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.kind, self.views = self.meta["kind"], self.meta["views"]
         self.k, self.L, self.n = self.meta["values_per_token"], self.meta["tokens"], self.meta["n"]
+        dtype = np.uint8 if self.kind == "bits" else np.dtype(self.meta["dtype"])
+        view_shape = (self.L, _row(self.kind, self.k))
         metas = sorted(_shard_metas(self.root), key=lambda m: m["rank"])
-        self._shards = [(m["start"], m["count"], _stem(m["rank"], m["world_size"])) for m in metas if m["count"]]
-        self._starts = np.array([s for s, _, _ in self._shards], dtype=np.int64)
-        self._np_dtype = np.uint8 if self.kind == "bits" else np.dtype(self.meta["dtype"])
-        self._row = _row(self.kind, self.k)
-        self.release_bytes = release_bytes
-        self._maps = None
-        self._since_release = 0
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_maps"], state["_since_release"] = None, 0
-        return state
-
-    def _open(self):
-        if self._maps is None:
-            self._maps = [(_Mapped(self.root / f"{stem}.codes", self._np_dtype, (count, self.views, self.L, self._row)),
-                           _Mapped(self.root / f"{stem}.labels", np.int64, (count,)))
-                          for _, count, stem in self._shards]
-        return self._maps
+        metas = [m for m in metas if m["count"]]
+        self._starts = np.array([m["start"] for m in metas], dtype=np.int64)
+        self._shards = [_ShardFiles(self.root, _stem(m["rank"], m["world_size"]), m["count"], self.views,
+                                    view_shape, dtype, access) for m in metas]
+        self._view_shape, self._dtype = view_shape, dtype
 
     def __len__(self) -> int:
         return self.n
@@ -274,8 +296,7 @@ class CodesStore(torch.utils.data.Dataset):
     @property
     def nbytes(self) -> int:
         """Bytes of the store's files."""
-        return sum(count * (self.views * self.L * self._row * np.dtype(self._np_dtype).itemsize + 8)
-                   for _, count, _ in self._shards)
+        return sum(s.count * (s.views * s.view_bytes + 8) for s in self._shards)
 
     def read(self, indices, views=None) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -284,30 +305,15 @@ class CodesStore(torch.utils.data.Dataset):
         v = np.zeros_like(idx) if views is None else np.broadcast_to(np.asarray(views, dtype=np.int64), idx.shape)
         if v.size and (v.min() < 0 or v.max() >= self.views):
             raise IndexError(f"view out of range: the store holds {self.views} view(s)")
-        maps = self._open()
-        rows = np.empty((idx.size, self.L, self._row), dtype=self._np_dtype)
+        rows = np.empty((idx.size, *self._view_shape), dtype=self._dtype)
         labels = np.empty(idx.size, dtype=np.int64)
         shard = np.searchsorted(self._starts, idx, side="right") - 1
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
-            local = idx[sel] - self._starts[s]
-            order = np.argsort(local, kind="stable")                    # read in file order
-            codes, labs = maps[s][0].array, maps[s][1].array
-            rows[sel[order]] = codes[local[order], v[sel][order]]
-            labels[sel[order]] = labs[local[order]]
-        self._since_release += rows.nbytes
-        if self.release_bytes and self._since_release >= self.release_bytes:
-            self.release_pages()
+            sel = sel[np.argsort(idx[sel], kind="stable")]                    # read in file order
+            rows[sel], labels[sel] = self._shards[s].read(idx[sel] - self._starts[s], v[sel])
         tokens = unpack_bits(rows, self.k) if self.kind == "bits" else rows.astype(np.float32)
         return torch.from_numpy(tokens), torch.from_numpy(labels)
-
-    def release_pages(self) -> None:
-        """Drop this process's mapped pages (they stay in the page cache); RSS falls back, nothing is re-read from
-        disk while the page cache holds the file."""
-        for codes, labels in self._maps or ():
-            codes.release()
-            labels.release()
-        self._since_release = 0
 
     def __getitem__(self, item):
         i, v = item if isinstance(item, tuple) else (item, 0)

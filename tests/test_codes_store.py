@@ -48,13 +48,14 @@ def _write(root, views, labels, world_size, batch=3, **kw):
         w.close()
 
 
+@pytest.mark.parametrize("access", ["pread", "mmap"])
 @pytest.mark.parametrize("k", [1, 10, 16, 64, 256])
-def test_bits_store_round_trip(tmp_path, k):
+def test_bits_store_round_trip(tmp_path, k, access):
     n, L = 11, 16
     views = _random_views(n, L, k, "bits", seed=k)
     labels = torch.arange(n) * 7 % 5
-    _write(tmp_path, views, labels, 1, kind="bits")
-    store = CodesStore(tmp_path)
+    _write(tmp_path, views, labels, 2, kind="bits")
+    store = CodesStore(tmp_path, access=access)
     assert len(store) == n and store.views == 2 and store.k == k and store.L == L
     idx = np.array([3, 0, 10, 3, 7])
     for v in (0, 1):
@@ -123,17 +124,26 @@ def test_incomplete_or_mixed_store_is_refused(tmp_path):
         CodesStore(tmp_path)
 
 
-def test_store_pickles_without_its_data(tmp_path):
+@pytest.mark.parametrize("access", ["pread", "mmap"])
+def test_store_pickles_without_its_data(tmp_path, access):
     views = _random_views(50, 16, 16, "bits", seed=0)
     _write(tmp_path, views, torch.zeros(50, dtype=torch.long), 1, kind="bits")
-    store = CodesStore(tmp_path)
-    store.read([1, 2])
+    store = CodesStore(tmp_path, access=access)
+    store.read([1, 2])                                   # files opened
     blob = pickle.dumps(store)
     assert len(blob) < 4096
     copy = pickle.loads(blob)
     assert torch.equal(copy.read([7], [1])[0], store.read([7], [1])[0])
-    store.release_pages()
-    assert torch.equal(store.read([7], [1])[0][0], views[1][7])
+    assert torch.equal(copy.read([7], [1])[0][0], views[1][7])
+
+
+def test_truncated_file_is_an_error(tmp_path):
+    views = _random_views(4, 4, 8, "bits", seed=0)
+    _write(tmp_path, views, torch.zeros(4, dtype=torch.long), 1, kind="bits")
+    path = tmp_path / "shard-00000-of-00001.codes"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(OSError, match="truncated"):
+        CodesStore(tmp_path).read([3], [1])
 
 
 def _tiny_tokenizer(bits=6):
