@@ -1,4 +1,4 @@
-"""Pretokenized training data on disk: every image and its horizontal flip as tokens, in memory-mapped shard files.
+"""Pretokenized training data on disk: every image and its horizontal flip as tokens, in per-rank shard files.
 
     shard_range(n, rank, world_size) -> (start, stop)          the contiguous slice of the dataset a rank encodes
     ShardWriter(root, n_total=, tokens=, values_per_token=, kind=, rank=, world_size=, dtype=, views=2)
@@ -6,7 +6,7 @@
     pretokenize(tokenizer, dataset, root, rank=0, world_size=1, batch_size=64, num_workers=0, device="cpu")
         encode this rank's slice (image and its flip) into its shard
     is_complete(root) -> bool;  read_meta(root) -> dict
-    CodesStore(root)   a read-only view of all shards: len, read(indices, views) -> (tokens, labels), [i] / [(i, v)]
+    CodesStore(root, access="pread")  all shards, read-only: len, read(indices, views) -> (tokens, labels), [i]
     pack_bits(bits_..k) -> uint8 (..., ceil(k/8));  unpack_bits(packed, k) -> uint8 (..., k)
 
 Layout of a store folder (one pair of files per writing rank, no merge step):

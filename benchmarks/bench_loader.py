@@ -168,7 +168,8 @@ def bench_rss(workdir: Path, n: int, rows: list) -> None:
                                                   f"access {access}",
                      "workers": 0, "items": res["items"], "seconds": round(res["seconds"], 2),
                      "items_per_s": round(res["items"] / res["seconds"], 0),
-                     "rss_before_mib": round(res["before"]["VmRSS"], 1), "rss_after_mib": round(res["after"]["VmRSS"], 1),
+                     "rss_before_mib": round(res["before"]["VmRSS"], 1),
+                     "rss_after_mib": round(res["after"]["VmRSS"], 1),
                      "rss_anon_after_mib": round(res["after"]["RssAnon"], 1),
                      "rss_file_after_mib": round(res["after"]["RssFile"], 1), "file_mib": round(res["file_mib"], 1),
                      "note": f"peak VmHWM {res['after']['VmHWM']:.0f} MiB; VmRSS every 50 batches {res['trace']}"})
