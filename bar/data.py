@@ -1,7 +1,8 @@
 """Datasets yielding (uint8 CHW image, int label).
 
 `digits`: scikit-learn's 1,797 handwritten digits (8x8, 10 classes, shipped inside scikit-learn), upscaled.
-`imagefolder`: an ImageNet-style tree `root/<class>/<image>`, resized and center-cropped, RGB.
+`imagefolder`: an ImageNet-style tree `root/<class>/<image>`, RGB, preprocessed as the release does (ADM's
+`center_crop_arr`: box-halving, bicubic resize of the short side, center crop).
 """
 
 from __future__ import annotations
@@ -55,19 +56,29 @@ def load_digits_split(split: str, resolution: int = 16, val_size: int = 297, spl
     return TensorImages(images[idx], labels[idx], num_classes=10)
 
 
-def _center_crop_resize(path: Path, resolution: int) -> torch.Tensor:
+def center_crop_arr(pil_image, image_size: int):
+    """ADM's ImageNet preprocessing (guided-diffusion `center_crop_arr`, used by the BAR release's pretokenization):
+    while the short side is at least 2 x image_size, halve both sides (integer division) with a BOX filter; then
+    resize bicubically so that the short side is image_size (each side round(side * image_size / short side)); then
+    crop image_size x image_size at offsets ((h - image_size) // 2, (w - image_size) // 2). Returns a PIL image."""
+    while min(pil_image.size) >= 2 * image_size:
+        pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.BOX)
+    scale = image_size / min(pil_image.size)
+    pil_image = pil_image.resize(tuple(round(side * scale) for side in pil_image.size), resample=Image.BICUBIC)
+    arr = np.asarray(pil_image)
+    top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
+    return Image.fromarray(arr[top:top + image_size, left:left + image_size])
+
+
+def load_image(path: str | Path, resolution: int) -> torch.Tensor:
+    """An image file -> RGB -> `center_crop_arr` -> uint8 (3, resolution, resolution)."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        scale = resolution / min(img.size)
-        img = img.resize((max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale))),
-                         Image.BICUBIC)
-        left, top = (img.width - resolution) // 2, (img.height - resolution) // 2
-        img = img.crop((left, top, left + resolution, top + resolution))
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        img = center_crop_arr(img.convert("RGB"), resolution)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 class ImageFolderImages(Dataset):
-    """`root/<class>/<image>`: labels from sorted folder names; images decoded lazily."""
+    """`root/<class>/<image>`: labels from sorted folder names; images decoded lazily through `load_image`."""
 
     def __init__(self, root: str | Path, resolution: int):
         root = Path(root)
@@ -86,7 +97,7 @@ class ImageFolderImages(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.samples[i]
-        return _center_crop_resize(path, self.resolution), label
+        return load_image(path, self.resolution), label
 
 
 def build_dataset(data_cfg, split: str) -> Dataset:
