@@ -104,7 +104,7 @@ def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
             metrics = run_stages(cfg, run, plan)
         except BaseException:
             if stop_requested():   # SLURM timeout / preemption: checkpointed; the requeued job resumes this run
-                run.keep_running(f"signal {stop_requested()}")
+                run.keep_running(stop_requested())
             raise
         run.log_metrics(_launch_metrics(cfg, started, metrics.pop("_first_step_at", None), run.resumed))
     if run.status in ("finished", "infeasible"):

@@ -183,7 +183,7 @@ class PointRun:
             self.run_id = self.client.create_run(experiment_id(self.client, experiment, uri), run_name=name,
                                                  tags=all_tags).info.run_id
         self.status = "finished"
-        self._kept_running = ""
+        self._kept_running = 0
 
     # -- logging
     def log_params(self, params: dict[str, object]) -> None:
@@ -242,14 +242,14 @@ class PointRun:
     def __enter__(self) -> "PointRun":
         return self
 
-    def keep_running(self, reason: str) -> None:
-        """Leave the run RUNNING when the context exits: the job was stopped to be requeued (SLURM timeout,
-        preemption) and the next attempt resumes this run."""
-        self._kept_running = reason
+    def keep_running(self, signum: int) -> None:
+        """Leave the run RUNNING when the context exits: the job was stopped by signal `signum` to be requeued
+        (SLURM timeout, preemption) and the next attempt resumes this run."""
+        self._kept_running = signum
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._kept_running:
-            self.client.set_tag(self.run_id, "stopped", self._kept_running)
+            self.client.set_tag(self.run_id, "stopped_by_signal", str(self._kept_running))
             return False
         if exc is None:
             self.client.set_tag(self.run_id, "status", self.status)
