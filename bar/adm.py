@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from scipy import linalg
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from bar import UserError
 
@@ -237,8 +238,6 @@ class InceptionADM(nn.Module):
     @classmethod
     def from_weights(cls, weights_path) -> "InceptionADM":
         """The paper protocol: torch-fidelity's converted TF Inception weights from a local file (never downloaded)."""
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         path = Path(str(weights_path)).expanduser()
         if not path.is_file():
             raise UserError(f"Inception weights not found at {str(path)!r} (torch-fidelity's "
@@ -250,8 +249,6 @@ class InceptionADM(nn.Module):
     def random(cls, seed: int = 0) -> "InceptionADM":
         """Same architecture and compute with random weights (convs He-initialised so activations keep their scale).
         For tests and benchmarks only: its numbers mean nothing."""
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         class Unloaded(FeatureExtractorInceptionV3):
             def load_state_dict(self, state_dict, *args, **kwargs):   # keep the random initialisation
                 return None
