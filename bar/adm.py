@@ -430,6 +430,14 @@ def evaluate_adm(samples, reference, *, inception_weights=None, extractor: Extra
     sample = compute_features(_sample_batches(samples, batch_size), extractor, device)
     if reference_features is None:
         reference_features = compute_features(iter_npz_images(ref.path, batch_size), extractor, device)
+    return adm_scores(sample, ref, reference_features, distance=distance, device=device, pr_row_block=pr_row_block,
+                      pr_col_block=pr_col_block)
+
+
+def adm_scores(sample: Features, ref: ReferenceBatch, reference_features: Features, *, distance: str = "fp16",
+               device: str | torch.device = "cpu", pr_row_block: int = 2048,
+               pr_col_block: int = 10000) -> dict[str, float]:
+    """The ADM metrics of already extracted sample features (e.g. gathered from the ranks of a job)."""
     if ref.has_statistics:
         stats, stats_s = (ref.mu, ref.sigma), (ref.mu_s, ref.sigma_s)
     else:

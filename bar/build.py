@@ -38,7 +38,7 @@ def head_options(cfg: DictConfig) -> dict:
     return options
 
 
-def generator_config(cfg: DictConfig) -> GeneratorConfig:
+def generator_config(cfg: DictConfig, checkpoint_blocks: bool = False) -> GeneratorConfig:
     kind, grid, dim = latent_shape(cfg)
     m = cfg.model
     token_kind = "continuous" if kind == "ae" else "bits"
@@ -52,13 +52,14 @@ def generator_config(cfg: DictConfig) -> GeneratorConfig:
         attn_dropout=m.attn_dropout, num_classes=cfg.data.num_classes, class_repeat=m.class_repeat,
         grid=(grid, grid), patch_size=m.patch_size, token_kind=token_kind, token_dim=dim,
         cond_width=cfg.head.width, label_dropout=m.label_dropout, order_anneal=tuple(cfg.generator.train.order_anneal),
-        rope_theta=m.rope_theta)
+        rope_theta=m.rope_theta, checkpoint_blocks=checkpoint_blocks)
     gen.validate()
     return gen
 
 
-def build_generator(cfg: DictConfig) -> BARGenerator:
-    gen = generator_config(cfg)
+def build_generator(cfg: DictConfig, checkpoint_blocks: bool = False) -> BARGenerator:
+    """The generator a point trains; `checkpoint_blocks` (from the memory plan) recomputes activations in backward."""
+    gen = generator_config(cfg, checkpoint_blocks)
     head = build_head(cfg.head.name, gen.step_dim, **head_options(cfg))
     if gen.patch_size > 1:
         p, unit = gen.patch_size, "bits_per_token" if gen.token_kind == "bits" else "channels"

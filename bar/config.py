@@ -63,7 +63,9 @@ def _resolved(cfg: DictConfig, key: str):
 
 def data_identity(cfg: DictConfig) -> dict:
     """The data config that defines a dataset split (not how it is loaded)."""
-    return OmegaConf.to_container(cfg.data, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.pop("num_workers", None)
+    return data
 
 
 def tokenizer_signature(cfg: DictConfig) -> str:

@@ -13,7 +13,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any
 
 import submitit
 import torch
@@ -27,6 +27,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def configure_device(device: torch.device) -> None:
+    """What the release enables on GPUs: TF32 matmuls and convolutions (bf16 autocast is per training loop)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 @dataclass
@@ -120,36 +127,11 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers on every rank (identical initialisation)."""
-    if world_size() == 1:
-        return
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, 0)
-
-
-def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Average gradients over ranks in one flat buffer (a missing gradient counts as zero on that rank)."""
-    world = world_size()
-    if world == 1:
-        return
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        chunk = flat[offset:offset + n].view_as(g)
-        if p.grad is None:
-            p.grad = chunk.clone()
-        else:
-            p.grad.copy_(chunk)
-        offset += n
+def device_ids(module: torch.nn.Module) -> list[int] | None:
+    """DistributedDataParallel's `device_ids` for a module: its CUDA device, or None on CPU."""
+    device = next(module.parameters()).device
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" \
+        else None
 
 
 def mean_scalar(value: float) -> float:

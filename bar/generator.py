@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from bar import UserError
 from bar.heads import TokenHead
@@ -115,6 +116,7 @@ class GeneratorConfig:
     label_dropout: float = 0.1               # training: label -> null class with this probability
     order_anneal: tuple[int, int] = (125_000, 187_500)   # random-order probability 1 -> 0 between these steps
     rope_theta: float = 10_000.0
+    checkpoint_blocks: bool = False          # activation checkpointing of every block in training (less memory)
 
     @property
     def step_grid(self) -> tuple[int, int]:
@@ -384,28 +386,38 @@ class BARGenerator(nn.Module):
         rope_target = (self.rope_cos[target], self.rope_sin[target])
 
         for layer, block in enumerate(self.blocks):
-            x = block(x, c, rope_here, rope_target, cache, layer)
+            if self.cfg.checkpoint_blocks and self.training and cache is None:   # recompute in backward: less memory
+                x = checkpoint(block, x, c, rope_here, rope_target, use_reentrant=False)
+            else:
+                x = block(x, c, rope_here, rope_target, cache, layer)
         if cache is not None:
             cache.length = end
         x = x[:, max(P - 1 - start, 0):]                                      # positions that predict a step
         return self.cond_proj(self.norm(x))
 
     # -- training ------------------------------------------------------------------------------------------------------
-    def drop_labels(self, labels_B: torch.Tensor) -> torch.Tensor:
+    def drop_labels(self, labels_B: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not self.training or self.cfg.label_dropout <= 0:
             return labels_B
-        drop = torch.rand(labels_B.shape, device=labels_B.device) < self.cfg.label_dropout
+        drop = torch.rand(labels_B.shape, device=labels_B.device, generator=generator) < self.cfg.label_dropout
         return torch.where(drop, torch.full_like(labels_B, self.null_class), labels_B)
 
-    def training_loss(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def training_loss(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
         """Teacher-forced loss over all AR steps: groups tokens, drops labels (train mode), orders the steps randomly
         with probability order_probability(step, *cfg.order_anneal) (raster when step is None), runs the backbone
-        once and the head on every step in parallel."""
+        once and the head on every step in parallel. Label dropout, orders and the head's own randomness (MBM masks,
+        diffusion noise) draw from `generator` (the global RNG when None)."""
         x = self.group(tokens_BLk)
         B, L, _ = x.shape
-        labels = self.drop_labels(labels_B.long())
+        labels = self.drop_labels(labels_B.long(), generator)
         p_random = 0.0 if step is None else order_probability(step, *self.cfg.order_anneal)
-        orders = sample_orders(B, L, p_random, x.device)
+        orders = sample_orders(B, L, p_random, x.device, generator)
         x = x.gather(1, orders[..., None].expand_as(x))                        # steps in the order they are fed
         cond = self.conditions(x[:, :-1], labels, orders)                      # (B, L, W)
-        return self.head.loss(cond, x)
+        return self.head.loss(cond, x, generator=generator) if self.head.random_loss else self.head.loss(cond, x)
+
+    def forward(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss (what DistributedDataParallel wraps)."""
+        return self.training_loss(tokens_BLk, labels_B, step, generator)

@@ -141,51 +141,53 @@ def _divisors_desc(n: int) -> list[int]:
 
 
 def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: float, bytes_per_act: int = 2, *,
-                headroom: float = 0.05, reserve_gb: float = 1.0, min_micro_batch: int = 1) -> MemoryPlan:
+                headroom: float = 0.05, reserve_gb: float = 1.0, min_micro_batch: int = 1,
+                micro_batch: int | None = None, checkpointing: bool | None = None) -> MemoryPlan:
     """Largest micro-batch per GPU that fits `gpu_gb` GiB per GPU (less `headroom` of it for fragmentation and
     `reserve_gb` for the CUDA context, kernels' workspaces and communication buffers), with the gradient
     accumulation that keeps the global batch, and whether activation checkpointing is needed.
 
-    The micro-batch is a divisor of the per-rank batch (global / world; so a power of two when that is one). Without
-    checkpointing if some micro-batch >= min_micro_batch fits (checkpointing recomputes the forward pass, ~1/3 more
-    compute); else the largest micro-batch that fits with checkpointing. Infeasible only when micro-batch 1 with
-    checkpointing does not fit; the plan then reports that setting's memory."""
+    The micro-batch is a divisor of the per-rank batch (global / world; so a power of two when that is one), or
+    `micro_batch` when given. Without checkpointing if some micro-batch >= min_micro_batch fits (checkpointing
+    recomputes the forward pass, ~1/3 more compute); else the largest micro-batch that fits with checkpointing;
+    `checkpointing` True / False forces it on / off. Infeasible only when no allowed setting fits; the plan then
+    reports the memory of the smallest one."""
     if global_batch % world_size:
         raise UserError(f"global batch {global_batch} is not divisible by {world_size} GPUs: choose a global batch "
                         f"that is a multiple of the GPU count")
     per_rank = global_batch // world_size
+    if micro_batch is not None and (micro_batch < 1 or per_rank % micro_batch):
+        raise UserError(f"generator.train.micro_batch_size={micro_batch} does not divide the per-GPU batch "
+                        f"{per_rank} (global {global_batch} / {world_size} GPUs)")
     usable = gpu_gb * (1 - headroom) - reserve_gb
     cap = usable * 2 ** 30
+    micros = [micro_batch] if micro_batch else [m for m in _divisors_desc(per_rank) if m >= min(min_micro_batch,
+                                                                                                per_rank)]
+    modes = [False, True] if checkpointing is None else [checkpointing]
 
     def est(micro: int, ckpt: bool) -> int:
         return sum(per_gpu_breakdown(model, micro, checkpointing=ckpt, bytes_per_act=bytes_per_act).values())
 
-    def plan(micro: int, ckpt: bool, nbytes: int) -> MemoryPlan:
-        accum = per_rank // micro
-        how = "with activation checkpointing" if ckpt else "no activation checkpointing"
-        return MemoryPlan(micro, accum, ckpt, round(gib(nbytes), 2), True,
-                          f"micro-batch {micro} x {accum} accumulation step(s) x {world_size} GPU(s) = "
-                          f"{global_batch}; {gib(nbytes):.1f} of {usable:.1f} GiB usable, {how}",
-                          world_size, global_batch, round(usable, 2))
-
-    for micro in _divisors_desc(per_rank):
-        if micro < min(min_micro_batch, per_rank):
-            break
-        nbytes = est(micro, False)
-        if nbytes <= cap:
-            return plan(micro, False, nbytes)
-    for micro in _divisors_desc(per_rank):
-        nbytes = est(micro, True)
-        if nbytes <= cap:
-            return plan(micro, True, nbytes)
-    parts = per_gpu_breakdown(model, 1, checkpointing=True, bytes_per_act=bytes_per_act)
+    for ckpt in modes:
+        for micro in micros:
+            nbytes = est(micro, ckpt)
+            if nbytes <= cap:
+                accum = per_rank // micro
+                how = "with activation checkpointing" if ckpt else "no activation checkpointing"
+                return MemoryPlan(micro, accum, ckpt, gib(nbytes), True,
+                                  f"micro-batch {micro} x {accum} accumulation step(s) x {world_size} GPU(s) = "
+                                  f"{global_batch}; {gib(nbytes):.3g} of {usable:.3g} GiB usable, {how}",
+                                  world_size, global_batch, usable)
+    smallest, ckpt = micros[-1], modes[-1]
+    parts = per_gpu_breakdown(model, smallest, checkpointing=ckpt, bytes_per_act=bytes_per_act)
     static = parts["params"] + parts["grads"] + parts["optimizer"] + parts["autocast_weights"]
     nbytes = sum(parts.values())
-    return MemoryPlan(1, per_rank, True, round(gib(nbytes), 2), False,
-                      f"does not fit: micro-batch 1 with activation checkpointing needs {gib(nbytes):.1f} GiB per "
-                      f"GPU ({gib(static):.1f} GiB parameters, gradients and AdamW state; "
-                      f"{gib(parts['head_activations']):.1f} GiB head activations), {usable:.1f} GiB usable",
-                      world_size, global_batch, round(usable, 2))
+    how = "with" if ckpt else "without"
+    return MemoryPlan(smallest, per_rank // smallest, ckpt, gib(nbytes), False,
+                      f"does not fit: micro-batch {smallest} {how} activation checkpointing needs {gib(nbytes):.3g} "
+                      f"GiB per device ({gib(static):.3g} GiB parameters, gradients and AdamW state; "
+                      f"{gib(parts['head_activations']):.3g} GiB head activations), {usable:.3g} GiB usable",
+                      world_size, global_batch, usable)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from bar import tracking
 from bar.build import build_generator
 from bar.config import point_name, point_signature
 from bar.distributed import resolve_device
-from bar.memory import estimate_train_memory
+from bar.memory import MemoryPlan, plan_memory
 from bar.validate import validate_config
 
 
@@ -39,22 +40,51 @@ class Plan:
     status: str | None = None     # skip: finished / infeasible (earlier), or held
     metric: float = math.nan      # skip: the earlier run's headline metric
     fresh_start: bool = False     # run: old checkpoints belong to an earlier, ended attempt
-    memory_gb: float | None = None
+    memory: MemoryPlan | None = None   # the generator's training memory per device: micro-batch, accumulation, ...
+
+    @property
+    def memory_gb(self) -> float | None:
+        return self.memory.est_gb_per_gpu if self.memory is not None else None
 
 
 def point_folder(cfg: DictConfig, signature: str | None = None) -> Path:
     return Path(str(cfg.paths.outputs)) / "points" / str(cfg.experiment) / (signature or point_signature(cfg))
 
 
-def memory_estimate_gb(cfg: DictConfig) -> float | None:
-    """Estimated peak memory of one generator training step (parameters, AdamW state, activations, head logits), on
-    the meta device: a 2^32-way softmax is sized without being allocated. None when the point trains no generator."""
+def available_host_memory_gb() -> float:
+    """Memory the kernel can still give processes (MemAvailable), in GiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2 ** 20
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
+
+
+def memory_budget_gb(cfg: DictConfig) -> float:
+    """Per-device budget: generator.memory_budget_gb when set; else a GPU's memory (launcher.gpu_mem_gb) on GPUs and
+    the host's available memory on CPU."""
+    if cfg.generator.memory_budget_gb is not None:
+        return float(cfg.generator.memory_budget_gb)
+    if resolve_device(cfg.device).type == "cuda":
+        return float(cfg.launcher.gpu_mem_gb)
+    return available_host_memory_gb()
+
+
+def memory_plan(cfg: DictConfig, world_size: int = 1) -> MemoryPlan | None:
+    """The generator's training memory per device, on the meta device (a 2^32-way softmax is sized without being
+    allocated): on GPUs the largest micro-batch that fits with gradient accumulation keeping the global batch, and
+    activation checkpointing only if needed (bar.memory.plan_memory); on CPU the whole per-rank batch at once unless
+    generator.train.micro_batch_size says otherwise (no headroom reserved: the budget is what it says). None when
+    the point trains no generator."""
     if cfg.stage != "all":
         return None
     with torch.device("meta"):
         model = build_generator(cfg)
-    bf16 = resolve_device(cfg.device).type == "cuda" and cfg.generator.train.bf16
-    return estimate_train_memory(model, cfg.generator.train.batch_size, bytes_per_act=2 if bf16 else 4) / 2 ** 30
+    t = cfg.generator.train
+    gpu = resolve_device(cfg.device).type == "cuda"
+    micro = t.micro_batch_size or (None if gpu else t.batch_size // max(1, world_size))
+    margins = {} if gpu else {"headroom": 0.0, "reserve_gb": 0.0}
+    return plan_memory(model, t.batch_size, world_size, memory_budget_gb(cfg), 2 if gpu and t.bf16 else 4,
+                       micro_batch=micro, checkpointing=t.activation_checkpointing, **margins)
 
 
 def try_lock(folder: Path):
@@ -90,9 +120,10 @@ def record_run(folder: Path, run_id: str, signature: str, experiment: str, name:
                                                  "name": name}))
 
 
-def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None) -> Plan:
+def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, world_size: int = 1) -> Plan:
     """Validate the point (one-line UserError), then decide. `done` ({signature: earlier run}, from
-    tracking.done_points) saves a store query per point when the sweeper plans many."""
+    tracking.done_points) saves a store query per point when the sweeper plans many; `world_size` is the number of
+    processes (GPUs) the point runs on."""
     validate_config(cfg)
     sig = point_signature(cfg)
     plan = Plan(point_name(cfg), sig, point_folder(cfg, sig), "run")
@@ -110,11 +141,10 @@ def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None) ->
         plan.action, plan.run_id, plan.why = "resume", previous, f"continues run {previous}"
     else:
         plan.fresh_start = cfg.force or (state is not None and state[1] in tracking.DONE_STATUSES)
-    plan.memory_gb = memory_estimate_gb(cfg)
-    budget = cfg.generator.memory_budget_gb
-    if plan.memory_gb is not None and plan.memory_gb > budget:
+    plan.memory = memory_plan(cfg, world_size)
+    if plan.memory is not None and not plan.memory.feasible:
         plan.action = "infeasible"
-        plan.why = f"estimated training memory {plan.memory_gb:.3g} GB exceeds generator.memory_budget_gb={budget}"
+        plan.why = f"estimated training memory {plan.memory.reason} (budget {memory_budget_gb(cfg):.3g} GiB per device)"
     return plan
 
 

@@ -25,7 +25,7 @@ from bar import UserError, distributed
 from bar.build import build_generator, sampling_schedule
 from bar.checkpoint import CheckpointDir
 from bar.config import run_params, tokenizer_signature
-from bar.evaluate import Evaluator
+from bar.evaluate import generation_evaluator, reconstruction_evaluator
 from bar.planner import Plan, plan_point, record_run, try_lock
 from bar.signals import install_stop_handlers, stop_requested
 from bar.stages import generator as gen_stage
@@ -44,7 +44,7 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
     denv = distributed.setup(distributed.resolve_device(cfg.device).type)
     lock = None
     try:
-        plan = _agreed_plan(cfg, multirun, denv.is_main)
+        plan = _agreed_plan(cfg, multirun, denv.is_main, denv.world_size)
         if plan.action == "skip":
             print(f"{plan.name}: skipped, {plan.why}", file=sys.stderr)
             return {"status": "skipped", "metric": plan.metric}
@@ -69,12 +69,12 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
     return {"status": "failed", "metric": math.nan}
 
 
-def _agreed_plan(cfg: DictConfig, multirun: bool, is_main: bool) -> Plan:
+def _agreed_plan(cfg: DictConfig, multirun: bool, is_main: bool, world_size: int) -> Plan:
     """Rank 0 plans; every rank gets its plan (or its error)."""
     plan, error = None, None
     if is_main:
         try:
-            plan = plan_point(cfg, skip_done=multirun and not cfg.force)
+            plan = plan_point(cfg, skip_done=multirun and not cfg.force, world_size=world_size)
         except Exception as err:  # a bad config, an unreachable store: every rank raises it
             error = err
     plan, error = distributed.broadcast_object((plan, error))
@@ -139,6 +139,7 @@ def _log_text(run, name: str, text: str) -> None:
 def run_stages(cfg: DictConfig, run, plan: Plan) -> dict[str, float]:
     """All stages of one point, in order; logs through `run` and returns the headline metrics."""
     device = distributed.resolve_device(cfg.device)
+    distributed.configure_device(device)
     if cfg.num_threads:
         # Small CPU models gain little from a second thread and lose 10x when another process holds a core.
         torch.set_num_threads(cfg.num_threads)
@@ -148,10 +149,10 @@ def run_stages(cfg: DictConfig, run, plan: Plan) -> dict[str, float]:
     if cfg.stage == "sample":
         return _sample_from_checkpoint(cfg, device, run)
     train_set, val_set = tok_stage.load_data(cfg)
-    tokenizer, evaluator, metrics = _tokenizer_stages(cfg, train_set, val_set, device, run)
+    tokenizer, metrics = _tokenizer_stages(cfg, train_set, val_set, device, run)
     if cfg.stage == "all":
         first_step = metrics.get("_first_step_at")
-        metrics.update(_generator_stages(cfg, tokenizer, train_set, evaluator, device, run, plan))
+        metrics.update(_generator_stages(cfg, tokenizer, train_set, device, run, plan))
         metrics["_first_step_at"] = first_step or metrics["_first_step_at"]
     return metrics
 
@@ -165,7 +166,7 @@ def _record_infeasible(run, plan: Plan) -> dict[str, float]:
 
 
 def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
-    """Tokenizer (train or reuse) -> reconstructions -> rFID. Returns (tokenizer, evaluator, metrics)."""
+    """Tokenizer (train or reuse) -> reconstructions -> rFID. Returns (tokenizer, metrics)."""
     tokenizer, ckpt, built = tok_stage.obtain_tokenizer(cfg, train_set, device)
     metrics = tok_stage.latent_metrics(cfg, tokenizer)
     run.set_tags({"tokenizer_reused": str(not built), "tokenizer_signature": tokenizer_signature(cfg)})
@@ -176,7 +177,7 @@ def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
     run.log_metrics(metrics)
     if built:
         metrics["_first_step_at"] = ckpt["first_step_at"]   # for the launch-overhead metric; not logged as such
-    evaluator = Evaluator(cfg, train_set, device)
+    evaluator = reconstruction_evaluator(cfg, train_set, device)
     run.set_tags({"fid_extractor": evaluator.tag})
     originals, recon = tok_stage.reconstruct(tokenizer, val_set, device)
     rec = tok_stage.reconstruction_metrics(evaluator, originals, recon, val_set)
@@ -185,20 +186,24 @@ def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
     with tempfile.TemporaryDirectory() as tmp:
         tok_stage.save_pairs_grid(originals, recon.images, Path(tmp) / "recon_grid.png")
         run.log_artifact(Path(tmp) / "recon_grid.png")
-    return tokenizer, evaluator, metrics
+    return tokenizer, metrics
 
 
-def _generator_stages(cfg: DictConfig, tokenizer, train_set, evaluator, device, run, plan: Plan) -> dict:
+def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: Plan) -> dict:
     """Codes -> generator training -> samples -> gFID / IS / precision / recall."""
-    tokens, labels = gen_stage.obtain_codes(cfg, tokenizer, train_set, device)
+    codes = gen_stage.obtain_codes(cfg, tokenizer, train_set, device)
     torch.manual_seed(cfg.seed)   # the same initial weights whether or not the tokenizer was just trained
-    model = build_generator(cfg)
+    memory = plan.memory
+    model = build_generator(cfg, checkpoint_blocks=memory.checkpointing)
     schedule = sampling_schedule(cfg, model)
-    run.log_params({f"generator.resolved.{k}": v for k, v in schedule.items()})
+    run.log_params({f"generator.resolved.{k}": v for k, v in schedule.items()}
+                   | {"generator.resolved.micro_batch": memory.micro_batch,
+                      "generator.resolved.accum_steps": memory.accum_steps,
+                      "generator.resolved.activation_checkpointing": memory.checkpointing})
     metrics = {"mem_estimate_gb": plan.memory_gb, "generator_params": sum(p.numel() for p in model.parameters())}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = gen_stage.train_generator(cfg, model, tokens, labels, device, plan.folder / "generator",
+    result = gen_stage.train_generator(cfg, model, codes, device, plan.folder / "generator", memory.accum_steps,
                                        on_checkpoint=lambda r: run.append_history("train_loss", r.history))
     run.append_history("train_loss", result.history)
     metrics.update(train_img_per_s=result.samples_per_s, train_loss=result.history[-1][1])
@@ -214,27 +219,28 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, evaluator, device, 
         gen_stage.save_generator(model, OmegaConf.to_container(cfg, resolve=True), path)
     run.log_params({"generator.checkpoint": str(path)})
     run.log_metrics(metrics)
-    metrics.update(_sample_and_score(cfg, model, tokenizer, schedule, train_set, evaluator, device, run))
+    metrics.update(_sample_and_score(cfg, model, tokenizer, schedule, train_set, device, run))
     metrics["_first_step_at"] = result.first_step_at   # for the launch-overhead metric; not logged as such
     return metrics
 
 
-def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_set, evaluator, device, run) -> dict:
+def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_set, device, run) -> dict:
+    """Every rank samples its shard of the class-balanced labels; features are gathered and scored on rank 0."""
     s = cfg.generator.sample
     labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
     common = dict(schedule=schedule, temperature=s.temperature, batch_size=s.batch_size, seed=s.seed,
                   kv_cache=s.kv_cache, device=device)
     images, per_s = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale, **common)
     plain = None
-    if s.nocfg and s.cfg_scale != 1.0:   # every rank samples its shard; rank 0 evaluates
+    if s.nocfg and s.cfg_scale != 1.0:
         plain, _ = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=1.0, **common)
-    if not distributed.is_main():
-        return {"sample_img_per_s": per_s}
-    metrics = {"sample_img_per_s": per_s}
-    metrics.update(gen_stage.generation_metrics(evaluator, images, plain, labels, train_set, cfg.data.num_classes))
+    evaluator = generation_evaluator(cfg, train_set, device)
+    metrics = {"sample_img_per_s": per_s, **gen_stage.generation_metrics(evaluator, images, plain, train_set)}
     run.log_metrics(metrics)
+    mine = labels[distributed.shard_indices(len(labels))]
     with tempfile.TemporaryDirectory() as tmp:
-        if gen_stage.save_sample_grid(images, labels, cfg.data.num_classes, Path(tmp) / "sample_grid.png"):
+        if distributed.is_main() and gen_stage.save_sample_grid(images, mine, cfg.data.num_classes,
+                                                                Path(tmp) / "sample_grid.png"):
             run.log_artifact(Path(tmp) / "sample_grid.png")
     return metrics
 
@@ -248,6 +254,7 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run) -> dict[str, float]:
     tokens, per_s = gen_stage.sample_images(model, None, labels, schedule=sampling_schedule(cfg, model),
                                             temperature=s.temperature, cfg_scale=s.cfg_scale,
                                             batch_size=s.batch_size, seed=s.seed, kv_cache=s.kv_cache, device=device)
+    tokens = distributed.gather_shards(tokens, len(labels))
     out = Path(cfg.paths.outputs) / "samples" / run.run_id
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"tokens": tokens, "labels": labels}, out / "tokens.pt")

@@ -34,6 +34,7 @@ class DataConf:
     num_classes: int = MISSING
     val_size: Optional[int] = None
     split_seed: int = 0
+    num_workers: int = 0                   # DataLoader worker processes decoding images (not part of the data's identity)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TokenizerTrain:
     warmup: int = MISSING
     weight_decay: float = MISSING
     betas: List[float] = MISSING
+    bf16: bool = True                      # autocast on GPUs; CPU runs stay fp32
 
 
 @dataclass
@@ -110,6 +112,9 @@ class GeneratorTrain:
     grad_clip: float = MISSING
     order_anneal: List[int] = MISSING      # [start, end]: random-order probability 1 -> 0 between these steps
     bf16: bool = True                      # autocast on GPUs; CPU runs stay fp32
+    micro_batch_size: Optional[int] = None # per device and forward pass; null: planned (GPU), the per-rank batch (CPU)
+    activation_checkpointing: Optional[bool] = None   # null: only when the plan needs it (GPU)
+    decay_rule: str = "release"            # weight decay on: release (matrices, not norms/biases/embeddings) | all
 
 
 @dataclass
@@ -127,7 +132,7 @@ class GeneratorSample:
 
 @dataclass
 class GeneratorConf:
-    memory_budget_gb: float = MISSING
+    memory_budget_gb: Optional[float] = None   # per device; null: launcher.gpu_mem_gb on GPUs, free host RAM on CPU
     train: GeneratorTrain = field(default_factory=GeneratorTrain)
     sample: GeneratorSample = field(default_factory=GeneratorSample)
 
@@ -142,8 +147,10 @@ class ClassifierConf:
 
 @dataclass
 class EvalConf:
+    protocol: str = "fidelity"             # fidelity (torch-fidelity, eval.extractor) | adm (the paper's evaluator)
     extractor: str = MISSING               # classifier (offline, small) | inception (paper protocol)
     inception_weights: Optional[str] = None
+    reference: Optional[str] = None        # adm: the reference batch, e.g. VIRTUAL_imagenet256_labeled.npz
     batch_size: int = MISSING
     classifier: ClassifierConf = field(default_factory=ClassifierConf)
 
@@ -154,7 +161,9 @@ class LauncherConf:
     name: str = MISSING
     checkpoint_every: int = MISSING
     keep_checkpoints: int = MISSING
-    gpu_tflops: float = MISSING
+    gpu_tflops: float = MISSING            # peak dense bf16 TFLOP/s of one accelerator (cost model of the dry run)
+    utilization: float = MISSING           # fraction of the peak a training or sampling step reaches (cost model)
+    gpu_mem_gb: float = MISSING            # memory of one accelerator: the per-device budget on GPUs
     submitted_at: Optional[float] = None   # set by the sweeper: launch overhead is measured from it
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -27,8 +28,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from bar import UserError, tracking
-from bar.build import build_generator, build_tokenizer, latent_shape
+from bar.build import build_generator, sampling_schedule
 from bar.config import describe_config_error, is_config_error, point_name
+from bar.cost import gpu_hours, point_cost, sweep_hours
+from bar.data import build_dataset
 from bar.paths import sqlite_path
 from bar.planner import Plan, plan_point
 
@@ -61,10 +64,11 @@ def run_sweep(sweeper, arguments: Sequence[str]):
     points = expand_points(parser, common, grids, arguments)
     configs = [_compose_point(sweeper, point) for point in points]
     done = {} if cfg.force else _done_points(cfg.tracking.uri, cfg.experiment, cfg.dry_run)
+    world = planning_world_size(cfg)
     plans = []
     for point, point_cfg in zip(points, configs):
         try:
-            plans.append(plan_point(point_cfg, skip_done=not cfg.force, done=done))
+            plans.append(plan_point(point_cfg, skip_done=not cfg.force, done=done, world_size=world))
         except UserError as err:
             _fail(f"sweep point [{' '.join(point)}]: {err}")
     varying = _varying_keys(grids, common)
@@ -138,19 +142,53 @@ def _launch_batch(sweeper, batch: list[list[str]], first_index: int) -> list[str
     return statuses
 
 
+def planning_world_size(cfg: DictConfig) -> int:
+    """Processes a point will run on: the submitit launchers' nodes x tasks per node (one per GPU); 1 otherwise."""
+    launcher = cfg.hydra.launcher if "hydra" in cfg else {}
+    if "tasks_per_node" not in launcher:
+        return 1
+    return int(launcher.get("nodes") or 1) * int(launcher.get("tasks_per_node") or 1)
+
+
 def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: list[str]) -> None:
-    hours = [0.0 if p.action in ("skip", "infeasible") else estimate_gpu_hours(c) for c, p in zip(configs, plans)]
-    done = sum(p.action == "skip" for p in plans)
-    print(f"sweep {cfg.experiment}: {len(points)} points, {done} already done, ~{sum(hours):.3g} GPU-hours to run "
-          f"(estimate; launcher: {cfg.launcher.name}; dry run, nothing submitted)")
-    for point, plan, label, h in zip(points, plans, labels, hours):
+    """Each point (micro-batch, accumulation, memory per device, GPU-hours), infeasible ones apart, then the totals
+    with each distinct tokenizer counted once (bar.cost)."""
+    sizes, costs, rows, infeasible = {}, [], [], []
+    for point_cfg, plan, label in zip(configs, plans, labels):
         if plan.action == "skip":
-            state = f"done ({plan.status})"
-        elif plan.action == "infeasible":
-            state = f"infeasible ({plan.memory_gb:.3g} GB)"
-        else:
-            state = f"~{h:.2g} GPU-h"
-        print(f"  {label:<36} {plan.signature}  {state:<18} {' '.join(point)}")
+            rows.append(f"  {label:<28} {plan.signature}  done ({plan.status})")
+            continue
+        if plan.action == "infeasible":
+            infeasible.append(f"  {label:<28} {plan.signature}  {plan.memory.est_gb_per_gpu:.4g} GiB per device: "
+                              f"{plan.memory.reason}")
+            continue
+        key = (point_cfg.data.name, point_cfg.data.root, point_cfg.data.resolution)
+        sizes.setdefault(key, dataset_sizes(point_cfg))
+        with torch.device("meta"):
+            schedule = sampling_schedule(point_cfg, build_generator(point_cfg)) if point_cfg.stage == "all" else {}
+        mem = plan.memory
+        cost = point_cost(point_cfg, *sizes[key], checkpointing=bool(mem and mem.checkpointing), schedule=schedule)
+        costs.append(cost)
+        shape = (f"micro {mem.micro_batch} x accum {mem.accum_steps} x {mem.world_size} dev"
+                 + (" +ckpt" if mem.checkpointing else "") + f", {mem.est_gb_per_gpu:.3g} GiB/dev") if mem else "-"
+        rows.append(f"  {label:<28} {plan.signature}  {shape:<46} generator "
+                    f"~{gpu_hours(cost.generator_flops, point_cfg):.3g} GPU-h")
+    cached = {c.tokenizer_key for c in costs if (Path(cfg.paths.cache) / "tokenizer" / c.tokenizer_key).is_dir()}
+    hours = sweep_hours(costs, cfg, cached)
+    done = sum(p.action == "skip" for p in plans)
+    print(f"sweep {cfg.experiment}: {len(points)} points, {done} already done, {len(infeasible)} infeasible, "
+          f"~{hours['total']:.3g} GPU-hours to run (launcher: {cfg.launcher.name}; {cfg.launcher.gpu_tflops:g} TFLOP/s "
+          f"x utilization {cfg.launcher.utilization:g}; dry run, nothing submitted)")
+    print("\n".join(rows))
+    if infeasible:
+        print("infeasible (not run, not counted):\n" + "\n".join(infeasible))
+    print(f"GPU-hours: {hours['distinct_tokenizers']} distinct tokenizer(s) {hours['tokenizers']:.3g} + generator "
+          f"training {hours['generator_training']:.3g} + sampling {hours['sampling']:.3g} = {hours['total']:.3g}")
+
+
+def dataset_sizes(cfg: DictConfig) -> tuple[int, int]:
+    """(training images, validation images) of the point's data set (an image folder is listed, not read)."""
+    return len(build_dataset(cfg.data, "train")), len(build_dataset(cfg.data, "val"))
 
 
 def _varying_keys(grids: Sequence[dict], common: dict) -> set[str]:
@@ -176,27 +214,6 @@ def _done_points(uri: str, experiment: str, dry_run: bool) -> dict:
     if dry_run and database is not None and not database.is_file():
         return {}
     return tracking.done_points(uri, experiment)
-
-
-def estimate_gpu_hours(cfg: DictConfig) -> float:
-    """Rough accelerator-hours of one point: training FLOPs ~ 6 * params * tokens per sample * samples seen, sampling
-    ~ 2 * params * tokens per image * images (x2 with CFG), at `launcher.gpu_tflops` effective TFLOP/s. Tokenizer
-    training is counted the same way on its latent grid."""
-    flops_per_s = float(cfg.launcher.gpu_tflops) * 1e12
-    _, grid, _ = latent_shape(cfg)
-    tokens = grid * grid
-    with torch.device("meta"):
-        tok_params = sum(p.numel() for p in build_tokenizer(cfg).parameters())
-        t = cfg.tokenizer.train
-        # convolutions/attention touch every pixel, not only every token: scale by pixels per token
-        flops = 6 * tok_params * (cfg.data.resolution ** 2) * t.steps * t.batch_size / max(1, tokens)
-        if cfg.stage == "all":
-            params = sum(p.numel() for p in build_generator(cfg).parameters())
-            g, s = cfg.generator.train, cfg.generator.sample
-            flops += 6 * params * tokens * g.steps * g.batch_size
-            passes = 2 if s.cfg_scale != 1.0 else 1
-            flops += 2 * params * tokens * s.num_samples * (2 if s.nocfg else 1) * passes
-    return flops / flops_per_s / 3600
 
 
 def _fail(message: str):

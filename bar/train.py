@@ -6,18 +6,25 @@ Its state is one object, `TrainState` (model, optimizer, step, data position, RN
 parameters threaded through it. Resume is exact: an interrupted and resumed run ends with the same weights as an
 uninterrupted one.
 
-    train(model, loss_fn, batches, Recipe(...), distributed=False, hooks=[Checkpointing(...)]) -> TrainResult"""
+    train(model, loss_fn, batches, Recipe(...), distributed=False, hooks=[Checkpointing(...)]) -> TrainResult
+
+Data parallelism is torch's DistributedDataParallel; gradient accumulation splits each rank's batch into
+`accum_steps` micro-batches (DDP's `no_sync` until the last). Randomness inside the loss comes from a stream per
+micro-batch (`micro_generator`) keyed by its position in the global batch, so the weights do not depend on how the
+global batch is split over ranks and accumulation steps."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from bar import distributed as dist
@@ -104,6 +111,10 @@ class Recipe:
     log_every: int = 10                              # loss history: one mean every `log_every` steps
     autocast_dtype: torch.dtype | None = None        # e.g. bf16 on GPUs; CPU runs stay fp32
     device_type: str = "cpu"
+    accum_steps: int = 1                             # micro-batches per optimizer step (each rank's batch is split)
+    decays: Callable[[str, torch.nn.Parameter], bool] | None = None   # weight decay on which parameters (None: all)
+    seed: int = 0                                    # seeds the per-micro-batch random streams (`micro_generator`)
+    compile: bool = False                            # torch.compile the (DDP-wrapped) module for the forward pass
 
 
 @dataclass
@@ -217,36 +228,73 @@ class Checkpointing(TrainHook):
 
 
 def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.betas), weight_decay=recipe.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if recipe.decays is None or not recipe.weight_decay:
+        groups = [{"params": [p for _, p in named], "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [{"params": [p for n, p in named if recipe.decays(n, p)], "weight_decay": recipe.weight_decay},
+                  {"params": [p for n, p in named if not recipe.decays(n, p)], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
 
 
-def _step(state: TrainState, loss_fn, recipe: Recipe, distributed: bool) -> float:
-    """One optimizer step; returns the (local) loss."""
+def micro_generator(seed: int, step: int, index: int, device) -> torch.Generator:
+    """The random stream of micro-batch `index` (its position in the global batch, in micro-batches) of optimizer step
+    `step`: a function of where the samples sit in the global batch, not of which rank or accumulation step draws
+    them, so 2 ranks x 2 accumulation steps train exactly as 1 rank x 4."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 65_537 + index)
+
+
+def ddp_of(module) -> DistributedDataParallel | None:
+    """The DistributedDataParallel wrapper inside `module` (which may be compiled), if any."""
+    inner = getattr(module, "_orig_mod", module)
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
+def world_size_of(module) -> int:
+    return dist.world_size() if ddp_of(module) is not None else 1
+
+
+def split_batch(batch, parts: int) -> list:
+    """A rank's batch (a tuple of tensors sharing dim 0) as `parts` contiguous micro-batches."""
+    if parts == 1:
+        return [batch]
+    return list(zip(*(t.tensor_split(parts) for t in batch)))
+
+
+def _step(state: TrainState, module, loss_fn, recipe: Recipe) -> float:
+    """One optimizer step over `recipe.accum_steps` micro-batches of this rank's batch; returns its mean loss.
+    Gradients are averaged over ranks by DDP on the last micro-batch only (`no_sync` before)."""
     for group in state.optimizer.param_groups:
         group["lr"] = lr_at(state.step, recipe.lr, recipe.warmup, recipe.steps, recipe.min_lr)
     batch = next(state.batches)
-    with torch.autocast(recipe.device_type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None):
-        loss = loss_fn(batch, state.step)
+    micros = split_batch(batch, recipe.accum_steps)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for group in state.optimizer.param_groups for p in group["params"]]
-    if distributed:
-        dist.all_reduce_gradients(params)
+    device, total = next(state.model.parameters()).device, 0.0
+    for j, micro in enumerate(micros):
+        sync = j == len(micros) - 1 or world_size_of(module) == 1
+        generator = micro_generator(recipe.seed, state.step, dist.rank() * len(micros) + j, device)
+        with (nullcontext() if sync else ddp_of(module).no_sync()), torch.autocast(
+                recipe.device_type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None):
+            loss = loss_fn(module, micro, state.step, generator) / len(micros)
+        loss.backward()
+        total += loss.item()
     if recipe.grad_clip:
-        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for g in state.optimizer.param_groups for p in g["params"]],
+                                       recipe.grad_clip)
     state.optimizer.step()
     state.result.samples += len(batch[0]) * state.world
-    return loss.item()
+    return total
 
 
-def train(model: torch.nn.Module, loss_fn: Callable[[object, int], torch.Tensor], batches: Iterator, recipe: Recipe,
-          *, distributed: bool = False, hooks: Sequence[TrainHook] = ()) -> TrainResult:
-    """Optimise `loss_fn(batch, step)` for `recipe.steps` steps. With `distributed`, gradients and the logged loss
-    are averaged over the ranks of torch.distributed (each rank's `batches` yields its own shard)."""
+def train(model: torch.nn.Module, loss_fn: Callable, batches: Iterator, recipe: Recipe, *, distributed: bool = False,
+          hooks: Sequence[TrainHook] = ()) -> TrainResult:
+    """Optimise `loss_fn(module, batch, step, generator) -> loss` for `recipe.steps` steps; `module` is the model (or
+    its DistributedDataParallel wrapper: call it, not `model`, for the forward pass) and `generator` the micro-batch's
+    random stream. With `distributed`, the model is wrapped in DistributedDataParallel (each rank's `batches` yields
+    its own part of every global batch; gradients and the logged loss are averaged over the ranks)."""
     world = dist.world_size() if distributed else 1
-    if world > 1:
-        dist.broadcast_parameters(model)
+    module = DistributedDataParallel(model, device_ids=dist.device_ids(model)) if world > 1 else model
+    module = torch.compile(module) if recipe.compile else module
     state = TrainState(model, _optimizer(model, recipe), batches, world)
     for hook in hooks:
         hook.on_start(state)
@@ -254,7 +302,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[object, int], torch.Tensor]
     result, base_seconds, segment_start = state.result, state.result.seconds, time.perf_counter()
     with training_section():
         while state.step < recipe.steps:
-            state.running += _step(state, loss_fn, recipe, distributed)
+            state.running += _step(state, module, loss_fn, recipe)
             state.count += 1
             state.step += 1
             result.first_step_at = result.first_step_at or time.time()

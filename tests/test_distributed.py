@@ -25,9 +25,9 @@ def _model_and_data():
 
 
 def _train(model, data, rank, world, tmp=None, steps=8):
-    def loss_fn(batch, step):
+    def loss_fn(module, batch, step, generator):
         xb, yb = batch
-        return (model(xb) - yb).pow(2).mean()
+        return (module(xb) - yb).pow(2).mean()
 
     return train(model, loss_fn, infinite_batches(data, 16, seed=1, rank=rank, world_size=world),
                  Recipe(steps=steps, lr=5e-2, log_every=4), distributed=world > 1,

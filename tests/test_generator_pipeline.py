@@ -29,7 +29,7 @@ def test_codebook_scaling_finishes_every_point_as_finished_or_infeasible(codeboo
     wall = by_name["softmax-24b"]
     assert wall.data.tags["status"] == "infeasible" and wall.info.status == "FINISHED"
     assert wall.data.metrics["mem_estimate_gb"] > 0.05 and "gfid" not in wall.data.metrics
-    assert "exceeds generator.memory_budget_gb" in wall.data.tags["infeasible_reason"]
+    assert "does not fit" in wall.data.tags["infeasible_reason"]
     for name, run in by_name.items():
         if name == "softmax-24b":
             continue

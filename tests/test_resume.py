@@ -23,9 +23,9 @@ def _problem(seed=0):
     y = (x @ torch.randn(6, 1)).squeeze(1) + 0.1 * torch.randn(96)
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
 
-    def loss_fn(batch, step):
+    def loss_fn(module, batch, step, generator):
         xb, yb = batch
-        return (model(xb).squeeze(1) - yb).pow(2).mean()   # dropout: uses the global RNG, which must be restored
+        return (module(xb).squeeze(1) - yb).pow(2).mean()   # dropout: uses the global RNG, which must be restored
 
     return model, loss_fn, (x, y)
 
@@ -34,11 +34,11 @@ def _run(tmp_path, steps=30, stop_at=None, ckpt=True, every=7):
     model, loss_fn, data = _problem()
     seen = []
 
-    def loss_and_stop(batch, step):
+    def loss_and_stop(module, batch, step, generator):
         if stop_at is not None and step == stop_at:
             request_stop(signal.SIGTERM)
         seen.append(step)
-        return loss_fn(batch, step)
+        return loss_fn(module, batch, step, generator)
 
     try:
         hooks = [Checkpointing(tmp_path / "ckpt", every)] if ckpt else []

@@ -15,66 +15,59 @@ from torchvision.utils import save_image
 
 from bar import distributed
 from bar.build import build_generator
-from bar.cache import get_or_build
+from bar.cache import get_or_build_together
+from bar.codes_store import CodesStore, pretokenize
 from bar.config import tokenizer_signature
-from bar.data import TensorImages, images_only
+from bar.loader import codes_loader
 from bar.official import load_official
+from bar.optim import decays
 from bar.sampling import generate
-from bar.tokenizer import Tokenizer, float_to_images, images_to_float
-from bar.train import Checkpointing, Recipe, TrainResult, infinite_batches, train
+from bar.tokenizer import Tokenizer, float_to_images
+from bar.train import Checkpointing, Recipe, TrainResult, train
 
 
 # ----------------------------------------------------------------------------------------------------- codes
-@torch.no_grad()
-def encode_dataset(tokenizer: Tokenizer, dataset, device: torch.device, batch_size: int = 256):
-    """Every image and its horizontal flip as tokens: (2N, L, k|d) and labels (2N,)."""
-    tokens, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = images_to_float(torch.stack([x for x, _ in items]).to(device))
-        y = torch.tensor([label for _, label in items])
-        for view in (images, images.flip(-1)):
-            tokens.append(tokenizer.encode(view).cpu())
-            labels.append(y)
-    return torch.cat(tokens), torch.cat(labels)
-
-
-def obtain_codes(cfg: DictConfig, tokenizer: Tokenizer, train_set, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pretokenized training set, cached once per tokenizer signature."""
-    def build(folder: Path):
-        tokens, labels = encode_dataset(tokenizer, train_set, device)
-        torch.save({"tokens": tokens, "labels": labels}, folder / "codes.pt")
-
-    folder, _ = get_or_build(cfg.paths.cache, "codes", tokenizer_signature(cfg), build)
-    codes = torch.load(folder / "codes.pt", weights_only=True)
-    return codes["tokens"], codes["labels"]
+def obtain_codes(cfg: DictConfig, tokenizer: Tokenizer, train_set, device) -> CodesStore:
+    """The pretokenized training set (each image and its horizontal flip; packed bits or float16 latents, in
+    memory-mapped shards), built once per tokenizer signature by all ranks of the job together, each encoding its
+    slice; every rank then reads it without loading it."""
+    folder, _ = get_or_build_together(
+        cfg.paths.cache, "codes", tokenizer_signature(cfg),
+        lambda f: pretokenize(tokenizer, train_set, f, rank=distributed.rank(), world_size=distributed.world_size(),
+                              batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, device=device))
+    return CodesStore(folder)
 
 
 # ----------------------------------------------------------------------------------------------------- training
-def generator_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
+def generator_recipe(cfg: DictConfig, device: torch.device, accum_steps: int = 1) -> Recipe:
     t = cfg.generator.train
     bf16 = torch.bfloat16 if device.type == "cuda" and t.bf16 else None
     return Recipe(steps=t.steps, lr=t.lr, min_lr=t.end_lr, warmup=t.warmup, weight_decay=t.weight_decay,
                   betas=tuple(t.betas), grad_clip=t.grad_clip, log_every=10, autocast_dtype=bf16,
-                  device_type=device.type)
+                  device_type=device.type, accum_steps=accum_steps, seed=cfg.seed,
+                  decays=decays if t.decay_rule == "release" else None, compile=cfg.model.compile)
 
 
-def train_generator(cfg: DictConfig, model, tokens: torch.Tensor, labels: torch.Tensor, device: torch.device,
-                    checkpoint_dir: Path, on_checkpoint=None) -> TrainResult:
-    """Data-parallel over the ranks of torch.distributed when there are several (each rank trains on its shard of
-    every global batch, gradients averaged); resumes from `checkpoint_dir` and checkpoints into it."""
+def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.device, checkpoint_dir: Path,
+                    accum_steps: int = 1, on_checkpoint=None) -> TrainResult:
+    """Data-parallel over the ranks of torch.distributed (DDP: each rank trains on its part of every global batch,
+    split into `accum_steps` micro-batches); each item is drawn as the image or its flip at random (the release's
+    two views); resumes from `checkpoint_dir` and checkpoints into it."""
     world, rank = distributed.world_size(), distributed.rank()
-    torch.manual_seed(cfg.seed + rank)     # per-rank random streams (masks, orders); rank 0 = the 1-process run
+    torch.manual_seed(cfg.seed + rank)     # per-rank streams for what draws from the global RNG (dropout)
     model.to(device)
-    step_model = torch.compile(model) if cfg.model.compile else model
 
-    def loss_fn(batch, step):
+    def loss_fn(module, batch, step, generator):
         x, y = batch
-        return step_model.training_loss(x.to(device, non_blocking=True), y.to(device), step)
+        return module(x.to(device, non_blocking=True), y.to(device), step, generator)
 
-    batches = infinite_batches((tokens, labels), cfg.generator.train.batch_size, cfg.seed, rank, world)
+    batches = codes_loader(codes, cfg.generator.train.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     hook = Checkpointing(checkpoint_dir, cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints, on_checkpoint)
-    return train(model, loss_fn, batches, generator_recipe(cfg, device), distributed=world > 1, hooks=[hook])
+    try:
+        return train(model, loss_fn, batches, generator_recipe(cfg, device, accum_steps),
+                     distributed=world > 1, hooks=[hook])
+    finally:
+        batches.close()
 
 
 def weights_fingerprint(model) -> str:
@@ -102,9 +95,8 @@ def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
 def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, schedule: dict, temperature: float,
                   cfg_scale: float, batch_size: int, seed: int, kv_cache: bool,
                   device: torch.device) -> tuple[torch.Tensor, float]:
-    """Generated uint8 images for `labels` and the throughput in images per second (tokens + decoding); with no
-    tokenizer, the generated tokens and tokens per second. With several ranks each generates every world_size-th
-    label (seed + rank) and all get the gathered results."""
+    """This rank's share of the samples for `labels` (items rank::world, seed + rank): uint8 images (or, with no
+    tokenizer, the tokens), and the throughput of all ranks together in images per second (tokens + decoding)."""
     model.eval()
     world = distributed.world_size()
     mine = labels[distributed.shard_indices(len(labels))] if world > 1 else labels
@@ -121,21 +113,23 @@ def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, s
     seconds = time.perf_counter() - start
     out = torch.cat(images) if images else torch.empty(0)
     if world > 1:
-        out = distributed.gather_shards(out, len(labels))
         seconds = max(distributed.all_gather_objects(seconds))
     return out, len(labels) / seconds if seconds else math.nan
 
 
-def generation_metrics(evaluator, images: torch.Tensor, plain: torch.Tensor | None, labels: torch.Tensor,
-                       reference, num_classes: int) -> dict[str, float]:
-    """gFID, IS, precision, recall of the guided samples (and gFID of the unguided ones) against `reference`."""
-    scores = evaluator.compare(images_only(TensorImages(images, labels, num_classes)), images_only(reference), "train",
-                               isc=True, prc=True)
+def generation_metrics(evaluator, images: torch.Tensor, plain: torch.Tensor | None, reference) -> dict[str, float]:
+    """gFID, IS, precision, recall (sFID with the ADM protocol) of the guided samples of all ranks (and gFID of the
+    unguided ones) against `reference`; this rank holds its shard. On rank 0; an empty dict on the others."""
+    scores = evaluator.compare(images, reference, "train", isc=True, prc=True)
+    unguided = evaluator.compare(plain, reference, "train") if plain is not None else None
+    if scores is None:
+        return {}
     metrics = {"gfid": scores["fid"], "inception_score": scores["inception_score"], "precision": scores["precision"],
                "recall": scores["recall"]}
-    if plain is not None:
-        metrics["gfid_nocfg"] = evaluator.compare(images_only(TensorImages(plain, labels, num_classes)),
-                                                  images_only(reference), "train")["fid"]
+    if "sfid" in scores:
+        metrics["sfid"] = scores["sfid"]
+    if unguided is not None:
+        metrics["gfid_nocfg"] = unguided["fid"]
     return metrics
 
 

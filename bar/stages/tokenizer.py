@@ -1,5 +1,5 @@
-"""Tokenizer stages: train once per tokenizer signature (then reuse from the cache), reconstruct the validation set,
-measure rFID."""
+"""Tokenizer stages: train once per tokenizer signature (all ranks of the job together, resumable), reuse from the
+cache afterwards, reconstruct the validation set (each rank its shard), measure rFID (features gathered)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
+from bar import distributed
 from bar.build import build_tokenizer
-from bar.cache import get_or_build
+from bar.cache import get_or_build_together, work_path
 from bar.config import tokenizer_signature
-from bar.data import TensorImages, build_dataset, images_only
+from bar.data import TensorImages, build_dataset
+from bar.loader import image_loader
 from bar.tokenizer import Tokenizer, float_to_images, images_to_float
-from bar.train import Recipe, infinite_batches, train
+from bar.train import Checkpointing, Recipe, train
 
 
 def load_data(cfg: DictConfig):
@@ -23,29 +25,47 @@ def load_data(cfg: DictConfig):
     return build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
 
 
-def _tokenizer_loss(tokenizer: Tokenizer, weights, images_uint8: torch.Tensor, device) -> torch.Tensor:
-    x = images_to_float(images_uint8.to(device))
-    recon, aux = tokenizer(x)
-    return weights.l1 * (recon - x).abs().mean() + weights.l2 * (recon - x).pow(2).mean() + weights.kl * aux
+def _tokenizer_loss(weights, device):
+    def loss_fn(module, batch, step, generator):
+        x = images_to_float(batch[0].to(device, non_blocking=True))
+        recon, aux = module(x)
+        return weights.l1 * (recon - x).abs().mean() + weights.l2 * (recon - x).pow(2).mean() + weights.kl * aux
+    return loss_fn
 
 
-def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Path) -> None:
+def tokenizer_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
+    t = cfg.tokenizer.train
+    bf16 = torch.bfloat16 if device.type == "cuda" and t.bf16 else None
+    return Recipe(steps=t.steps, lr=t.lr, min_lr=t.min_lr, warmup=t.warmup, weight_decay=t.weight_decay,
+                  betas=tuple(t.betas), autocast_dtype=bf16, device_type=device.type, seed=cfg.seed)
+
+
+def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Path, work: Path) -> None:
+    """Every rank trains on its part of each global batch (DDP); checkpoints in `work` let the next job that builds
+    this tokenizer resume; rank 0 writes the result into `folder`."""
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg).to(device)
     t = cfg.tokenizer.train
-    recipe = Recipe(steps=t.steps, lr=t.lr, min_lr=t.min_lr, warmup=t.warmup, weight_decay=t.weight_decay,
-                    betas=tuple(t.betas))
-    result = train(tokenizer, lambda batch, step: _tokenizer_loss(tokenizer, cfg.tokenizer.loss, batch[0], device),
-                   infinite_batches(train_set, t.batch_size, cfg.seed), recipe)
-    torch.save({"state_dict": tokenizer.state_dict(), "history": result.history,
-                "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at, "config": OmegaConf.to_container(cfg.tokenizer)},
-               folder / "tokenizer.pt")
+    batches = image_loader(train_set, t.batch_size, seed=cfg.seed, rank=distributed.rank(),
+                           world_size=distributed.world_size(), num_workers=cfg.data.num_workers, flip=False)
+    hook = Checkpointing(work / "ckpt", cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints)
+    try:
+        result = train(tokenizer, _tokenizer_loss(cfg.tokenizer.loss, device), batches, tokenizer_recipe(cfg, device),
+                       distributed=distributed.world_size() > 1, hooks=[hook])
+    finally:
+        batches.close()
+    if distributed.is_main():
+        torch.save({"state_dict": tokenizer.state_dict(), "history": result.history,
+                    "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at,
+                    "config": OmegaConf.to_container(cfg.tokenizer)}, folder / "tokenizer.pt")
 
 
 def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[Tokenizer, dict, bool]:
     """The tokenizer for this config: trained once per signature, then reused. Returns (model, checkpoint, built)."""
-    folder, built = get_or_build(cfg.paths.cache, "tokenizer", tokenizer_signature(cfg),
-                                 lambda f: train_tokenizer(cfg, train_set, device, f))
+    sig = tokenizer_signature(cfg)
+    work = work_path(cfg.paths.cache, "tokenizer", sig)
+    folder, built = get_or_build_together(cfg.paths.cache, "tokenizer", sig,
+                                          lambda f: train_tokenizer(cfg, train_set, device, f, work))
     ckpt = torch.load(folder / "tokenizer.pt", map_location=device, weights_only=False)
     tokenizer = build_tokenizer(cfg).to(device)
     tokenizer.load_state_dict(ckpt["state_dict"])
@@ -66,8 +86,10 @@ def latent_metrics(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, float]:
 
 @torch.no_grad()
 def reconstruct(tokenizer: Tokenizer, dataset, device: torch.device, batch_size: int = 256):
-    """(originals, reconstructions) of every image of `dataset`, both uint8 (N, C, H, W); each image decoded once."""
-    images, labels = zip(*[dataset[i] for i in range(len(dataset))])
+    """(originals, reconstructions) of this rank's shard of `dataset` (items rank::world), both uint8 (n, C, H, W);
+    each image decoded once."""
+    indices = distributed.shard_indices(len(dataset)).tolist()
+    images, labels = zip(*[dataset[i] for i in indices])
     images, labels = torch.stack(images), torch.tensor(labels)
     out = [float_to_images(tokenizer.decode(tokenizer.encode(images_to_float(images[i:i + batch_size].to(device)))))
            for i in range(0, len(images), batch_size)]
@@ -75,8 +97,14 @@ def reconstruct(tokenizer: Tokenizer, dataset, device: torch.device, batch_size:
 
 
 def reconstruction_metrics(evaluator, originals: torch.Tensor, recon: TensorImages, val_set) -> dict[str, float]:
-    return {"rfid": evaluator.compare(images_only(recon), images_only(val_set), "val")["fid"],
-            "recon_mse": float(((recon.images.float() - originals.float()) / 255).pow(2).mean())}
+    """rFID of the reconstructions of every rank against the validation set, and their mean squared error; on rank 0
+    (an empty dict on the others)."""
+    squared = distributed.all_gather_objects(
+        (float(((recon.images.float() - originals.float()) / 255).pow(2).sum()), originals.numel()))
+    scores = evaluator.compare(recon.images, val_set, "val")
+    if scores is None:
+        return {}
+    return {"rfid": scores["fid"], "recon_mse": sum(s for s, _ in squared) / sum(n for _, n in squared)}
 
 
 def save_pairs_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, n: int = 32) -> None:

@@ -1,0 +1,112 @@
+"""The dry run's cost model: accelerator-hours of a sweep, each distinct piece of work counted once.
+
+FLOPs come from counting the models' own forward passes on the meta device (torch's FlopCounterMode: nothing is
+allocated, a 2^32-way softmax included) and are turned into hours at `launcher.gpu_tflops` x `launcher.utilization`:
+
+    tokenizer   training 3 x forward x steps x batch; pretokenization (encoder, image + flip); rFID reconstructions.
+                Counted once per tokenizer signature, and not at all when already in the cache.
+    generator   training 3 x forward x steps x global batch (x 4/3 with activation checkpointing).
+    sampling    per image: the backbone over its sequence + the head's unmasking steps (one head pass per step),
+                x 2 with CFG, for every sampling run (guided, and unguided when gfid_nocfg is measured), plus decoding.
+Infeasible points and points already done cost nothing and are listed apart by the dry run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+from bar.build import build_generator, build_tokenizer
+from bar.config import tokenizer_signature
+
+TRAIN_FACTOR = 3.0              # forward + backward ~ 3 forward passes
+CHECKPOINTING_FACTOR = 4 / 3    # activation checkpointing repeats the forward pass
+
+
+def _forward_flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+@torch.no_grad()
+def tokenizer_flops(cfg: DictConfig) -> dict[str, float]:
+    """Forward FLOPs of one image through the whole tokenizer and through its encoder and decoder."""
+    r, c = cfg.data.resolution, cfg.data.in_channels
+    with torch.device("meta"):
+        tok = build_tokenizer(cfg)
+        x = torch.zeros(1, c, r, r)
+        return {"forward": _forward_flops(lambda: tok(x)), "encode": _forward_flops(lambda: tok.encode(x)),
+                "decode": _forward_flops(lambda: tok.decoder(tok.quantize(tok.encoder(x))[0]))}
+
+
+@torch.no_grad()
+def generator_flops(cfg: DictConfig) -> dict[str, float]:
+    """Forward FLOPs per image of teacher-forced training (backbone + head on every AR step) and of the head alone."""
+    with torch.device("meta"):
+        model = build_generator(cfg)
+        g = model.cfg
+        tokens = torch.zeros(1, g.grid[0] * g.grid[1], g.token_dim, dtype=torch.uint8 if g.token_kind == "bits"
+                             else torch.float32)
+        labels = torch.zeros(1, dtype=torch.long)
+        forward = _forward_flops(lambda: model.training_loss(tokens, labels, None))
+        cond = torch.zeros(1, g.steps, model.head.width)
+        head = _forward_flops(lambda: model.head.loss(cond, model.group(tokens)))
+    return {"forward": forward, "head": head, "params": float(sum(p.numel() for p in model.parameters()))}
+
+
+def unmasking_steps(cfg: DictConfig, schedule: dict) -> int:
+    """Head passes per AR step when sampling: MBM's allocation length, the diffusion head's denoising steps, else 1."""
+    if schedule.get("allocation"):
+        return len(schedule["allocation"])
+    if cfg.head.name == "diffusion":
+        return int(cfg.head.sampling_steps)
+    return 1
+
+
+@dataclass
+class PointCost:
+    tokenizer_key: str                                     # tokenizer signature: its work is shared
+    tokenizer: dict[str, float] = field(default_factory=dict)   # FLOPs: train, pretokenize, reconstruct
+    generator: dict[str, float] = field(default_factory=dict)   # FLOPs: train, sample
+
+    @property
+    def generator_flops(self) -> float:
+        return sum(self.generator.values())
+
+
+def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpointing: bool = False,
+               schedule: dict | None = None) -> PointCost:
+    tok = tokenizer_flops(cfg)
+    t = cfg.tokenizer.train
+    cost = PointCost(tokenizer_signature(cfg), {
+        "train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size,
+        "reconstruct": tok["forward"] * val_images})
+    if cfg.stage != "all":
+        return cost
+    cost.tokenizer["pretokenize"] = tok["encode"] * train_images * 2
+    gen, g, s = generator_flops(cfg), cfg.generator.train, cfg.generator.sample
+    factor = TRAIN_FACTOR * (CHECKPOINTING_FACTOR if checkpointing else 1.0)
+    per_image = gen["forward"] + (unmasking_steps(cfg, schedule or {}) - 1) * gen["head"]
+    guided = 2 if s.cfg_scale != 1.0 else 1
+    runs = guided + (1 if s.nocfg and s.cfg_scale != 1.0 else 0)
+    cost.generator = {"train": factor * gen["forward"] * g.steps * g.batch_size,
+                      "sample": (per_image * runs + tok["decode"] * (2 if runs > guided else 1)) * s.num_samples}
+    return cost
+
+
+def gpu_hours(flops: float, cfg: DictConfig) -> float:
+    return flops / (float(cfg.launcher.gpu_tflops) * 1e12 * float(cfg.launcher.utilization)) / 3600
+
+
+def sweep_hours(costs: list[PointCost], cfg: DictConfig, cached_tokenizers: set[str]) -> dict[str, float]:
+    """GPU-hours of the points to run: each distinct tokenizer once (none if already cached), every generator."""
+    tokenizers = {c.tokenizer_key: c.tokenizer for c in costs if c.tokenizer_key not in cached_tokenizers}
+    tok = sum(sum(parts.values()) for parts in tokenizers.values())
+    train = sum(c.generator.get("train", 0.0) for c in costs)
+    sample = sum(c.generator.get("sample", 0.0) for c in costs)
+    return {"tokenizers": gpu_hours(tok, cfg), "distinct_tokenizers": len(tokenizers),
+            "generator_training": gpu_hours(train, cfg), "sampling": gpu_hours(sample, cfg),
+            "total": gpu_hours(tok + train + sample, cfg)}
