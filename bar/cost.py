@@ -1,7 +1,10 @@
 """The dry run's cost model: accelerator-hours of a sweep, each distinct piece of work counted once.
 
 FLOPs come from counting the models' own forward passes on the meta device (torch's FlopCounterMode: nothing is
-allocated, a 2^32-way softmax included) and are turned into hours at `launcher.gpu_tflops` x `launcher.utilization`:
+allocated, a 2^32-way softmax included) and are turned into hours at `launcher.gpu_tflops` x `launcher.utilization`
+(training, tokenizer work) or x `launcher.sample_utilization` (AR sampling: one small step per token, latency-bound;
+the default 0.025 gives BAR-B 26 img/s, BAR-L 14, BAR-B/4 276 on a 989-TFLOP/s GPU, against the release's
+measured 24.33, 10.65 and 445):
 
     tokenizer   training 3 x forward x steps x batch; pretokenization (encoder, image + flip); rFID reconstructions.
                 Counted once per tokenizer signature, and not at all when already in the cache.
@@ -15,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from bar.build import build_generator, build_tokenizer
-from bar.config import tokenizer_signature
+from bar.config import data_identity, signature, tokenizer_signature
 
 TRAIN_FACTOR = 3.0              # forward + backward ~ 3 forward passes
 CHECKPOINTING_FACTOR = 4 / 3    # activation checkpointing repeats the forward pass
@@ -31,9 +34,19 @@ def _forward_flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
+_COUNTED: dict[str, dict[str, float]] = {}   # FLOP counts by what determines them (a sweep repeats architectures)
+
+
 @torch.no_grad()
 def tokenizer_flops(cfg: DictConfig) -> dict[str, float]:
     """Forward FLOPs of one image through the whole tokenizer and through its encoder and decoder."""
+    key = signature({"tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True), "data": data_identity(cfg)})
+    if key not in _COUNTED:
+        _COUNTED[key] = _count_tokenizer(cfg)
+    return _COUNTED[key]
+
+
+def _count_tokenizer(cfg: DictConfig) -> dict[str, float]:
     r, c = cfg.data.resolution, cfg.data.in_channels
     with torch.device("meta"):
         tok = build_tokenizer(cfg)
@@ -45,6 +58,14 @@ def tokenizer_flops(cfg: DictConfig) -> dict[str, float]:
 @torch.no_grad()
 def generator_flops(cfg: DictConfig) -> dict[str, float]:
     """Forward FLOPs per image of teacher-forced training (backbone + head on every AR step) and of the head alone."""
+    key = signature({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "head", "tokenizer", "data")})
+    if key not in _COUNTED:
+        _COUNTED[key] = _count_generator(cfg)
+    return _COUNTED[key]
+
+
+@torch.no_grad()
+def _count_generator(cfg: DictConfig) -> dict[str, float]:
     with torch.device("meta"):
         model = build_generator(cfg)
         g = model.cfg
@@ -97,16 +118,21 @@ def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpoin
     return cost
 
 
-def gpu_hours(flops: float, cfg: DictConfig) -> float:
-    return flops / (float(cfg.launcher.gpu_tflops) * 1e12 * float(cfg.launcher.utilization)) / 3600
+def gpu_hours(flops: float, cfg: DictConfig, sampling: bool = False) -> float:
+    utilization = cfg.launcher.sample_utilization if sampling else cfg.launcher.utilization
+    return flops / (float(cfg.launcher.gpu_tflops) * 1e12 * float(utilization)) / 3600
+
+
+def point_hours(cost: PointCost, cfg: DictConfig) -> float:
+    """The generator's share of a point (its tokenizer is shared: counted by `sweep_hours`)."""
+    return gpu_hours(cost.generator.get("train", 0.0), cfg) + gpu_hours(cost.generator.get("sample", 0.0), cfg, True)
 
 
 def sweep_hours(costs: list[PointCost], cfg: DictConfig, cached_tokenizers: set[str]) -> dict[str, float]:
     """GPU-hours of the points to run: each distinct tokenizer once (none if already cached), every generator."""
     tokenizers = {c.tokenizer_key: c.tokenizer for c in costs if c.tokenizer_key not in cached_tokenizers}
-    tok = sum(sum(parts.values()) for parts in tokenizers.values())
-    train = sum(c.generator.get("train", 0.0) for c in costs)
-    sample = sum(c.generator.get("sample", 0.0) for c in costs)
-    return {"tokenizers": gpu_hours(tok, cfg), "distinct_tokenizers": len(tokenizers),
-            "generator_training": gpu_hours(train, cfg), "sampling": gpu_hours(sample, cfg),
-            "total": gpu_hours(tok + train + sample, cfg)}
+    tok = gpu_hours(sum(sum(parts.values()) for parts in tokenizers.values()), cfg)
+    train = gpu_hours(sum(c.generator.get("train", 0.0) for c in costs), cfg)
+    sample = gpu_hours(sum(c.generator.get("sample", 0.0) for c in costs), cfg, sampling=True)
+    return {"tokenizers": tok, "distinct_tokenizers": len(tokenizers), "generator_training": train,
+            "sampling": sample, "total": tok + train + sample}

@@ -31,8 +31,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
+def one_task_per_gpu(gpus_per_node) -> int:
+    """SLURM tasks per node: one process per GPU (each a torch.distributed rank), or 1 without GPUs."""
+    return int(gpus_per_node) if gpus_per_node else 1
+
+
 def register_resolvers() -> None:
-    """Config resolvers for the two defaults above (idempotent)."""
-    for name, fn in (("bar_outputs", lambda: str(outputs_dir())), ("bar_tracking_uri", default_tracking_uri)):
+    """Config resolvers: the two defaults above, and one task per GPU for the SLURM launcher (idempotent)."""
+    for name, fn in (("bar_outputs", lambda: str(outputs_dir())), ("bar_tracking_uri", default_tracking_uri),
+                     ("bar_one_task_per_gpu", one_task_per_gpu)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -41,6 +41,7 @@ class Plan:
     metric: float = math.nan      # skip: the earlier run's headline metric
     fresh_start: bool = False     # run: old checkpoints belong to an earlier, ended attempt
     memory: MemoryPlan | None = None   # the generator's training memory per device: micro-batch, accumulation, ...
+    warnings: tuple[str, ...] = ()     # dry run: what will fail once the point runs (e.g. a missing weights file)
 
     @property
     def memory_gb(self) -> float | None:
@@ -124,9 +125,9 @@ def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, wo
     """Validate the point (one-line UserError), then decide. `done` ({signature: earlier run}, from
     tracking.done_points) saves a store query per point when the sweeper plans many; `world_size` is the number of
     processes (GPUs) the point runs on."""
-    validate_config(cfg)
+    warnings = validate_config(cfg)
     sig = point_signature(cfg)
-    plan = Plan(point_name(cfg), sig, point_folder(cfg, sig), "run")
+    plan = Plan(point_name(cfg), sig, point_folder(cfg, sig), "run", warnings=tuple(warnings))
     uri = cfg.tracking.uri
     if skip_done:
         earlier = (done if done is not None else tracking.done_points(uri, cfg.experiment, signature=sig)).get(sig)

@@ -162,7 +162,8 @@ class LauncherConf:
     checkpoint_every: int = MISSING
     keep_checkpoints: int = MISSING
     gpu_tflops: float = MISSING            # peak dense bf16 TFLOP/s of one accelerator (cost model of the dry run)
-    utilization: float = MISSING           # fraction of the peak a training or sampling step reaches (cost model)
+    utilization: float = MISSING           # fraction of the peak a training step reaches (cost model)
+    sample_utilization: float = MISSING    # the same for AR sampling (small latency-bound steps)
     gpu_mem_gb: float = MISSING            # memory of one accelerator: the per-device budget on GPUs
     submitted_at: Optional[float] = None   # set by the sweeper: launch overhead is measured from it
 

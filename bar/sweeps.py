@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from bar import UserError, tracking
 from bar.build import build_generator, sampling_schedule
 from bar.config import describe_config_error, is_config_error, point_name
-from bar.cost import gpu_hours, point_cost, sweep_hours
+from bar.cost import point_cost, point_hours, sweep_hours
 from bar.data import build_dataset
 from bar.paths import sqlite_path
 from bar.planner import Plan, plan_point
@@ -171,19 +171,21 @@ def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: lis
         costs.append(cost)
         shape = (f"micro {mem.micro_batch} x accum {mem.accum_steps} x {mem.world_size} dev"
                  + (" +ckpt" if mem.checkpointing else "") + f", {mem.est_gb_per_gpu:.3g} GiB/dev") if mem else "-"
-        rows.append(f"  {label:<28} {plan.signature}  {shape:<46} generator "
-                    f"~{gpu_hours(cost.generator_flops, point_cfg):.3g} GPU-h")
+        rows.append(f"  {label:<28} {plan.signature}  {shape:<46} generator ~{point_hours(cost, point_cfg):.3g} GPU-h")
     cached = {c.tokenizer_key for c in costs if (Path(cfg.paths.cache) / "tokenizer" / c.tokenizer_key).is_dir()}
     hours = sweep_hours(costs, cfg, cached)
     done = sum(p.action == "skip" for p in plans)
     print(f"sweep {cfg.experiment}: {len(points)} points, {done} already done, {len(infeasible)} infeasible, "
           f"~{hours['total']:.3g} GPU-hours to run (launcher: {cfg.launcher.name}; {cfg.launcher.gpu_tflops:g} TFLOP/s "
-          f"x utilization {cfg.launcher.utilization:g}; dry run, nothing submitted)")
+          f"x utilization {cfg.launcher.utilization:g}, sampling {cfg.launcher.sample_utilization:g}; dry run, nothing "
+          "submitted)")
     print("\n".join(rows))
     if infeasible:
         print("infeasible (not run, not counted):\n" + "\n".join(infeasible))
     print(f"GPU-hours: {hours['distinct_tokenizers']} distinct tokenizer(s) {hours['tokenizers']:.3g} + generator "
           f"training {hours['generator_training']:.3g} + sampling {hours['sampling']:.3g} = {hours['total']:.3g}")
+    for warning in sorted({w for p in plans for w in p.warnings}):
+        print(f"warning: the points will fail until this is fixed: {warning}")
 
 
 def dataset_sizes(cfg: DictConfig) -> tuple[int, int]:

@@ -19,16 +19,25 @@ STAGES = ("tokenizer", "all", "sample")
 EXTRACTORS = ("classifier", "inception")
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig) -> list[str]:
+    """Raise a one-line UserError for what cannot work. Returns warnings: in a dry run, files needed only once the
+    point runs (Inception weights) are reported instead of raised, so the plan can still be shown."""
+    warnings = []
     if cfg.stage not in STAGES:
         raise UserError(f"unknown stage {cfg.stage!r}: use {', '.join(STAGES)}")
     _check_data(cfg)
     validate_tokenizer_config(cfg.tokenizer)
-    _check_eval(cfg)
+    try:
+        _check_eval(cfg)
+    except UserError as err:
+        if not cfg.dry_run:
+            raise
+        warnings.append(str(err))
     if cfg.stage == "sample" and not (cfg.checkpoint and Path(str(cfg.checkpoint)).expanduser().is_file()):
         raise UserError(f"stage=sample needs checkpoint=PATH to a generator checkpoint; {cfg.checkpoint!r} is not a file")
     if cfg.stage in ("all", "sample"):
         check_generator_config(cfg)
+    return warnings
 
 
 def _check_data(cfg: DictConfig) -> None:
