@@ -74,6 +74,7 @@ def load_digits_split(split: str, resolution: int = 16, val_size: int = 297, spl
 # ------------------------------------------------------------------------------------------------------ photo_crops
 PHOTOS = ("china.jpg", "flower.jpg")  # scikit-learn's sample photographs, 427 x 640 RGB, shipped in the wheel
 PHOTO_STRIPS = 5                      # vertical strips per photo: 2 x 5 = 10 classes
+PHOTO_SHAPE = (427, 640)              # (H, W) of both photographs
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def sample_photos() -> tuple[np.ndarray, ...]:
     return photos
 
 
-def photo_regions(crop_size: int, shape: tuple[int, int] = (427, 640)) -> list[PhotoRegion]:
+def photo_regions(crop_size: int, shape: tuple[int, int] = PHOTO_SHAPE) -> list[PhotoRegion]:
     """The 10 classes of `photo_crops` for crops of side `crop_size` on photos of `shape` (H, W): photo p, strip s ->
     label p * 5 + s. The validation band is 1.5 x crop_size rows high, centred vertically in the strip."""
     height, width = shape
@@ -135,7 +136,8 @@ def _check_photo_crops(resolution: int, crop_size: int, n: int, split: str, shap
         raise UserError(f"data.crop_size {crop_size} must be a multiple of data.resolution {resolution} "
                         f"(crops are area-downsampled by an integer factor), e.g. data.crop_size={4 * resolution}")
     region = photo_regions(crop_size, shape)[0]
-    if not all(len(a) for a in (region.lefts(crop_size), region.tops("train", crop_size), region.tops("val", crop_size))):
+    windows = (region.lefts(crop_size), region.tops("train", crop_size), region.tops("val", crop_size))
+    if not all(len(a) for a in windows):
         raise UserError(f"data.crop_size {crop_size} is too large for photo_crops: a crop must fit in a "
                         f"{region.right - region.left}-pixel strip and above, below and inside its validation band")
     if n < len(PHOTOS) * PHOTO_STRIPS:
@@ -145,7 +147,7 @@ def _check_photo_crops(resolution: int, crop_size: int, n: int, split: str, shap
 
 
 def photo_crop_boxes(split: str, n: int, crop_size: int, seed: int = 0, hflip: bool = True,
-                     shape: tuple[int, int] = (427, 640)) -> np.ndarray:
+                     shape: tuple[int, int] = PHOTO_SHAPE) -> np.ndarray:
     """(n, 5) int64 rows (label, photo, top, left, flip): n crops spread evenly over the 10 classes (the first n % 10
     classes get one more), positions uniform over the allowed tops and lefts of the split, drawn from a generator
     seeded by (seed, label, split) -- the same boxes every time, independent of the run's seed."""
@@ -196,7 +198,7 @@ def load_photo_crops(split: str, resolution: int = 16, crop_size: int = 64, trai
         raise UserError(f"unknown split {split!r}: use train or val")
     photos = sample_photos()
     shape = photos[0].shape[:2]
-    assert all(p.shape[:2] == shape for p in photos), "scikit-learn's sample photos differ in size"
+    assert all(p.shape[:2] == PHOTO_SHAPE for p in photos), "scikit-learn's sample photos changed size"
     n = train_size if split == "train" else val_size
     _check_photo_crops(resolution, crop_size, n, split, shape)
     boxes = photo_crop_boxes(split, n, crop_size, split_seed, hflip, shape)
@@ -257,10 +259,7 @@ def build_dataset(data_cfg, split: str) -> Dataset:
     if data_cfg.name == "digits":
         return load_digits_split(split, data_cfg.resolution, data_cfg.val_size, data_cfg.split_seed)
     if data_cfg.name == "photo_crops":
-        unset = [k for k in ("train_size", "val_size", "crop_size") if data_cfg.get(k) is None]
-        if unset:
-            raise UserError(f"data=photo_crops needs data.{unset[0]} (compose it with data=photo_crops, which sets "
-                            "train_size, val_size, crop_size and hflip)")
+        validate_data_config(data_cfg)
         return load_photo_crops(split, data_cfg.resolution, data_cfg.crop_size, data_cfg.train_size,
                                 data_cfg.val_size, data_cfg.get("split_seed", 0), bool(data_cfg.get("hflip", False)))
     if data_cfg.name == "imagefolder":
@@ -271,6 +270,23 @@ def build_dataset(data_cfg, split: str) -> Dataset:
 
 DATASETS = ("digits", "photo_crops", "imagefolder")
 EMBEDDED_DATASETS = ("digits", "photo_crops")  # shipped inside an installed package: no data.root, no network
+
+
+def validate_data_config(data_cfg) -> None:
+    """One-line UserErrors for an embedded dataset's settings, without loading anything (photo_crops: sizes, crop
+    size, channels, classes); nothing to check for digits. imagefolder's folders are checked by bar.validate."""
+    if data_cfg.name != "photo_crops":
+        return
+    unset = [k for k in ("train_size", "val_size", "crop_size") if data_cfg.get(k) is None]
+    if unset:
+        raise UserError(f"data=photo_crops needs data.{unset[0]} (compose it with data=photo_crops, which sets "
+                        "train_size, val_size, crop_size and hflip)")
+    for split, n in (("train", data_cfg.train_size), ("val", data_cfg.val_size)):
+        _check_photo_crops(data_cfg.resolution, data_cfg.crop_size, n, split, PHOTO_SHAPE)
+    classes = len(PHOTOS) * PHOTO_STRIPS
+    if data_cfg.get("in_channels", 3) != 3 or data_cfg.get("num_classes", classes) != classes:
+        raise UserError(f"data=photo_crops has 3 channels and {classes} classes: leave data.in_channels=3 and "
+                        f"data.num_classes={classes}")
 
 
 def images_only(dataset: Dataset) -> Dataset:

@@ -11,6 +11,7 @@ import torch
 from bar import UserError
 from bar.config import compose
 from bar.data import (
+    EMBEDDED_DATASETS,
     build_dataset,
     information_bits,
     load_digits_split,
@@ -18,6 +19,7 @@ from bar.data import (
     photo_crop_boxes,
     photo_regions,
     sample_photos,
+    validate_data_config,
 )
 
 
@@ -146,3 +148,16 @@ def test_information_bits():
     assert photo["estimate_bits"] > 2048 > 4 * digits["estimate_bits"]
     assert information_bits(load_photo_crops("val", val_size=10)) == information_bits(
         load_photo_crops("val", val_size=10))
+
+
+def test_config_checked_without_loading(monkeypatch):
+    monkeypatch.setattr("bar.data.sample_photos", lambda: (_ for _ in ()).throw(AssertionError("loaded")))
+    assert "photo_crops" in EMBEDDED_DATASETS
+    validate_data_config(compose(["data=photo_crops"]).data)
+    validate_data_config(compose(["data=photo_crops", "data.resolution=32"]).data)
+    with pytest.raises(UserError, match="data.crop_size 48 must be a multiple of data.resolution 32"):
+        validate_data_config(compose(["data=photo_crops", "data.resolution=32", "data.crop_size=48"]).data)
+    with pytest.raises(UserError, match="data.num_classes=10"):
+        validate_data_config(compose(["data=photo_crops", "data.num_classes=5"]).data)
+    with pytest.raises(UserError, match="needs data.train_size"):
+        validate_data_config(compose(["data.name=photo_crops"]).data)
