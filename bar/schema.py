@@ -26,7 +26,7 @@ class PathsConf:
 
 @dataclass
 class DataConf:
-    name: str = MISSING                    # digits | imagefolder
+    name: str = MISSING                    # digits | photo_crops | imagefolder
     root: Optional[str] = None
     val_root: Optional[str] = None
     resolution: int = MISSING
@@ -34,6 +34,9 @@ class DataConf:
     num_classes: int = MISSING
     val_size: Optional[int] = None
     split_seed: int = 0
+    train_size: Optional[int] = None       # photo_crops: training crops (val_size: validation crops)
+    crop_size: Optional[int] = None        # photo_crops: crop side in photo pixels, area-downsampled to resolution
+    hflip: bool = False                    # photo_crops: mirror a seeded half of the crops
     num_workers: int = 0                   # DataLoader worker processes decoding images (not part of the data's identity)
 
 

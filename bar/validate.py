@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError
 from bar.build import build_generator, sampling_schedule
-from bar.data import IMAGE_SUFFIXES
+from bar.data import EMBEDDED_DATASETS, IMAGE_SUFFIXES, validate_data_config
 from bar.tokenizer import validate_tokenizer_config
 
 STAGES = ("tokenizer", "all", "sample")
@@ -41,10 +41,12 @@ def validate_config(cfg: DictConfig) -> list[str]:
 
 
 def _check_data(cfg: DictConfig) -> None:
-    if cfg.data.name == "digits":
+    if cfg.data.name in EMBEDDED_DATASETS:
+        validate_data_config(cfg.data)
         return
     if cfg.data.name != "imagefolder":
-        raise UserError(f"unknown data.name {cfg.data.name!r}: use digits or imagefolder")
+        raise UserError(f"unknown data.name {cfg.data.name!r}: use {', '.join(sorted(EMBEDDED_DATASETS))} or "
+                        "imagefolder")
     if cfg.stage == "sample":
         return
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
