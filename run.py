@@ -29,6 +29,10 @@ if __name__ == "__main__":
     register()
     try:
         main()
+    except OSError as err:   # Hydra creates its output folder under paths.outputs before any project code runs
+        print(f"error: cannot create {err.filename} ({err.strerror}): set BAR_OUTPUTS (or paths.outputs) to a "
+              "writable folder", file=sys.stderr)
+        raise SystemExit(2)
     except Exception as err:
         if not is_config_error(err):
             raise

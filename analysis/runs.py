@@ -22,12 +22,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from bar import UserError
 from bar.paths import default_tracking_uri, sqlite_path
+from bar.tracking import check_store
 
 
-STATUSES = ("finished", "failed", "infeasible", "running")
+STATUSES = ("finished", "failed", "infeasible", "running", "interrupted")
 # Which attempt of a sweep point represents it when one point was launched several times.
-_STATUS_RANK = {"finished": 0, "infeasible": 1, "running": 2, "failed": 3}
+_STATUS_RANK = {"finished": 0, "infeasible": 1, "running": 2, "interrupted": 2, "failed": 3}
 _MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
                   "SCHEDULED": "running"}
 HISTORY_KEYS = ("train_loss", "tokenizer_loss")
@@ -45,6 +47,10 @@ def _client(tracking_uri: str | None):
     if path is not None and str(path) != ":memory:" and not path.exists():
         # Opening a missing sqlite file would silently create an empty store; say what is wrong instead.
         raise StoreError(f"no MLflow store at {path} (run a sweep first, or pass --tracking-uri / MLFLOW_TRACKING_URI)")
+    try:
+        check_store(uri)
+    except UserError as err:
+        raise StoreError(str(err)) from None
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

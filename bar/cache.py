@@ -8,13 +8,18 @@ resumable work in `work_path` (e.g. tokenizer training checkpoints)."""
 from __future__ import annotations
 
 import fcntl
+import logging
+import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from bar import distributed
+from bar import UserError, distributed
+from bar.checkpoint import CorruptCheckpoint
+
+log = logging.getLogger("bar")
 
 
 @contextmanager
@@ -26,6 +31,29 @@ def file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def try_lock(path: Path):
+    """An exclusive, non-blocking lock on `path` (held while the handle is open); None if another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds the lock on `path` now."""
+    if not path.exists():
+        return False
+    handle = try_lock(path)
+    if handle is None:
+        return True
+    handle.close()
+    return False
 
 
 def entry_path(root: str | Path, kind: str, sig: str) -> Path:
@@ -92,3 +120,24 @@ def get_or_build_together(root: str | Path, kind: str, sig: str, build: Callable
         if lock is not None:
             lock.close()
     return final, staging is not None
+
+
+def load_or_rebuild(root: str | Path, kind: str, sig: str, build: Callable[[Path], None],
+                    load: Callable[[Path], object], together: bool = False) -> tuple[object, bool]:
+    """`load(folder)` of the entry, building it if absent (`together`: by all ranks of the job). An entry that cannot
+    be loaded (fails its checksum, truncated, deleted while in use) is removed and built once more instead of failing
+    every later launch. Returns (loaded, built_now)."""
+    getter = get_or_build_together if together else get_or_build
+    for attempt in range(2):
+        folder, built = getter(root, kind, sig, build)
+        try:
+            return load(folder), built
+        except (CorruptCheckpoint, OSError, EOFError, RuntimeError, pickle.UnpicklingError, UserError) as err:
+            if attempt:
+                raise
+            log.warning("cache entry %s is unusable (%s): building it again", folder, err)
+            if distributed.is_main():
+                shutil.rmtree(folder, ignore_errors=True)
+            if together:
+                distributed.barrier()
+    raise AssertionError("unreachable")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from bar import UserError
+
 log = logging.getLogger("bar")
 
 MAGIC = b"BARCKPT1 sha256="
@@ -101,3 +103,21 @@ class CheckpointDir:
     def clear(self) -> None:
         for step in self.steps():
             self.path(step).unlink(missing_ok=True)
+
+
+def read_generator_checkpoint(path: str | Path, map_location="cpu"):
+    """A generator checkpoint: this project's (written by `save_atomic`: checksum verified) or any torch file, e.g.
+    the release's state dict (memory-mapped: a 4 GB file costs nothing until its tensors are read). One-line
+    UserError when it is not a checkpoint or is damaged."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(MAGIC))
+    try:
+        if head == MAGIC:
+            return load_verified(path, map_location)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+    except CorruptCheckpoint as err:
+        raise UserError(f"checkpoint {err} (damaged: copy it again)") from None
+    except Exception as err:   # pickle / zip / EOF errors of a file that is not (or no longer) a torch checkpoint
+        raise UserError(f"checkpoint {path} is not a readable torch checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else 'truncated?'})") from None

@@ -13,6 +13,7 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from bar import UserError
+from bar.checkpoint import load_verified, save_atomic
 from bar.train import Recipe, infinite_batches, train
 
 CLASSIFIER_EXTRACTOR = "bar-classifier"
@@ -53,7 +54,7 @@ class ClassifierExtractor(FeatureExtractorBase):
         super().__init__(name, features_list)
         if not feature_extractor_weights_path or not Path(feature_extractor_weights_path).is_file():
             raise UserError(f"classifier checkpoint {feature_extractor_weights_path!r} not found")
-        ckpt = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        ckpt = load_verified(feature_extractor_weights_path)
         self.in_channels, self.resolution = ckpt["in_channels"], ckpt["resolution"]
         self.model = DigitClassifier(ckpt["in_channels"], ckpt["width"], ckpt["num_classes"])
         self.model.load_state_dict(ckpt["state_dict"])
@@ -94,5 +95,5 @@ def train_classifier(dataset, in_channels: int, resolution: int, num_classes: in
 
     train(model, loss_fn, infinite_batches(dataset, ccfg.batch_size, seed=0),
           Recipe(steps=ccfg.steps, lr=ccfg.lr, warmup=min(20, ccfg.steps // 10)))
-    torch.save({"state_dict": model.state_dict(), "in_channels": in_channels, "resolution": resolution,
-                "width": ccfg.width, "num_classes": num_classes}, folder / "classifier.pt")
+    save_atomic({"state_dict": model.state_dict(), "in_channels": in_channels, "resolution": resolution,
+                 "width": ccfg.width, "num_classes": num_classes}, folder / "classifier.pt")

@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from bar import UserError
+from bar.progress import Progress
 from bar.tokenizer import images_to_float
 
 FORMAT = "bar-codes/1"
@@ -158,9 +159,11 @@ def pretokenize(tokenizer, dataset, root: str | Path, *, rank: int = 0, world_si
     loader = DataLoader(Subset(dataset, range(writer.start, writer.stop)), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers)
     tokenizer.eval()
-    for images, labels in loader:
-        x = images_to_float(images.to(device))
-        writer.append([tokenizer.encode(x), tokenizer.encode(x.flip(-1))], labels)
+    with Progress(writer.stop - writer.start, "pretokenize", unit="img") as bar:
+        for images, labels in loader:
+            x = images_to_float(images.to(device))
+            writer.append([tokenizer.encode(x), tokenizer.encode(x.flip(-1))], labels)
+            bar.update(len(labels))
     writer.close()
     return writer.root / f"{writer.stem}.json"
 

@@ -14,6 +14,7 @@ import io
 import lzma
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -226,8 +227,11 @@ def center_crop_arr(pil_image, image_size: int):
 
 def load_image(path: str | Path, resolution: int) -> torch.Tensor:
     """An image file -> RGB -> `center_crop_arr` -> uint8 (3, resolution, resolution)."""
-    with Image.open(path) as img:
-        img = center_crop_arr(img.convert("RGB"), resolution)
+    try:
+        with Image.open(path) as img:
+            img = center_crop_arr(img.convert("RGB"), resolution)
+    except (OSError, ValueError, SyntaxError) as err:   # PIL's errors for truncated, corrupt or non-image files
+        raise UserError(f"cannot read image {path}: {err} (remove or replace the file)") from None
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -252,6 +256,25 @@ class ImageFolderImages(Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         return load_image(path, self.resolution), label
+
+
+@lru_cache(maxsize=32)
+def folder_summary(root: str) -> tuple[tuple[str, ...], int]:
+    """(class folder names, number of images) of an image folder tree, listed once per process."""
+    folder = Path(root)
+    classes = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
+    count = sum(1 for name in classes for f in (folder / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return classes, count
+
+
+def split_size(data_cfg, split: str) -> int:
+    """Images in a split, without decoding any (an image folder is listed once)."""
+    if data_cfg.name == "digits":
+        return 1797 - data_cfg.val_size if split == "train" else data_cfg.val_size
+    if data_cfg.name == "photo_crops":
+        return data_cfg.train_size if split == "train" else data_cfg.val_size
+    root = data_cfg.root if split == "train" else (data_cfg.val_root or data_cfg.root)
+    return folder_summary(str(root))[1]
 
 
 def build_dataset(data_cfg, split: str) -> Dataset:

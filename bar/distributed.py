@@ -19,6 +19,8 @@ import submitit
 import torch
 import torch.distributed as dist
 
+from bar import UserError
+
 log = logging.getLogger("bar")
 
 
@@ -26,7 +28,10 @@ def resolve_device(name: str) -> torch.device:
     """`auto`: cuda when available, else cpu; otherwise the named device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def configure_device(device: torch.device) -> None:

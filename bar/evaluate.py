@@ -28,7 +28,8 @@ from torch.utils.data import Dataset
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from bar import UserError, adm, distributed
-from bar.cache import get_or_build
+from bar.cache import get_or_build, load_or_rebuild
+from bar.checkpoint import load_verified, save_atomic
 from bar.classifier import CLASSIFIER_EXTRACTOR, train_classifier
 from bar.config import data_identity, signature
 
@@ -92,9 +93,10 @@ class FidelityEvaluator:
     def reference_features(self, reference: Dataset, name: str) -> dict[str, torch.Tensor]:
         """Features of a reference split, computed once (cache entry per data set, split and extractor)."""
         key = f"{self.data_sig}-{name}-{self.extractor_sig}"
-        folder, _ = get_or_build(self.cfg.paths.cache, "fidelity", key,
-                                 lambda f: torch.save(self.features(reference), f / "features.pt"))
-        return torch.load(folder / "features.pt", weights_only=True)
+        features, _ = load_or_rebuild(self.cfg.paths.cache, "fidelity", key,
+                                      lambda f: save_atomic(self.features(reference), f / "features.pt"),
+                                      lambda f: load_verified(f / "features.pt"))
+        return features
 
     def compare(self, images_shard, reference: Dataset, reference_name: str, *, isc: bool = False,
                 prc: bool = False) -> dict[str, float] | None:

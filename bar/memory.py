@@ -175,7 +175,7 @@ def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: fl
                 accum = per_rank // micro
                 how = "with activation checkpointing" if ckpt else "no activation checkpointing"
                 return MemoryPlan(micro, accum, ckpt, gib(nbytes), True,
-                                  f"micro-batch {micro} x {accum} accumulation step(s) x {world_size} GPU(s) = "
+                                  f"micro-batch {micro} x {accum} accumulation step(s) x {world_size} device(s) = "
                                   f"{global_batch}; {gib(nbytes):.3g} of {usable:.3g} GiB usable, {how}",
                                   world_size, global_batch, usable)
     smallest, ckpt = micros[-1], modes[-1]

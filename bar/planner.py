@@ -11,7 +11,6 @@ keeps what outlives a job: the MLflow run id (run.json), a lock held while a job
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -22,10 +21,13 @@ import torch
 from omegaconf import DictConfig
 
 from bar import tracking
+from bar.cache import is_locked
+from bar.cache import try_lock as try_file_lock
 from bar.build import build_generator
 from bar.config import point_name, point_signature
 from bar.distributed import resolve_device
 from bar.memory import MemoryPlan, plan_memory
+from bar.paths import sqlite_path
 from bar.validate import validate_config
 
 
@@ -89,25 +91,8 @@ def memory_plan(cfg: DictConfig, world_size: int = 1) -> MemoryPlan | None:
 
 
 def try_lock(folder: Path):
-    """An exclusive, non-blocking lock on the point (held while a job runs it); None if another job holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
-
-
-def _held(folder: Path) -> bool:
-    if not (folder / ".lock").exists():
-        return False
-    handle = try_lock(folder)
-    if handle is None:
-        return True
-    handle.close()
-    return False
+    """The point's lock (held while a job runs it); None if another job holds it."""
+    return try_file_lock(folder / ".lock")
 
 
 def recorded_run(folder: Path) -> str | None:
@@ -121,24 +106,28 @@ def record_run(folder: Path, run_id: str, signature: str, experiment: str, name:
                                                  "name": name}))
 
 
-def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, world_size: int = 1) -> Plan:
-    """Validate the point (one-line UserError), then decide. `done` ({signature: earlier run}, from
-    tracking.done_points) saves a store query per point when the sweeper plans many; `world_size` is the number of
-    processes (GPUs) the point runs on."""
-    warnings = validate_config(cfg)
+def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, world_size: int = 1,
+               runs_here: bool = True, warnings: list[str] | None = None) -> Plan:
+    """Validate the point and its tracking store (one-line UserErrors), then decide. `done` ({signature: earlier run},
+    from tracking.done_points) saves a store query per point when the sweeper plans many; `world_size` is the number
+    of processes (GPUs) the point runs on; `runs_here` whether on this machine (then its device is checked too);
+    `warnings` from an earlier validate_config skip validating again."""
+    if warnings is None:
+        warnings = validate_config(cfg, runs_here, world_size)
+    tracking.check_store(cfg.tracking.uri)
     sig = point_signature(cfg)
     plan = Plan(point_name(cfg), sig, point_folder(cfg, sig), "run", warnings=tuple(warnings))
     uri = cfg.tracking.uri
     if skip_done:
-        earlier = (done if done is not None else tracking.done_points(uri, cfg.experiment, signature=sig)).get(sig)
+        earlier = (done if done is not None else _done(uri, cfg.experiment, sig)).get(sig)
         if earlier is not None:
             return _skip(plan, earlier["status"], f"already {earlier['status']} in run {earlier['run_id']} "
                                                   "(force=true re-runs it)", earlier["run_id"], earlier["metric"])
-    if _held(plan.folder):
+    if is_locked(plan.folder / ".lock"):
         return _skip(plan, "held", f"another job is running it now (lock {plan.folder / '.lock'})")
     previous = recorded_run(plan.folder)
     state = tracking.run_state(uri, previous) if previous else None
-    if state is not None and state[1] == "running" and not cfg.force:
+    if state is not None and state[1] in tracking.RESUMABLE_STATUSES and not cfg.force:
         plan.action, plan.run_id, plan.why = "resume", previous, f"continues run {previous}"
     else:
         plan.fresh_start = cfg.force or (state is not None and state[1] in tracking.DONE_STATUSES)
@@ -147,6 +136,14 @@ def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, wo
         plan.action = "infeasible"
         plan.why = f"estimated training memory {plan.memory.reason} (budget {memory_budget_gb(cfg):.3g} GiB per device)"
     return plan
+
+
+def _done(uri: str, experiment: str, signature: str) -> dict:
+    """The finished run of this point, if any; a store not created yet has none (planning never creates it)."""
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        return {}
+    return tracking.done_points(uri, experiment, signature=signature)
 
 
 def _skip(plan: Plan, status: str, why: str, run_id: str | None = None, metric: float = math.nan) -> Plan:

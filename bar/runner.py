@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -21,12 +23,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bar import UserError, distributed
+from bar import UserError, distributed, tracking
 from bar.build import build_generator, sampling_schedule
 from bar.checkpoint import CheckpointDir
-from bar.config import run_params, tokenizer_signature
+from bar.config import point_name, run_params, tokenizer_signature
 from bar.evaluate import generation_evaluator, reconstruction_evaluator
-from bar.planner import Plan, plan_point, record_run, try_lock
+from bar.planner import Plan, plan_point, point_folder, record_run, recorded_run, try_lock
 from bar.signals import install_stop_handlers, stop_requested
 from bar.stages import generator as gen_stage
 from bar.stages import tokenizer as tok_stage
@@ -35,16 +37,34 @@ from bar.tracking import NullRun, PointRun
 log = logging.getLogger("bar")
 
 
+CHILD_ENV = "BAR_POINT_PROCESS"   # set in a point's own child process (launcher=local)
+
+
 def execute(cfg: DictConfig, multirun: bool) -> dict:
     """Run one point inside its MLflow run (see the module docstring). A user mistake is one line on stderr (exit 2
-    for a single run); any other error ends the run FAILED with the error tag, and in a sweep the others go on."""
+    for a single run); any other error ends the run FAILED with the error tag, and in a sweep the others go on. In a
+    local sweep each point runs in a child process, so one that dies (killed, out of memory) is recorded as failed
+    and the sweep survives it."""
+    if not multirun and cfg.launcher.name != "local":
+        _fail(f"launcher={cfg.launcher.name} launches sweeps: add -m (one point is a sweep of one)", multirun)
+    if multirun and cfg.launcher.name == "local" and not os.environ.get(CHILD_ENV):
+        return run_in_child_process(cfg)
     started = time.time()
     if os.environ.get("SLURM_JOB_ID"):
         install_stop_handlers()   # checkpoint at the end of the step, then submitit requeues the job
-    denv = distributed.setup(distributed.resolve_device(cfg.device).type)
+    try:
+        denv = distributed.setup(distributed.resolve_device(cfg.device).type)
+    except UserError as err:
+        _fail(str(err), multirun)
+        return {"status": "failed", "metric": math.nan}
     lock = None
     try:
         plan = _agreed_plan(cfg, multirun, denv.is_main, denv.world_size)
+        if cfg.dry_run and not multirun:   # a dry run of one point: its plan, nothing run
+            print(f"{plan.name} (signature {plan.signature}): dry run, would {plan.action}"
+                  + "".join(f"; {part}" for part in (plan.why, plan.memory and plan.memory.reason, *plan.warnings)
+                            if part), file=sys.stderr)
+            return {"status": "skipped", "metric": plan.metric}
         if plan.action == "skip":
             print(f"{plan.name}: skipped, {plan.why}", file=sys.stderr)
             return {"status": "skipped", "metric": plan.metric}
@@ -52,11 +72,12 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
         if denv.is_main and lock is None:
             print(f"{plan.name}: skipped, another job is running it now", file=sys.stderr)
             return {"status": "skipped", "metric": math.nan}
-        return _run_planned(cfg, plan, denv, started)
+        result = _run_planned(cfg, plan, denv, started)
+        print(f"{plan.name}: {result['status']} in {time.time() - started:.0f} s" + "".join(
+            f", {k} {v:.4g}" for k, v in result.get("metrics", {}).items() if k in SUMMARY), file=sys.stderr)
+        return result
     except UserError as err:  # found before work, or at run time (e.g. a corrupt input): still one line
-        print(f"error: {err}", file=sys.stderr)
-        if not multirun:
-            raise SystemExit(2)
+        _fail(str(err), multirun)
     except Exception as err:
         if not multirun:
             raise
@@ -67,6 +88,62 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
         if denv.world_size > 1:
             distributed.teardown()
     return {"status": "failed", "metric": math.nan}
+
+
+SUMMARY = ("gfid", "rfid", "sample_img_per_s")   # what the one-line summary of a finished point shows
+
+
+def _fail(message: str, multirun: bool) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    if not multirun:
+        raise SystemExit(2)
+
+
+def run_in_child_process(cfg: DictConfig) -> dict:
+    """Run the point in a spawned child process and return what it returns. When the child dies without returning
+    (SIGKILL, the out-of-memory killer, a crash in native code) its MLflow run is marked failed here, not left
+    RUNNING; Ctrl-C reaches the child too, which marks its run interrupted."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(OmegaConf.to_container(cfg, resolve=True), send))
+    os.environ[CHILD_ENV] = "1"          # the spawned child inherits the environment at start
+    try:
+        child.start()
+    finally:
+        del os.environ[CHILD_ENV]
+    send.close()
+    try:
+        child.join()
+    except KeyboardInterrupt:
+        child.join(60)                   # let it record its run as interrupted
+        raise
+    try:
+        if receive.poll():             # also true at end of file, when the child died before sending
+            return receive.recv()
+    except EOFError:
+        pass
+    reason = f"its process died ({describe_exit(child.exitcode)})"
+    folder = point_folder(cfg)
+    run_id = recorded_run(folder)
+    if run_id is not None:
+        tracking.record_dead_point(cfg.tracking.uri, run_id, f"point process died: {describe_exit(child.exitcode)}")
+    print(f"{point_name(cfg)}: failed, {reason}" + (f" (run {run_id})" if run_id else ""), file=sys.stderr)
+    return {"status": "failed", "metric": math.nan}
+
+
+def _child_main(container: dict, send) -> None:
+    try:
+        send.send(execute(OmegaConf.create(container), multirun=True))
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+
+
+def describe_exit(code: int | None) -> str:
+    """A process exit code in words: signals by name (SIGKILL is also what the out-of-memory killer sends)."""
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        return f"{name}: killed, or out of memory" if name == "SIGKILL" else name
+    return f"exit code {code}"
 
 
 def _agreed_plan(cfg: DictConfig, multirun: bool, is_main: bool, world_size: int) -> Plan:
@@ -110,7 +187,8 @@ def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
     if run.status in ("finished", "infeasible"):
         CheckpointDir(plan.folder / "generator").clear()   # the final weights are saved apart (generator.checkpoint)
     log.info("%s %s: %s", plan.name, run.status, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    return {"status": run.status, "metric": headline(metrics)}
+    return {"status": run.status, "metric": headline(metrics), "metrics": {k: metrics[k] for k in SUMMARY
+                                                                           if k in metrics}}
 
 
 def headline(metrics: dict) -> float:
@@ -206,7 +284,7 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     result = gen_stage.train_generator(cfg, model, codes, device, plan.folder / "generator", memory.accum_steps,
                                        on_checkpoint=lambda r: run.append_history("train_loss", r.history))
     run.append_history("train_loss", result.history)
-    metrics.update(train_img_per_s=result.samples_per_s, train_loss=result.history[-1][1])
+    metrics["train_img_per_s"] = result.samples_per_s   # train_loss: its history, not a step-0 copy of its end
     if result.start_step:
         run.set_tags({"resumed_from_step": str(result.start_step)})
     if distributed.world_size() > 1:

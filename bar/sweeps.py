@@ -33,7 +33,9 @@ from bar.config import describe_config_error, is_config_error, point_name
 from bar.cost import point_cost, point_hours, sweep_hours
 from bar.data import build_dataset
 from bar.paths import sqlite_path
-from bar.planner import Plan, plan_point
+from bar.cache import is_locked, try_lock
+from bar.planner import Plan, plan_point, point_folder, recorded_run
+from bar.validate import validate_config
 
 log = logging.getLogger("bar")
 
@@ -63,20 +65,26 @@ def run_sweep(sweeper, arguments: Sequence[str]):
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     points = expand_points(parser, common, grids, arguments)
     configs = [_compose_point(sweeper, point) for point in points]
-    done = {} if cfg.force else _done_points(cfg.tracking.uri, cfg.experiment, cfg.dry_run)
-    world = planning_world_size(cfg)
-    plans = []
-    for point, point_cfg in zip(points, configs):
+    world, here = planning_world_size(cfg), cfg.launcher.name != "slurm"
+    warnings = {}
+    for point, point_cfg in zip(points, configs):   # every point valid before the store is even opened
         try:
-            plans.append(plan_point(point_cfg, skip_done=not cfg.force, done=done, world_size=world))
+            warnings[id(point_cfg)] = validate_config(point_cfg, here, world)
         except UserError as err:
             _fail(f"sweep point [{' '.join(point)}]: {err}")
+    try:
+        tracking.check_store(cfg.tracking.uri)
+        done = {} if cfg.force else _done_points(cfg.tracking.uri, cfg.experiment)
+        plans = [plan_point(c, skip_done=not cfg.force, done=done, world_size=world, runs_here=here,
+                            warnings=warnings[id(c)]) for c in configs]
+    except UserError as err:
+        _fail(str(err))
     varying = _varying_keys(grids, common)
     labels = [point_label(c, p, varying) for c, p in zip(configs, points)]
     if cfg.dry_run:
         _print_plan(cfg, points, configs, plans, labels)
         return []
-    return _launch(sweeper, cfg, points, plans, labels)
+    return _launch(sweeper, cfg, points, plans, labels, configs)
 
 
 def _compose_point(sweeper, point: list[str]) -> DictConfig:
@@ -89,7 +97,7 @@ def _compose_point(sweeper, point: list[str]) -> DictConfig:
         raise
 
 
-def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[str]):
+def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[str], configs: list):
     todo = [i for i, plan in enumerate(plans) if plan.action != "skip"]
     skipped = len(points) - len(todo)
     if skipped:
@@ -100,20 +108,33 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
         print(f"sweep {cfg.experiment}: 0 finished, 0 infeasible, 0 failed, {skipped} already done: nothing to run "
               f"(MLflow: {uri})", file=sys.stderr)
         return []
+    closed = tracking.close_stale_parents(uri, cfg.experiment, lambda run_id: is_locked(_launch_lock(cfg, run_id)))
+    if closed:
+        print(f"sweep {cfg.experiment}: closed {len(closed)} launch(es) left open by a driver that stopped",
+              file=sys.stderr)
     parent = tracking.start_parent_run(uri, cfg.experiment, cfg.profile.name, len(todo))
+    alive = try_lock(_launch_lock(cfg, parent))   # held while this driver runs: a later launch can tell
     jobs = [list(points[i]) + [f"tracking.parent_run_id={parent}", f"point_label='{labels[i]}'"] for i in todo]
     counts = {"finished": 0, "infeasible": 0, "failed": 0}
     batch_size = sweeper.max_batch_size or len(jobs)
-    returns = []
+    returns, interrupted = [], False
     try:
         for start in range(0, len(jobs), batch_size):
             batch = [job + [f"launcher.submitted_at={time.time():.3f}"] for job in jobs[start:start + batch_size]]
-            results = _launch_batch(sweeper, batch, start)
+            results = _launch_batch(sweeper, batch, start, [configs[i] for i in todo[start:start + batch_size]])
             for status in results:
                 counts[status] = counts.get(status, 0) + 1
             returns.append(results)
+            _progress(cfg, counts, len(jobs), skipped)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"sweep {cfg.experiment}: interrupted; launch the same command again to continue its unfinished points",
+              file=sys.stderr)
+        raise SystemExit(130)
     finally:
-        tracking.end_parent_run(uri, parent, counts)
+        tracking.end_parent_run(uri, parent, counts, interrupted)
+        if alive is not None:
+            alive.close()
     skipped += counts.pop("skipped", 0)
     print(f"sweep {cfg.experiment}: {counts['finished']} finished, {counts['infeasible']} infeasible, "
           f"{counts['failed']} failed" + (f", {skipped} already done" if skipped else "") + f" (MLflow: {uri})",
@@ -123,15 +144,28 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
     return returns
 
 
-def _launch_batch(sweeper, batch: list[list[str]], first_index: int) -> list[str]:
+def _launch_lock(cfg: DictConfig, parent_run_id: str) -> Path:
+    return Path(str(cfg.paths.outputs)) / "launches" / f"{parent_run_id}.lock"
+
+
+def _progress(cfg: DictConfig, counts: dict, total: int, skipped: int) -> None:
+    done = sum(counts.values())
+    print(f"sweep {cfg.experiment}: {done}/{total} points done ({counts.get('finished', 0)} finished, "
+          f"{counts.get('infeasible', 0)} infeasible, {counts.get('failed', 0)} failed"
+          + (f", {counts['skipped']} skipped" if counts.get("skipped") else "") + f"), {total - done} left"
+          + (f"; {skipped} were already done" if skipped else ""), file=sys.stderr)
+
+
+def _launch_batch(sweeper, batch: list[list[str]], first_index: int, configs: list) -> list[str]:
     """Statuses of one batch of jobs. A job that died outside the task function (killed, out of memory) makes the
-    stock launchers raise for the whole batch: its points are then counted failed."""
+    stock submitit launchers raise for the whole batch: each point is then looked up in the store instead, and a
+    point whose run was left RUNNING with no process holding it is recorded failed."""
     try:
         results = sweeper.launcher.launch(batch, initial_job_idx=first_index)
     except Exception as err:
-        log.error("a job of this batch died outside its task (%s): its %d point(s) are counted failed",
-                  str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__, len(batch))
-        return ["failed"] * len(batch)
+        log.error("a job of this batch died outside its task (%s)",
+                  str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__)
+        return [_status_after_death(point_cfg) for point_cfg in configs]
     statuses = []
     for result in results:
         try:
@@ -140,6 +174,17 @@ def _launch_batch(sweeper, batch: list[list[str]], first_index: int) -> list[str
             log.error("job failed: %s", err)
             statuses.append("failed")
     return statuses
+
+
+def _status_after_death(point_cfg: DictConfig) -> str:
+    folder = point_folder(point_cfg)
+    run_id = recorded_run(folder)
+    state = tracking.run_state(point_cfg.tracking.uri, run_id) if run_id else None
+    if state is not None and state[1] in tracking.DONE_STATUSES:
+        return state[1]
+    if run_id and not is_locked(folder / ".lock"):
+        tracking.record_dead_point(point_cfg.tracking.uri, run_id, "point process died outside its task")
+    return "failed"
 
 
 def planning_world_size(cfg: DictConfig) -> int:
@@ -210,10 +255,11 @@ def point_label(point_cfg: DictConfig, overrides: Sequence[str], varying: set[st
     return "-".join([point_name(point_cfg), *extra])
 
 
-def _done_points(uri: str, experiment: str, dry_run: bool) -> dict:
-    """Signatures of the points already finished in this experiment. A dry run never creates the store."""
+def _done_points(uri: str, experiment: str) -> dict:
+    """Signatures of the points already finished in this experiment (a store not created yet has none: planning
+    never creates it)."""
     database = sqlite_path(uri)
-    if dry_run and database is not None and not database.is_file():
+    if database is not None and not database.is_file():
         return {}
     return tracking.done_points(uri, experiment)
 

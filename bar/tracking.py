@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from bar import PROJECT_ROOT
+from bar import PROJECT_ROOT, UserError
+from bar.cache import file_lock
 from bar.paths import sqlite_path
 
 PARAM_BATCH = 100  # MLflow's per-request limit
@@ -68,16 +73,64 @@ def warn_if_network_sqlite(uri: str) -> bool:
     return False
 
 
-def client_for(uri: str):
-    """An MlflowClient for `uri`; an sqlite store's folder is created first."""
+_ready: set[str] = set()   # stores this process has checked or created
+
+
+def check_store(uri: str) -> None:
+    """A one-line UserError naming the URI and the cause when the store cannot be used, found in seconds and before
+    anything is trained or logged (MLflow itself retries for minutes). Creates nothing."""
+    if uri in _ready:
+        return
     database = sqlite_path(uri)
     if database is not None:
+        _check_sqlite(uri, database)
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
+                reply.read()
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(f"MLflow server {uri} does not answer ({reason}): start it (make mlflow-server) or use "
+                            "tracking=local") from None
+
+
+def _check_sqlite(uri: str, database: Path) -> None:
+    probe = database.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"MLflow store {uri}: cannot create it, {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"MLflow store {uri}: {probe} is not writable (set MLFLOW_TRACKING_URI or BAR_OUTPUTS)")
+    if database.exists():
+        if not database.is_file():
+            raise UserError(f"MLflow store {uri}: {database} is not a file")
+        try:
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+                conn.execute("select name from sqlite_master limit 1").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"MLflow store {uri}: {database} is not an sqlite database ({err}): move it away or "
+                            "point MLFLOW_TRACKING_URI elsewhere") from None
+
+
+def client_for(uri: str):
+    """An MlflowClient for `uri`, the store checked first. An sqlite store is created (folder, tables) under a file
+    lock the first time this process uses it: launches that start together on a fresh store would otherwise race
+    in MLflow's schema migration."""
+    database = sqlite_path(uri)
+    if database is not None and uri not in _ready:
+        check_store(uri)
         database.parent.mkdir(parents=True, exist_ok=True)
         warn_if_network_sqlite(uri)
+        with file_lock(database.with_name(database.name + ".lock")):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _ready.add(uri)
     return MlflowClient(tracking_uri=uri)
 
 
 DONE_STATUSES = ("finished", "infeasible")
+# a point whose run ended without finishing and whose process is gone: the next attempt continues that run
+RESUMABLE_STATUSES = ("running", "interrupted")
 
 
 def done_points(uri: str, experiment: str, signature: str | None = None) -> dict[str, dict]:
@@ -135,15 +188,46 @@ def start_parent_run(uri: str, experiment: str, profile: str, num_points: int) -
     client = client_for(uri)
     run = client.create_run(experiment_id(client, experiment, uri), run_name=time.strftime("launch-%Y%m%d-%H%M%S"),
                             tags={"role": "parent", "sweep": experiment, "profile": profile, "git_sha": git_sha(),
-                                  "num_points": str(num_points)})
+                                  "num_points": str(num_points), "driver": f"{socket.gethostname()}:{os.getpid()}"})
     return run.info.run_id
 
 
-def end_parent_run(uri: str, run_id: str, counts: dict[str, int]) -> None:
+def end_parent_run(uri: str, run_id: str, counts: dict[str, int], interrupted: bool = False) -> None:
     client = client_for(uri)
-    for status, n in counts.items():
-        client.log_metric(run_id, f"points_{status}", n)
-    client.set_terminated(run_id, "FAILED" if counts.get("failed") else "FINISHED")
+    client.log_batch(run_id, metrics=[Metric(f"points_{status}", n, int(time.time() * 1000), 0)
+                                      for status, n in counts.items()])
+    if interrupted:
+        client.set_tag(run_id, "interrupted", "Ctrl-C or a stop signal ended the launch")
+    client.set_terminated(run_id, "KILLED" if interrupted else "FAILED" if counts.get("failed") else "FINISHED")
+
+
+def close_stale_parents(uri: str, experiment: str, alive) -> list[str]:
+    """Parent runs of `experiment` left RUNNING by a launch whose driver is gone (`alive(run_id)` is False): ended
+    KILLED with a tag saying so. Returns their ids."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    stale = [r.info.run_id for r in client.search_runs([exp.experiment_id],
+                                                       "tags.role = 'parent' and attributes.status = 'RUNNING'")
+             if not alive(r.info.run_id)]
+    for run_id in stale:
+        client.set_tag(run_id, "interrupted", "its driver stopped without closing it (found by a later launch)")
+        client.set_terminated(run_id, "KILLED")
+    return stale
+
+
+def record_dead_point(uri: str, run_id: str, reason: str) -> bool:
+    """A point's run whose process died (killed, out of memory, crashed) without ending it: FAILED, with the reason.
+    False when the run had already ended."""
+    state = run_state(uri, run_id)
+    if state is None or state[0] != "RUNNING":
+        return False
+    client = client_for(uri)
+    client.set_tag(run_id, "status", "failed")
+    client.set_tag(run_id, "error", reason[:500])
+    client.set_terminated(run_id, "FAILED")
+    return True
 
 
 def _one_line(error: BaseException) -> str:
@@ -254,10 +338,13 @@ class PointRun:
         if exc is None:
             self.client.set_tag(self.run_id, "status", self.status)
             self.client.set_terminated(self.run_id, "FINISHED")
+        elif isinstance(exc, KeyboardInterrupt):   # Ctrl-C: the next launch continues this run
+            self.client.set_tag(self.run_id, "status", "interrupted")
+            self.client.set_terminated(self.run_id, "KILLED")
         else:
             self.client.set_tag(self.run_id, "status", "failed")
             self.client.set_tag(self.run_id, "error", _one_line(exc))
-            self.client.set_terminated(self.run_id, "FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+            self.client.set_terminated(self.run_id, "FAILED")
         return False
 
 

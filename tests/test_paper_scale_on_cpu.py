@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bar.checkpoint import read_generator_checkpoint
 from conftest import ROOT, child_runs
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,7 @@ def test_two_ranks_two_accumulation_steps_equal_one_rank_four(tmp_path):
     assert single.data.tags["tokenizer_reused"] == "True"          # the same tokenizer and codes
     for run in (two, single):
         assert np.isfinite(run.data.metrics["gfid"]) and np.isfinite(run.data.metrics["rfid"])
-    weights = [torch.load(r.data.params["generator.checkpoint"], weights_only=False)["state_dict"]
+    weights = [read_generator_checkpoint(r.data.params["generator.checkpoint"])["state_dict"]
                for r in (two, single)]
     for key in weights[0]:
         assert torch.allclose(weights[0][key], weights[1][key], atol=1e-6, rtol=1e-5), key

@@ -15,15 +15,17 @@ from torchvision.utils import save_image
 
 from bar import distributed
 from bar.build import build_generator
-from bar.cache import get_or_build_together
+from bar.cache import load_or_rebuild
+from bar.checkpoint import read_generator_checkpoint, save_atomic
 from bar.codes_store import CodesStore, pretokenize
 from bar.config import tokenizer_signature
 from bar.loader import codes_loader
 from bar.official import load_official
 from bar.optim import decays
+from bar.progress import Progress
 from bar.sampling import generate
 from bar.tokenizer import Tokenizer, float_to_images
-from bar.train import Checkpointing, Recipe, TrainResult, train
+from bar.train import Checkpointing, ProgressHook, Recipe, TrainResult, train
 
 
 # ----------------------------------------------------------------------------------------------------- codes
@@ -31,11 +33,12 @@ def obtain_codes(cfg: DictConfig, tokenizer: Tokenizer, train_set, device) -> Co
     """The pretokenized training set (each image and its horizontal flip; packed bits or float16 latents, in
     memory-mapped shards), built once per tokenizer signature by all ranks of the job together, each encoding its
     slice; every rank then reads it without loading it."""
-    folder, _ = get_or_build_together(
+    store, _ = load_or_rebuild(
         cfg.paths.cache, "codes", tokenizer_signature(cfg),
         lambda f: pretokenize(tokenizer, train_set, f, rank=distributed.rank(), world_size=distributed.world_size(),
-                              batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, device=device))
-    return CodesStore(folder)
+                              batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers, device=device),
+        CodesStore, together=True)
+    return store
 
 
 # ----------------------------------------------------------------------------------------------------- training
@@ -63,9 +66,10 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
 
     batches = codes_loader(codes, cfg.generator.train.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     hook = Checkpointing(checkpoint_dir, cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints, on_checkpoint)
+    progress = ProgressHook("train generator", cfg.generator.train.steps, cfg.generator.train.batch_size)
     try:
         return train(model, loss_fn, batches, generator_recipe(cfg, device, accum_steps),
-                     distributed=world > 1, hooks=[hook])
+                     distributed=world > 1, hooks=[hook, progress])
     finally:
         batches.close()
 
@@ -80,9 +84,8 @@ def weights_fingerprint(model) -> str:
 
 
 def save_generator(model, cfg_container: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": cfg_container}, path)
-    return path
+    """The trained generator with the config that made it, written atomically with a checksum."""
+    return save_atomic({"state_dict": model.state_dict(), "config": cfg_container}, path)
 
 
 # ----------------------------------------------------------------------------------------------------- sampling
@@ -104,10 +107,12 @@ def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, s
     schedule = {k: v for k, v in schedule.items() if v is not None}
     images = []
     start = time.perf_counter()
-    for i in range(0, len(mine), batch_size):
-        tokens = generate(model, mine[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=temperature,
-                          kv_cache=kv_cache, generator=generator, **schedule)
-        images.append((float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else tokens).cpu())
+    with Progress(len(mine), f"sample (cfg {cfg_scale:g})", unit="img") as bar:
+        for i in range(0, len(mine), batch_size):
+            tokens = generate(model, mine[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=temperature,
+                              kv_cache=kv_cache, generator=generator, **schedule)
+            images.append((float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else tokens).cpu())
+            bar.update(len(images[-1]))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -150,7 +155,7 @@ def save_sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 def load_generator_checkpoint(cfg: DictConfig, path: str | Path, device: torch.device):
     """A generator from `path`: this project's checkpoint (state_dict + config), or a state dict of the official BAR
     release (mapped by bar.official). Returns (model, is_official)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = read_generator_checkpoint(path)
     model = build_generator(cfg)
     if isinstance(blob, dict) and "state_dict" in blob and "config" in blob:
         model.load_state_dict(blob["state_dict"])

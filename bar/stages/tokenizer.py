@@ -12,12 +12,13 @@ from torchvision.utils import save_image
 
 from bar import distributed
 from bar.build import build_tokenizer
-from bar.cache import get_or_build_together, work_path
+from bar.cache import load_or_rebuild, work_path
+from bar.checkpoint import load_verified, save_atomic
 from bar.config import tokenizer_signature
 from bar.data import TensorImages, build_dataset
 from bar.loader import image_loader
 from bar.tokenizer import Tokenizer, float_to_images, images_to_float
-from bar.train import Checkpointing, Recipe, train
+from bar.train import Checkpointing, ProgressHook, Recipe, train
 
 
 def load_data(cfg: DictConfig):
@@ -50,27 +51,31 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
                            world_size=distributed.world_size(), num_workers=cfg.data.num_workers, flip=False)
     hook = Checkpointing(work / "ckpt", cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints)
     try:
+        progress = ProgressHook("train tokenizer", t.steps, t.batch_size)
         result = train(tokenizer, _tokenizer_loss(cfg.tokenizer.loss, device), batches, tokenizer_recipe(cfg, device),
-                       distributed=distributed.world_size() > 1, hooks=[hook])
+                       distributed=distributed.world_size() > 1, hooks=[hook, progress])
     finally:
         batches.close()
     if distributed.is_main():
-        torch.save({"state_dict": tokenizer.state_dict(), "history": result.history,
-                    "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at,
-                    "config": OmegaConf.to_container(cfg.tokenizer)}, folder / "tokenizer.pt")
+        save_atomic({"state_dict": tokenizer.state_dict(), "history": result.history,
+                     "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at,
+                     "config": OmegaConf.to_container(cfg.tokenizer)}, folder / "tokenizer.pt")
 
 
 def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[Tokenizer, dict, bool]:
     """The tokenizer for this config: trained once per signature, then reused. Returns (model, checkpoint, built)."""
     sig = tokenizer_signature(cfg)
     work = work_path(cfg.paths.cache, "tokenizer", sig)
-    folder, built = get_or_build_together(cfg.paths.cache, "tokenizer", sig,
-                                          lambda f: train_tokenizer(cfg, train_set, device, f, work))
-    ckpt = torch.load(folder / "tokenizer.pt", map_location=device, weights_only=False)
+    def load(folder: Path) -> dict:
+        ckpt = load_verified(folder / "tokenizer.pt", map_location=device)
+        ckpt["path"] = str(folder / "tokenizer.pt")
+        return ckpt
+
+    ckpt, built = load_or_rebuild(cfg.paths.cache, "tokenizer", sig,
+                                  lambda f: train_tokenizer(cfg, train_set, device, f, work), load, together=True)
     tokenizer = build_tokenizer(cfg).to(device)
     tokenizer.load_state_dict(ckpt["state_dict"])
     tokenizer.eval()
-    ckpt["path"] = str(folder / "tokenizer.pt")
     return tokenizer, ckpt, built
 
 
