@@ -29,12 +29,12 @@ if __name__ == "__main__":
     register()
     try:
         main()
-    except OSError as err:   # Hydra creates its output folder under paths.outputs before any project code runs
-        print(f"error: cannot create {err.filename} ({err.strerror}): set BAR_OUTPUTS (or paths.outputs) to a "
-              "writable folder", file=sys.stderr)
-        raise SystemExit(2)
     except Exception as err:
-        if not is_config_error(err):
+        if is_config_error(err):
+            print(f"error: {describe_config_error(err)}", file=sys.stderr)
+        elif isinstance(err, OSError) and err.filename:   # Hydra creates its output folder before any project code
+            print(f"error: cannot create {err.filename} ({err.strerror}): set BAR_OUTPUTS (or paths.outputs) to a "
+                  "writable folder", file=sys.stderr)
+        else:
             raise
-        print(f"error: {describe_config_error(err)}", file=sys.stderr)
         raise SystemExit(2)

@@ -13,8 +13,8 @@ def test_paper_dry_run_plans_micro_batches_and_lists_the_memory_wall(tmp_path):
         Image.fromarray((np.random.default_rng(i).random((300, 400, 3)) * 255).astype(np.uint8)).save(
             tmp_path / "images" / "n01" / f"{i}.jpg")
     proc = run_cli(["-m", "sweep=codebook_scaling", "profile=paper", "launcher=slurm", "dry_run=true",
-                    f"data.root={tmp_path / 'images'}", "hydra.launcher.gpus_per_node=8", "head=mbm,softmax",
-                    "tokenizer.bits=16,24"], tmp_path)
+                    f"data.root={tmp_path / 'images'}", "data.num_classes=1", "hydra.launcher.gpus_per_node=8",
+                    "head=mbm,softmax", "tokenizer.bits=16,24"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "4 points, 0 already done, 1 infeasible" in out

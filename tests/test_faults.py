@@ -35,9 +35,14 @@ def _wait_for_checkpoint(outputs, experiment, proc, timeout=300):
     raise AssertionError(proc.stdout.read()[-3000:] if proc.poll() is not None else "no checkpoint in time")
 
 
-def _point_pids(driver_pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(driver_pid)], capture_output=True, text=True).stdout
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
+
+
+def _point_pids(driver_pid: int) -> list[int]:
+    """The running point's process: forked by the driver's fork server, i.e. a grandchild of the driver."""
+    return [grandchild for child in _children(driver_pid) for grandchild in _children(child)]
 
 
 def _histories_ok(client, runs, steps):
@@ -49,7 +54,9 @@ def _histories_ok(client, runs, steps):
 def test_a_point_killed_mid_training_fails_and_the_sweep_goes_on(tmp_path):
     sweep = _popen(["-m", *LONG, "experiment=killpoint", "head=mbm,bitwise"], tmp_path)
     _wait_for_checkpoint(tmp_path, "killpoint", sweep)
-    for pid in _point_pids(sweep.pid):       # the point's own process (the child of the sweep's driver)
+    points = _point_pids(sweep.pid)
+    assert points
+    for pid in points:                       # the point's own process, not the sweep's driver
         os.kill(pid, signal.SIGKILL)
     out = sweep.communicate(timeout=600)[0]
     assert sweep.returncode == 1, out[-3000:]
