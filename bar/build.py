@@ -11,12 +11,15 @@ Build under `torch.device("meta")` to size or validate a model without allocatin
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError
 from bar.generator import BARGenerator, GeneratorConfig
 from bar.heads import HEADS, build_head
+from bar.checkpoint import load_verified
+from bar.release_tokenizer import ReleaseTokenizer
 from bar.tokenizer import Tokenizer, validate_tokenizer_config
 from bar.tokenizer import latent_shape as tokenizer_latent_shape
 
@@ -27,8 +30,23 @@ def latent_shape(cfg: DictConfig) -> tuple[str, int, int]:
     return tokenizer_latent_shape(cfg.tokenizer, cfg.data.resolution)
 
 
-def build_tokenizer(cfg: DictConfig) -> Tokenizer:
-    return Tokenizer(cfg.tokenizer, cfg.data.in_channels, cfg.data.resolution)
+def build_tokenizer(cfg: DictConfig, with_encoder: bool = True) -> Tokenizer | ReleaseTokenizer:
+    """The tokenizer's architecture (untrained): this project's conv / ViT family, or the release's BAR-FSQ."""
+    tok = cfg.tokenizer
+    if tok.arch == "release":
+        return ReleaseTokenizer(tok.bits, cfg.data.resolution, tok.size, with_encoder=with_encoder)
+    return Tokenizer(tok, cfg.data.in_channels, cfg.data.resolution)
+
+
+def load_tokenizer_checkpoint(cfg: DictConfig, with_encoder: bool = True):
+    """`tokenizer.checkpoint`: the release's BAR-FSQ file (strict, key for key), or a tokenizer this project
+    trained (bar's checksummed format)."""
+    path = Path(str(cfg.tokenizer.checkpoint)).expanduser()
+    if cfg.tokenizer.arch == "release":
+        return ReleaseTokenizer.from_checkpoint(path, cfg.tokenizer.size, with_encoder=with_encoder)
+    tokenizer = build_tokenizer(cfg)
+    tokenizer.load_state_dict(load_verified(path)["state_dict"])
+    return tokenizer.eval()
 
 
 def head_options(cfg: DictConfig) -> dict:

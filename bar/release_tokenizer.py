@@ -154,14 +154,22 @@ class ReleaseFSQ(nn.Module):
         self.in_proj = nn.Linear(enc_width, bits)
         self.out_proj = nn.Linear(bits, dec_width)
 
-    def to_bits(self, z_BLk: torch.Tensor) -> torch.Tensor:
-        """in_proj output -> uint8 bits, with the release's arithmetic (fp32): bound, round, map {-1, 0} -> {-1, +1}."""
+    def bound(self, z_BLk: torch.Tensor) -> torch.Tensor:
+        """The release's FSQ bound for 2 levels (fp32): tanh(z + shift) * half_l - offset, in (-1, 0)."""
         z = z_BLk.float()
         half_l = torch.tensor(1 * (1 + self.EPS) / 2, dtype=torch.float32)    # (levels - 1)(1 + eps) / 2, levels = 2
         offset = torch.tensor(0.5, dtype=torch.float32)
         shift = (offset / half_l).atanh()
-        q = torch.round(torch.tanh(z + shift.to(z.device)) * half_l.to(z.device) - offset.to(z.device))
-        return codes_to_bits(q * 2 + 1)
+        return torch.tanh(z + shift.to(z.device)) * half_l.to(z.device) - offset.to(z.device)
+
+    def to_bits(self, z_BLk: torch.Tensor) -> torch.Tensor:
+        """in_proj output -> uint8 bits, with the release's arithmetic: bound, round, map {-1, 0} -> {-1, +1}."""
+        return codes_to_bits(torch.round(self.bound(z_BLk)) * 2 + 1)
+
+    def straight_through(self, z_BLk: torch.Tensor) -> torch.Tensor:
+        """Training: the same codes in {-1, +1}, with the gradient of the bound (round is the identity backward)."""
+        bounded = self.bound(z_BLk)
+        return (bounded + (torch.round(bounded) - bounded).detach()) * 2 + 1
 
     def codes(self, bits_BLk: torch.Tensor) -> torch.Tensor:
         """bits {0, 1} -> decoder input (B, L, dec_width)."""
@@ -281,6 +289,14 @@ class ReleaseTokenizer(nn.Module):
         self.decoder = ReleaseDecoder(size, self.grid)
         self.encoder = ReleaseEncoder(size, self.grid) if with_encoder else None
         self.quantize = ReleaseFSQ(size.enc_width, bits, size.dec_width)
+        if self.encoder is not None:   # the SigLIP tower (and the patch embedding both paths share) stays frozen
+            self.encoder.siglip.requires_grad_(False)
+
+    def forward(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: images in [-1, 1] -> (reconstruction, auxiliary loss 0), through the straight-through FSQ."""
+        codes = self.quantize.straight_through(self.quantize.in_proj(self.encoder(x_B3HW)))
+        recon = self.decoder(self.quantize.out_proj(codes.to(self.quantize.out_proj.weight.dtype)))
+        return recon, recon.new_zeros(())
 
     @classmethod
     def from_checkpoint(cls, path_or_state, size: ReleaseSize | str = FULL, with_encoder: bool = True):

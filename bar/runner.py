@@ -14,6 +14,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -23,14 +24,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bar import UserError, distributed, tracking
+from bar import UserError, adm, distributed, tracking
 from bar.build import build_generator, sampling_schedule
 from bar.checkpoint import CheckpointDir
 from bar.config import point_name, run_params, tokenizer_signature
-from bar.evaluate import generation_evaluator, reconstruction_evaluator
+from bar.evaluate import ADMEvaluator, generation_evaluator, reconstruction_evaluator
 from bar.planner import Plan, plan_point, point_folder, record_run, recorded_run, try_lock
 from bar.signals import install_stop_handlers, stop_requested
 from bar.stages import generator as gen_stage
+from bar.stages import samples
 from bar.stages import tokenizer as tok_stage
 from bar.tracking import NullRun, PointRun
 
@@ -163,8 +165,9 @@ def _agreed_plan(cfg: DictConfig, multirun: bool, is_main: bool, world_size: int
 
 
 def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
-    if plan.fresh_start:
+    if plan.fresh_start:   # what an earlier, ended attempt left: training checkpoints, sample batches
         CheckpointDir(plan.folder / "generator").clear()
+        shutil.rmtree(plan.folder / "samples", ignore_errors=True)
     tags = {"sweep": cfg.experiment, "signature": plan.signature, "profile": cfg.profile.name}
     run = PointRun(cfg.tracking.uri, cfg.experiment, plan.name, tags, cfg.tracking.parent_run_id,
                    resume_run_id=plan.run_id if plan.action == "resume" else None) if denv.is_main else None
@@ -186,8 +189,9 @@ def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
                 run.keep_running(stop_requested())
             raise
         run.log_metrics(_launch_metrics(cfg, started, metrics.pop("_first_step_at", None), run.resumed))
-    if run.status in ("finished", "infeasible"):
-        CheckpointDir(plan.folder / "generator").clear()   # the final weights are saved apart (generator.checkpoint)
+    if run.status in ("finished", "infeasible"):   # the final weights and samples are saved apart (logged as params)
+        CheckpointDir(plan.folder / "generator").clear()
+        shutil.rmtree(plan.folder / "samples", ignore_errors=True)
     log.info("%s %s: %s", plan.name, run.status, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return {"status": run.status, "metric": headline(metrics), "metrics": {k: metrics[k] for k in SUMMARY
                                                                            if k in metrics}}
@@ -227,7 +231,7 @@ def run_stages(cfg: DictConfig, run, plan: Plan) -> dict[str, float]:
     if plan.action == "infeasible":
         return _record_infeasible(run, plan)
     if cfg.stage == "sample":
-        return _sample_from_checkpoint(cfg, device, run)
+        return _sample_from_checkpoint(cfg, device, run, plan)
     train_set, val_set = tok_stage.load_data(cfg)
     tokenizer, metrics = _tokenizer_stages(cfg, train_set, val_set, device, run)
     if cfg.stage == "all":
@@ -250,7 +254,7 @@ def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
     tokenizer, ckpt, built = tok_stage.obtain_tokenizer(cfg, train_set, device)
     metrics = tok_stage.latent_metrics(cfg, tokenizer)
     run.set_tags({"tokenizer_reused": str(not built), "tokenizer_signature": tokenizer_signature(cfg)})
-    run.log_params({"tokenizer.checkpoint": ckpt["path"]})
+    run.log_params({"tokenizer.file": ckpt["path"]})   # the tokenizer this point used (cache entry or checkpoint)
     run.log_history("tokenizer_loss", ckpt["history"])
     if built:
         metrics["tokenizer_train_img_per_s"] = ckpt["train_img_per_s"]
@@ -325,21 +329,50 @@ def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_s
     return metrics
 
 
-def _sample_from_checkpoint(cfg: DictConfig, device, run) -> dict[str, float]:
-    """stage=sample: generate tokens from a checkpoint, save them, report throughput. Decoding and gFID need the
-    tokenizer the checkpoint was trained with."""
+def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[str, float]:
+    """stage=sample: generate from a checkpoint (this project's or the release's) into resumable batch files, decode
+    with the tokenizer when there is one (tokenizer.checkpoint, or this project's cached tokenizer for the config),
+    write the ADM `.npz` and, with eval.protocol=adm, score it."""
     model, official = gen_stage.load_generator_checkpoint(cfg, cfg.checkpoint, device)
+    tokenizer = tok_stage.sampling_tokenizer(cfg, device)
     s = cfg.generator.sample
     labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
-    tokens, per_s = gen_stage.sample_images(model, None, labels, schedule=sampling_schedule(cfg, model),
-                                            temperature=s.temperature, cfg_scale=s.cfg_scale,
-                                            batch_size=s.batch_size, seed=s.seed, kv_cache=s.kv_cache, device=device)
-    tokens = distributed.gather_shards(tokens, len(labels))
-    out = Path(cfg.paths.outputs) / "samples" / run.run_id
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"tokens": tokens, "labels": labels}, out / "tokens.pt")
-    run.set_tags({"checkpoint_format": "official" if official else "bar"})
-    run.log_params({"samples.tokens": str(out / "tokens.pt")})
-    metrics = {"sample_tokens_per_s": per_s, "generator_params": sum(p.numel() for p in model.parameters())}
+    folder = plan.folder / "samples"
+    result = samples.generate_batches(model, tokenizer, labels, folder, schedule=sampling_schedule(cfg, model),
+                                      temperature=s.temperature, cfg_scale=s.cfg_scale, batch_size=s.batch_size,
+                                      seed=s.seed, kv_cache=s.kv_cache, device=device, bf16=s.bf16)
+    distributed.barrier()
+    run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)})
+    metrics = {"sample_img_per_s": samples.throughput(result), "samples_generated": result["generated"],
+               "generator_params": sum(p.numel() for p in model.parameters())}
+    if distributed.is_main():
+        metrics.update(_write_and_score_samples(cfg, folder, labels, run, device, tokenizer is not None))
     run.log_metrics(metrics)
     return metrics
+
+
+def _write_and_score_samples(cfg: DictConfig, folder: Path, labels, run, device, decoded: bool) -> dict:
+    """Rank 0: the tokens (tokens.pt), the images as the ADM evaluator's `.npz`, their grid and ADM metrics."""
+    batches = len(samples.batch_labels(labels, cfg.generator.sample.batch_size))
+    out = Path(cfg.paths.outputs) / "samples" / run.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = torch.from_numpy(samples.read_batches(folder, batches, "tokens"))
+    torch.save({"tokens": tokens, "labels": labels}, out / "tokens.pt")
+    run.log_params({"samples.tokens": str(out / "tokens.pt")})
+    if not decoded:
+        return {}
+    npz = samples.assemble_npz(folder, batches, len(labels), out / "samples.npz")
+    run.log_params({"samples.npz": str(npz)})
+    images = torch.from_numpy(samples.read_batches(folder, min(batches, 4), "images")).permute(0, 3, 1, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        if gen_stage.save_sample_grid(images, labels[:len(images)], cfg.data.num_classes,
+                                      Path(tmp) / "sample_grid.png"):
+            run.log_artifact(Path(tmp) / "sample_grid.png")
+    if cfg.eval.protocol != "adm":
+        return {}
+    evaluator = ADMEvaluator(cfg, device)
+    run.set_tags({"fid_extractor": evaluator.tag})
+    scores = adm.evaluate_adm(npz, evaluator.reference, extractor=evaluator.extractor, batch_size=cfg.eval.batch_size,
+                              device=device, reference_features=evaluator.reference_features())
+    return {"gfid": scores["gfid"], "sfid": scores["sfid"], "inception_score": scores["inception_score"],
+            "precision": scores["precision"], "recall": scores["recall"]}

@@ -75,11 +75,13 @@ class TokenizerConf:
     bits: Optional[int] = None             # fsq: bits per token
     channels: Optional[int] = None         # ae: channels per token
     kl: bool = False
-    arch: str = MISSING                    # conv | vit
-    width: int = MISSING
-    num_down: int = MISSING
-    patch: int = MISSING
-    vit: ViTSizes = field(default_factory=ViTSizes)
+    arch: str = MISSING                    # conv | vit | release (the release's BAR-FSQ: SigLIP2 encoder, ViT-L decoder)
+    width: Optional[int] = None            # conv: base width
+    num_down: Optional[int] = None         # conv: grid = resolution / 2^num_down
+    patch: int = MISSING                   # vit, release: grid = resolution / patch
+    vit: Optional[ViTSizes] = None         # vit: encoder / decoder sizes
+    size: str = "full"                     # release: full (the release's sizes) | tiny (its structure, small; tests)
+    checkpoint: Optional[str] = None       # load this tokenizer (e.g. the release's bar_fsq_16bits_ft.bin): no training
     loss: TokenizerLoss = field(default_factory=TokenizerLoss)
     train: TokenizerTrain = field(default_factory=TokenizerTrain)
 
@@ -131,6 +133,7 @@ class GeneratorSample:
     kv_cache: bool = True
     nocfg: bool = True
     seed: int = 0
+    bf16: bool = True                      # autocast on GPUs while sampling; CPU stays fp32
 
 
 @dataclass

@@ -16,7 +16,7 @@ from bar.build import build_generator, sampling_schedule
 from bar.checkpoint import read_generator_checkpoint
 from bar.data import EMBEDDED_DATASETS, IMAGE_SUFFIXES, folder_summary, split_size, validate_data_config
 from bar.official import convert_official_state_dict
-from bar.tokenizer import validate_tokenizer_config
+from bar.tokenizer import stride, validate_tokenizer_config
 
 STAGES = ("tokenizer", "all", "sample")
 EXTRACTORS = ("classifier", "inception")
@@ -42,6 +42,9 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     _check_ranges(cfg)
     _check_data(cfg)
     validate_tokenizer_config(cfg.tokenizer)
+    checkpoint = cfg.tokenizer.checkpoint
+    if checkpoint and not Path(str(checkpoint)).expanduser().is_file():
+        raise UserError(f"tokenizer.checkpoint={checkpoint} is not a file")
     _check_tiling(cfg)
     _check_batches(cfg, world_size)
     _check_outputs(cfg)
@@ -117,11 +120,11 @@ def _check_folder(root: Path, key: str, num_classes: int) -> None:
 def _check_tiling(cfg: DictConfig) -> None:
     """The tokenizer must tile the image: resolution divisible by its stride."""
     tok = cfg.tokenizer
-    stride, what = (2 ** tok.num_down, f"2^tokenizer.num_down = {2 ** tok.num_down}") if tok.arch == "conv" \
-        else (tok.patch, f"tokenizer.patch = {tok.patch}")
-    if cfg.data.resolution % stride or cfg.data.resolution < stride:
+    step = stride(tok)
+    what = f"2^tokenizer.num_down = {step}" if tok.arch == "conv" else f"tokenizer.patch = {step}"
+    if cfg.data.resolution % step or cfg.data.resolution < step:
         raise UserError(f"data.resolution={cfg.data.resolution} is not a multiple of the tokenizer's stride ({what}): "
-                        f"use a resolution divisible by {stride}")
+                        f"use a resolution divisible by {step}")
 
 
 def _check_batches(cfg: DictConfig, world_size: int) -> None:
@@ -155,7 +158,8 @@ def _check_outputs(cfg: DictConfig) -> None:
 
 def _check_eval_files(cfg: DictConfig) -> None:
     """Files the evaluation needs: Inception weights (a real weights file), the ADM reference batch."""
-    needs_inception = cfg.stage != "sample" and (cfg.eval.extractor == "inception" or cfg.eval.protocol == "adm")
+    # stage=sample scores its samples only with the ADM protocol: without it, it needs no Inception weights
+    needs_inception = cfg.eval.protocol == "adm" or (cfg.stage != "sample" and cfg.eval.extractor == "inception")
     if needs_inception:
         weights = cfg.eval.inception_weights
         path = Path(os.path.expanduser(str(weights))) if weights else None

@@ -79,7 +79,10 @@ def test_continuous_path_and_sampling_from_a_checkpoint(tmp_path):
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     _, points, _ = child_runs(tmp_path, "default")
     run = points[0]
-    assert run.data.tags["checkpoint_format"] == "bar" and run.data.metrics["sample_tokens_per_s"] > 0
+    assert run.data.tags["checkpoint_format"] == "bar" and run.data.metrics["sample_img_per_s"] > 0
+    assert run.data.tags["decoded"] == "True"                      # this project's cached tokenizer decodes them
+    import numpy as np
+    assert np.load(run.data.params["samples.npz"])["arr_0"].shape == (12, 16, 16, 3)
     tokens = torch.load(run.data.params["samples.tokens"])
     assert tokens["tokens"].shape == (12, 16, 8) and tokens["tokens"].dtype == torch.uint8
 

@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from bar import distributed
-from bar.build import build_tokenizer
-from bar.cache import load_or_rebuild, work_path
+from bar.build import build_tokenizer, load_tokenizer_checkpoint
+from bar.cache import entry_path, load_or_rebuild, work_path
 from bar.checkpoint import load_verified, save_atomic
 from bar.config import tokenizer_signature
 from bar.data import TensorImages, build_dataset
@@ -63,7 +63,11 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
 
 
 def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[Tokenizer, dict, bool]:
-    """The tokenizer for this config: trained once per signature, then reused. Returns (model, checkpoint, built)."""
+    """The tokenizer for this config: `tokenizer.checkpoint` when given (e.g. the release's), else trained once per
+    signature and then reused. Returns (model, checkpoint record, built now)."""
+    if cfg.tokenizer.checkpoint:
+        tokenizer = load_tokenizer_checkpoint(cfg).to(device).eval()
+        return tokenizer, {"path": str(cfg.tokenizer.checkpoint), "history": []}, False
     sig = tokenizer_signature(cfg)
     work = work_path(cfg.paths.cache, "tokenizer", sig)
     def load(folder: Path) -> dict:
@@ -77,6 +81,19 @@ def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[
     tokenizer.load_state_dict(ckpt["state_dict"])
     tokenizer.eval()
     return tokenizer, ckpt, built
+
+
+def sampling_tokenizer(cfg: DictConfig, device: torch.device):
+    """The tokenizer that decodes a checkpoint's samples, without training one: tokenizer.checkpoint (decoder only
+    for the release's), else this project's cached tokenizer for the config, else None (tokens only)."""
+    if cfg.tokenizer.checkpoint:
+        return load_tokenizer_checkpoint(cfg, with_encoder=False).to(device).eval()
+    cached = entry_path(cfg.paths.cache, "tokenizer", tokenizer_signature(cfg)) / "tokenizer.pt"
+    if not cached.is_file():
+        return None
+    tokenizer = build_tokenizer(cfg).to(device)
+    tokenizer.load_state_dict(load_verified(cached, map_location=device)["state_dict"])
+    return tokenizer.eval()
 
 
 def latent_metrics(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, float]:
