@@ -106,6 +106,8 @@ def point_name(cfg: DictConfig) -> str:
     latent = f"{tok.kind}-{tok.bits}b" if tok.kind == "fsq" else f"{tok.kind}-{tok.channels}c"
     if cfg.stage == "tokenizer":
         return latent
+    if cfg.stage == "sample":
+        return f"{cfg.model.preset}-sample"
     return f"{cfg.head.name}-{latent.split('-', 1)[1]}" + (f"-p{cfg.model.patch_size}" if cfg.model.patch_size > 1 else "")
 
 

@@ -33,47 +33,11 @@ frequencies `lm_head.t_embedder.W` are a buffer here).
 
 from __future__ import annotations
 
-import re
-
 import torch.nn as nn
 
+from bar.official import release_name
+
 EXEMPT_SUBSTRINGS = ("norm", "ln", "embed")   # matched on the lower-cased name; `bias` is matched as written
-
-# (our pattern, release replacement), first match wins. The backbone and MBM-head rows are the inverse of
-# bar.official._RULES (tests/test_optim.py round-trips every BAR-B parameter through bar.official.map_official_key).
-_TO_RELEASE: list[tuple[str, str]] = [
-    (r"^target_pos_embed$", "target_aware_pos_embed"),
-    (r"^ada_pos_embed$", "timesteps_embeddings"),
-    (r"^class_embed\.weight$", "embeddings.weight"),
-    (r"^token_embed\.embed\.weight$", "input_embeddings.weight"),
-    (r"^token_embed\.proj\.(weight|bias)$", r"input_merge.\1"),
-    (r"^cond_proj\.(weight|bias)$", r"latent_condition_proj.\1"),
-    (r"^blocks\.(\d+)\.ada\.(weight|bias)$", r"blocks.\1.adaLN_modulation.1.\2"),
-    # MBM head (and, by role, the other heads)
-    (r"^head\.bit_embed\.weight$", "lm_head.input_embed.weight"),
-    (r"^head\.(bit_proj|in_proj)\.(weight|bias)$", r"lm_head.input_proj.\2"),
-    (r"^head\.in_norm\.weight$", "lm_head.ln_pre.weight"),
-    (r"^head\.blocks\.(\d+)\.norm\.(weight|bias)$", r"lm_head.transformer.\1.in_ln.\2"),
-    (r"^head\.blocks\.(\d+)\.ada\.(weight|bias)$", r"lm_head.transformer.\1.adaLN_modulation.1.\2"),
-    (r"^head\.blocks\.(\d+)\.mlp\.(.+)$", r"lm_head.transformer.\1.mlp.\2"),
-    (r"^head\.out\.(weight|bias)$", r"lm_head.output_embed.\1"),
-    (r"^head\.t_embed\.mlp\.(\d+)\.(weight|bias)$", r"lm_head.t_embedder.mlp.\1.\2"),
-    (r"^head\.t_mlp\.(\d+)\.(weight|bias)$", r"lm_head.t_embedder.mlp.\1.\2"),
-    (r"^head\.final\.norm\.weight$", "lm_head.adaln_before_head.norm_final.weight"),
-    (r"^head\.(final\.ada|final_ada)\.(weight|bias)$", r"lm_head.adaln_before_head.adaLN_modulation.1.\2"),
-    (r"^head\.(.+)$", r"lm_head.\1"),
-]
-_ADA = re.compile(r"(^|\.)(ada|final_ada)\.")        # any other AdaLN modulation Linear of ours
-
-
-def release_name(name: str) -> str:
-    """The release's name for our parameter `name` (unchanged where the names agree or the release has none)."""
-    for pattern, repl in _TO_RELEASE:
-        if re.match(pattern, name):
-            name = re.sub(pattern, repl, name)
-            break
-    return _ADA.sub(r"\1adaLN_modulation.1.", name)
-
 
 def release_no_decay(name: str, ndim: int) -> bool:
     """The release's rule: no weight decay for 0/1-dim parameters and names containing norm / ln / embed (any case)

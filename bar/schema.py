@@ -10,7 +10,7 @@ type, in the model code; each head's config file extends its schema (`/schema/he
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -188,6 +188,16 @@ class ProfileConf:
 
 
 @dataclass
+class ReleaseConf:
+    """Where the release's files are on this machine (bar/conf/release/site.yaml, git-ignored), and which tokenizer
+    each released generator samples with (the release's configs/generator/*.yaml)."""
+    generators: Dict[str, Optional[str]] = field(default_factory=dict)   # preset -> generator checkpoint (.bin)
+    tokenizers: Dict[str, Optional[str]] = field(default_factory=dict)   # release name -> tokenizer checkpoint
+    tokenizer_of: Dict[str, str] = field(default_factory=dict)           # preset -> release tokenizer name
+    references: Dict[str, Optional[str]] = field(default_factory=dict)   # imagenet256 / imagenet512 -> ADM batch
+
+
+@dataclass
 class Config:
     experiment: str = MISSING
     stage: str = MISSING                   # tokenizer | all | sample
@@ -208,6 +218,7 @@ class Config:
     launcher: LauncherConf = field(default_factory=LauncherConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     profile: ProfileConf = field(default_factory=ProfileConf)
+    release: ReleaseConf = field(default_factory=ReleaseConf)
 
 
 def _head_schema(name: str) -> type:

@@ -40,7 +40,7 @@ from bar.validate import validate_config
 log = logging.getLogger("bar")
 
 # Keys that point_name already shows (head, bits or channels, patch size).
-_NAMED_KEYS = {"tokenizer", "head", "tokenizer.bits", "tokenizer.channels", "model.patch_size", "sweep"}
+_NAMED_KEYS = {"tokenizer", "head", "tokenizer.bits", "tokenizer.channels", "model.patch_size", "sweep", "model"}
 
 
 def expand_points(parser: OverridesParser, common: dict, grids: Sequence[dict], arguments: Sequence[str]) -> list[list[str]]:
