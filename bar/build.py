@@ -34,7 +34,8 @@ def build_tokenizer(cfg: DictConfig, with_encoder: bool = True) -> Tokenizer | R
     """The tokenizer's architecture (untrained): this project's conv / ViT family, or the release's BAR-FSQ."""
     tok = cfg.tokenizer
     if tok.arch == "release":
-        return ReleaseTokenizer(tok.bits, cfg.data.resolution, tok.size, with_encoder=with_encoder)
+        return ReleaseTokenizer(tok.bits, cfg.data.resolution, tok.size, with_encoder=with_encoder,
+                                channels=tok.channels if tok.kind == "ae" else None, kl=tok.kl)
     return Tokenizer(tok, cfg.data.in_channels, cfg.data.resolution)
 
 

@@ -50,9 +50,23 @@ def _count_tokenizer(cfg: DictConfig) -> dict[str, float]:
     r, c = cfg.data.resolution, cfg.data.in_channels
     with torch.device("meta"):
         tok = build_tokenizer(cfg)
+        if cfg.tokenizer.arch == "release":    # transformers' SigLIP2 reads a tensor value: it cannot run on meta
+            return _release_tokenizer_flops(tok)
         x = torch.zeros(1, c, r, r)
         forward, encode = _forward_flops(lambda: tok(x)), _forward_flops(lambda: tok.encode(x))
         return {"forward": forward, "encode": encode, "decode": forward - encode}
+
+
+def _release_tokenizer_flops(tok) -> dict[str, float]:
+    """2 x parameters x tokens per pass (transformer layers dominate): the trainable encoder copy and the decoder in
+    training, plus the frozen SigLIP2 tower's forward for the distillation targets."""
+    tokens = tok.grid ** 2
+    count = lambda module: sum(p.numel() for p in module.parameters())   # noqa: E731
+    encoder = count(tok.encoder.trainable_encoder) + count(tok.quantize.in_proj)
+    decoder = count(tok.decoder) - count(tok.decoder.clip_projector) + count(tok.quantize.out_proj)
+    frozen = count(tok.encoder.siglip.encoder)
+    return {"forward": 2 * tokens * (encoder + decoder + frozen / TRAIN_FACTOR), "encode": 2 * tokens * encoder,
+            "decode": 2 * tokens * decoder}
 
 
 @torch.no_grad()

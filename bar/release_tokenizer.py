@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bar import UserError
-from bar.bits import bits_to_codes, codes_to_bits
+from bar.bits import BITS_PER_CONTINUOUS_CHANNEL, bits_to_codes, codes_to_bits
 
 PATCH = 16
 
@@ -148,11 +148,13 @@ class ReleaseFSQ(nn.Module):
 
     EPS = 1e-3
 
-    def __init__(self, enc_width: int, bits: int, dec_width: int):
+    def __init__(self, enc_width: int, bits: int, dec_width: int, out_in: int | None = None):
+        """`out_in`: out_proj's input width when it differs from in_proj's output (a KL bottleneck: mean and
+        log-variance in, a sample out)."""
         super().__init__()
         self.bits = bits
         self.in_proj = nn.Linear(enc_width, bits)
-        self.out_proj = nn.Linear(bits, dec_width)
+        self.out_proj = nn.Linear(out_in or bits, dec_width)
 
     def bound(self, z_BLk: torch.Tensor) -> torch.Tensor:
         """The release's FSQ bound for 2 levels (fp32): tanh(z + shift) * half_l - offset, in (-1, 0)."""
@@ -272,31 +274,65 @@ class ReleaseTokenizer(nn.Module):
 
     kind = "fsq"
 
-    def __init__(self, bits: int = 16, resolution: int = 256, size: ReleaseSize | str = FULL,
-                 with_encoder: bool = True):
+    def __init__(self, bits: int | None = 16, resolution: int = 256, size: ReleaseSize | str = FULL,
+                 with_encoder: bool = True, channels: int | None = None, kl: bool = False):
+        """`channels` instead of `bits`: the continuous twin (same encoder and decoder, a continuous bottleneck of
+        `channels` per token, optionally KL-regularised), for comparing like with like on the bits axis."""
         super().__init__()
         size = SIZES[size] if isinstance(size, str) else size
-        if not isinstance(bits, int) or bits < 1:
-            raise UserError(f"release tokenizer bits={bits!r} must be a positive integer")
+        self.kind = "ae" if channels is not None else "fsq"
+        width = channels if self.kind == "ae" else bits
+        if not isinstance(width, int) or width < 1:
+            raise UserError(f"release tokenizer {'channels' if channels else 'bits'}={width!r} must be a positive "
+                            "integer")
         if resolution % PATCH:
             raise UserError(f"release tokenizer resolution {resolution} is not a multiple of the patch size {PATCH}")
         self.size, self.bits, self.resolution, self.with_encoder = size, bits, resolution, with_encoder
         self.grid = resolution // PATCH
-        self.latent_dim = bits
+        self.latent_dim, self.kl = width, kl
         self.in_channels = 3
-        self.total_bits = self.grid * self.grid * bits
+        self.total_bits = self.grid * self.grid * (width if self.kind == "fsq" else BITS_PER_CONTINUOUS_CHANNEL * width)
         # construction order of the release's BAR_FSQ: decoder, encoder, quantize
         self.decoder = ReleaseDecoder(size, self.grid)
         self.encoder = ReleaseEncoder(size, self.grid) if with_encoder else None
-        self.quantize = ReleaseFSQ(size.enc_width, bits, size.dec_width)
+        self.quantize = ReleaseFSQ(size.enc_width, width * (2 if kl else 1), size.dec_width, out_in=width)
         if self.encoder is not None:   # the SigLIP tower (and the patch embedding both paths share) stays frozen
             self.encoder.siglip.requires_grad_(False)
 
-    def forward(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training: images in [-1, 1] -> (reconstruction, auxiliary loss 0), through the straight-through FSQ."""
-        codes = self.quantize.straight_through(self.quantize.in_proj(self.encoder(x_B3HW)))
-        recon = self.decoder(self.quantize.out_proj(codes.to(self.quantize.out_proj.weight.dtype)))
-        return recon, recon.new_zeros(())
+    def _latent(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: decoder input (straight-through FSQ codes, or the continuous latent) and the KL term."""
+        z = self.quantize.in_proj(self.encoder(x_B3HW))
+        if self.kind == "fsq":
+            return self.quantize.straight_through(z), z.new_zeros(())
+        if not self.kl:
+            return z, z.new_zeros(())
+        mean, logvar = z.float().chunk(2, dim=-1)
+        logvar = logvar.clamp(-30, 20)
+        sample = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if self.training else mean
+        return sample, 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=(1, 2)).mean()
+
+    def forward(self, x_B3HW: torch.Tensor, with_features: bool = False):
+        """Training: images in [-1, 1] -> (reconstruction, auxiliary KL loss); with_features also gives the decoder's
+        projected features and the frozen SigLIP2 features they are distilled towards."""
+        latent, aux = self._latent(x_B3HW)
+        out = self.decoder(self.quantize.out_proj(latent.to(self.quantize.out_proj.weight.dtype)),
+                           predict_features=with_features)
+        if not with_features:
+            return out, aux
+        with torch.no_grad():
+            target = self.encoder.frozen_features(x_B3HW)
+        return out[0], aux, out[1], target
+
+    def init_siglip(self, path_or_state) -> None:
+        """SigLIP2 weights from a release tokenizer checkpoint: its frozen copy (`encoder.siglip.*`) into both the
+        frozen tower and the trainable copy, as the release initialises the trainable encoder."""
+        state = clean_state_dict(read_state_dict(path_or_state))
+        tower = {k[len("encoder.siglip."):]: v for k, v in state.items() if k.startswith("encoder.siglip.")}
+        if not tower:
+            raise UserError(f"{describe(path_or_state)} has no encoder.siglip.* weights to initialise SigLIP2 from")
+        self.encoder.siglip.load_state_dict(tower, strict=True)
+        self.encoder.trainable_encoder.load_state_dict(self.encoder.siglip.encoder.state_dict())
+        self.encoder.trainable_post_layernorm.load_state_dict(self.encoder.siglip.post_layernorm.state_dict())
 
     @classmethod
     def from_checkpoint(cls, path_or_state, size: ReleaseSize | str = FULL, with_encoder: bool = True):
@@ -319,6 +355,10 @@ class ReleaseTokenizer(nn.Module):
         """Images (B, 3, H, W), float in [-1, 1] or uint8 in [0, 255] -> bits (B, grid*grid, bits) uint8."""
         if self.encoder is None:
             raise UserError("this release tokenizer was built with with_encoder=False: it can decode, not encode")
+        if self.kind == "ae":
+            x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+            z = self.quantize.in_proj(self.encoder(x.to(self.device)))
+            return z.chunk(2, dim=-1)[0] if self.kl else z
         if images.dim() != 4 or images.shape[1:] != (3, self.resolution, self.resolution):
             raise UserError(f"release tokenizer encodes (B, 3, {self.resolution}, {self.resolution}) images, "
                             f"got {tuple(images.shape)}")
@@ -329,9 +369,13 @@ class ReleaseTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, bits_BLk: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Bits (B, grid*grid, bits) in {0, 1} -> images (B, 3, H, W) float, clamped to [-1, 1] unless clamp=False."""
-        L, k = self.grid * self.grid, self.bits
+        L, k = self.grid * self.grid, self.latent_dim
         if bits_BLk.dim() != 3 or bits_BLk.shape[1:] != (L, k):
-            raise UserError(f"release tokenizer decodes bits of shape (B, {L}, {k}), got {tuple(bits_BLk.shape)}")
+            raise UserError(f"release tokenizer decodes tokens of shape (B, {L}, {k}), got {tuple(bits_BLk.shape)}")
+        if self.kind == "ae":
+            z = bits_BLk.to(self.device, self.quantize.out_proj.weight.dtype)
+            images = self.decoder(self.quantize.out_proj(z))
+            return images.clamp(-1, 1) if clamp else images
         images = self.decoder(self.quantize.codes(bits_BLk.to(self.device)))
         return images.clamp(-1, 1) if clamp else images
 

@@ -52,14 +52,47 @@ class ViTSizes:
 
 @dataclass
 class TokenizerLoss:
+    """The weight of each loss part (bar/losses/; 0 is off). The release's: L1 0.1, L2 1.0, perceptual 1.1 (LPIPS 1.0 :
+    ConvNeXt-S 0.1), distillation 0.7, Gram 10, GAN 0.05 from step 100k (the paper profile sets them)."""
     l1: float = MISSING
     l2: float = MISSING
-    kl: float = MISSING
+    kl: float = MISSING                    # continuous twin with tokenizer.kl=true
+    perceptual: float = 0.0
+    lpips: float = 1.0                     # the perceptual part's mix: (lpips * LPIPS + convnext * ConvNeXt) / sum
+    convnext: float = 0.1
+    distillation: float = 0.0              # SigLIP-feature MSE against the frozen encoder (arch release)
+    gram: float = 0.0
+    gan: float = 0.0
+    gan_start: int = 0                     # generator step from which the GAN term and the discriminator are on
+
+
+@dataclass
+class TokenizerWeights:
+    """Local weight files of the frozen networks the losses use (nothing is downloaded): torchvision's VGG16
+    (LPIPS, Gram), the lpips package's linear layers (null: the file it ships), torchvision's ConvNeXt-S, DINO ViT-S/8;
+    siglip2: a release tokenizer checkpoint whose frozen SigLIP2 copy initialises the encoder (arch release)."""
+    vgg16: Optional[str] = None
+    lpips: Optional[str] = None
+    convnext_s: Optional[str] = None
+    dino_vits: Optional[str] = None
+    siglip2: Optional[str] = None
+
+
+@dataclass
+class DiscriminatorConf:
+    """The GAN discriminator's own optimizer (the release's: AdamW 1e-4, cosine over 100k steps to 1e-5)."""
+    lr: float = 1.0e-4
+    min_lr: float = 1.0e-5
+    warmup: int = 10_000
+    total: int = 100_000
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = 1.0
 
 
 @dataclass
 class TokenizerTrain:
-    steps: int = MISSING
+    steps: int = MISSING                   # generator (tokenizer) optimizer steps
     batch_size: int = MISSING
     lr: float = MISSING
     min_lr: float = MISSING
@@ -67,6 +100,11 @@ class TokenizerTrain:
     weight_decay: float = MISSING
     betas: List[float] = MISSING
     bf16: bool = True                      # autocast on GPUs; CPU runs stay fp32
+    schedule_steps: Optional[int] = None   # the cosine's horizon (null: steps); the release's is 200k iterations
+    grad_clip: Optional[float] = None
+    encoder_lr_mult: float = 1.0           # the encoder's learning rate x this (the release's: 0.1)
+    ema: Optional[float] = None            # EMA decay of the weights (the release's 0.999); the EMA copy is kept
+    augment: bool = False                  # the release's random crop + horizontal flip
 
 
 @dataclass
@@ -84,6 +122,8 @@ class TokenizerConf:
     checkpoint: Optional[str] = None       # load this tokenizer (e.g. the release's bar_fsq_16bits_ft.bin): no training
     loss: TokenizerLoss = field(default_factory=TokenizerLoss)
     train: TokenizerTrain = field(default_factory=TokenizerTrain)
+    weights: TokenizerWeights = field(default_factory=TokenizerWeights)
+    discriminator: DiscriminatorConf = field(default_factory=DiscriminatorConf)
 
 
 @dataclass

@@ -36,9 +36,10 @@ log = logging.getLogger("bar")
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
-    """Linear warmup to base_lr, then cosine decay to min_lr at `total`."""
+    """The release's schedule (utils/lr_schedulers.py): linear warmup from 0 (the first step's LR is 0) to base_lr,
+    then cosine decay to min_lr at `total`."""
     if step < warmup:
-        return base_lr * (step + 1) / warmup
+        return base_lr * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
@@ -116,6 +117,8 @@ class Recipe:
     decays: Callable[[str, torch.nn.Parameter], bool] | None = None   # weight decay on which parameters (None: all)
     seed: int = 0                                    # seeds the per-micro-batch random streams (`micro_generator`)
     compile: bool = False                            # torch.compile the (DDP-wrapped) module for the forward pass
+    schedule_steps: int | None = None                # the cosine's horizon when it is not `steps`
+    param_groups: Callable[[torch.nn.Module], list[dict]] | None = None   # own groups (each may carry `lr_mult`)
 
 
 @dataclass
@@ -247,7 +250,9 @@ class ProgressHook(TrainHook):
 
 def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if recipe.decays is None or not recipe.weight_decay:
+    if recipe.param_groups is not None:
+        groups = recipe.param_groups(model)
+    elif recipe.decays is None or not recipe.weight_decay:
         groups = [{"params": [p for _, p in named], "weight_decay": recipe.weight_decay}]
     else:
         groups = [{"params": [p for n, p in named if recipe.decays(n, p)], "weight_decay": recipe.weight_decay},
@@ -282,8 +287,9 @@ def split_batch(batch, parts: int) -> list:
 def _step(state: TrainState, module, loss_fn, recipe: Recipe) -> float:
     """One optimizer step over `recipe.accum_steps` micro-batches of this rank's batch; returns its mean loss.
     Gradients are averaged over ranks by DDP on the last micro-batch only (`no_sync` before)."""
+    lr = lr_at(state.step, recipe.lr, recipe.warmup, recipe.schedule_steps or recipe.steps, recipe.min_lr)
     for group in state.optimizer.param_groups:
-        group["lr"] = lr_at(state.step, recipe.lr, recipe.warmup, recipe.steps, recipe.min_lr)
+        group["lr"] = lr * group.get("lr_mult", 1.0)
     batch = next(state.batches)
     micros = split_batch(batch, recipe.accum_steps)
     state.optimizer.zero_grad(set_to_none=True)

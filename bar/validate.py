@@ -15,6 +15,8 @@ from bar import UserError
 from bar.build import build_generator, sampling_schedule
 from bar.checkpoint import read_generator_checkpoint
 from bar.data import EMBEDDED_DATASETS, IMAGE_SUFFIXES, folder_summary, split_size, validate_data_config
+from bar.losses.recipe import LossWeights, needed_weight_keys
+from bar.losses.weights import check_weight_files
 from bar.official import convert_official_state_dict
 from bar.tokenizer import stride, validate_tokenizer_config
 
@@ -46,15 +48,17 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     if checkpoint and not Path(str(checkpoint)).expanduser().is_file():
         raise UserError(f"tokenizer.checkpoint={checkpoint} is not a file")
     _check_tiling(cfg)
+    _check_recipe(cfg)
     _check_batches(cfg, world_size)
     _check_outputs(cfg)
     warnings = []
-    try:
-        _check_eval_files(cfg)
-    except UserError as err:
-        if not cfg.dry_run:
-            raise
-        warnings.append(str(err))
+    for check in (_check_eval_files, _check_weight_files):
+        try:
+            check(cfg)
+        except UserError as err:
+            if not cfg.dry_run:
+                raise
+            warnings.append(str(err))
     if cfg.stage in ("all", "sample"):
         check_generator_config(cfg)
     if cfg.stage == "sample":
@@ -115,6 +119,29 @@ def _check_folder(root: Path, key: str, num_classes: int) -> None:
     if classes != num_classes:
         raise UserError(f"{key}: {root} has {classes} class folder(s) but data.num_classes={num_classes}: set "
                         f"data.num_classes={classes}")
+
+
+def _check_recipe(cfg: DictConfig) -> None:
+    """The tokenizer recipe's parts fit the architecture, and the frozen networks they need are local files."""
+    tok = cfg.tokenizer
+    if cfg.stage == "sample" or tok.checkpoint:
+        return                                   # nothing is trained
+    weights = LossWeights.from_node(tok.loss)
+    if weights.distillation > 0 and tok.arch != "release":
+        raise UserError(f"tokenizer.loss.distillation={weights.distillation} needs the release's architecture "
+                        "(tokenizer.arch=release: its frozen SigLIP2 supplies the targets)")
+
+
+def _check_weight_files(cfg: DictConfig) -> None:
+    """The local weight files of the frozen networks the tokenizer recipe's parts use."""
+    tok = cfg.tokenizer
+    if cfg.stage == "sample" or tok.checkpoint:
+        return
+    check_weight_files(tok.weights, needed_weight_keys(LossWeights.from_node(tok.loss)))
+    siglip = tok.weights.siglip2
+    if siglip and not Path(str(siglip)).expanduser().is_file():
+        raise UserError(f"tokenizer.weights.siglip2={siglip} is not a file (a release tokenizer checkpoint whose "
+                        "frozen SigLIP2 initialises the encoder)")
 
 
 def _check_tiling(cfg: DictConfig) -> None:

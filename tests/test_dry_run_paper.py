@@ -9,9 +9,9 @@ from conftest import run_cli
 
 def test_paper_dry_run_plans_micro_batches_and_lists_the_memory_wall(tmp_path):
     (tmp_path / "images" / "n01").mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray((np.random.default_rng(i).random((300, 400, 3)) * 255).astype(np.uint8)).save(
-            tmp_path / "images" / "n01" / f"{i}.jpg")
+    tiny = Image.fromarray((np.random.default_rng(0).random((8, 8, 3)) * 255).astype(np.uint8))
+    for i in range(2048):                      # as many images as the global batch: the files are listed, not read
+        tiny.save(tmp_path / "images" / "n01" / f"{i}.jpg")
     proc = run_cli(["-m", "sweep=codebook_scaling", "profile=paper", "launcher=slurm", "dry_run=true",
                     f"data.root={tmp_path / 'images'}", "data.num_classes=1", "hydra.launcher.gpus_per_node=8",
                     "head=mbm,softmax", "tokenizer.bits=16,24"], tmp_path)

@@ -12,7 +12,9 @@ from conftest import ROOT
 LINT = Path(sys.executable).with_name("lint-imports")
 # Optional heavy dependencies, imported where they are needed (each only by the data or model that uses it).
 LAZY_IMPORTS = {"sklearn.datasets",                       # the digits data set
-                "transformers", "transformers.models.siglip2.modeling_siglip2"}   # the release tokenizer's SigLIP2
+                "transformers", "transformers.models.siglip2.modeling_siglip2",   # the release tokenizer's SigLIP2
+                "timm.models.vision_transformer",          # the GAN discriminator's DINO ViT-S
+                "lpips"}                                   # the file of LPIPS's linear layers it ships
 
 
 def _lint(cwd: Path) -> subprocess.CompletedProcess:

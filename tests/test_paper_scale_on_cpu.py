@@ -19,8 +19,10 @@ from conftest import ROOT, child_runs
 pytestmark = pytest.mark.slow
 
 SHRUNK = ["profile=paper", "device=cpu", "num_threads=1", "data.num_classes=4",
-          # tokenizer: the release's BAR-FSQ structure (SigLIP2 encoder, ViT decoder), tiny
-          "tokenizer.size=tiny", "tokenizer.bits=8", "tokenizer.train.steps=4", "tokenizer.train.batch_size=8", "tokenizer.train.warmup=1",
+          # tokenizer: the release's BAR-FSQ structure (SigLIP2 encoder, ViT decoder), tiny, and its recipe (EMA,
+          # encoder LR x0.1, crop + flip, SigLIP2-feature distillation) but the losses that need downloaded networks
+          "tokenizer.size=tiny", "tokenizer.bits=8", "tokenizer.loss.perceptual=0", "tokenizer.loss.gram=0",
+          "tokenizer.loss.gan=0", "tokenizer.train.steps=4", "tokenizer.train.batch_size=8", "tokenizer.train.warmup=1",
           # generator: BAR-B's recipe, tiny
           "model.dim=32", "model.depth=2", "model.heads=2", "model.head_width=32", "model.head_depth=1",
           "model.class_repeat=2", "generator.train.steps=3", "generator.train.batch_size=8",

@@ -73,9 +73,9 @@ def tiny_setup(gan_start: int, seed: int = 0):
     images = (torch.rand(64, 3, 16, 16) * 255).to(torch.uint8)
     batches = infinite_batches((images, torch.zeros(64, dtype=torch.long)), batch_size=4, seed=seed)
 
-    def loss_fn(batch, step):
+    def loss_fn(module, batch, step, generator):
         x = augment(batch[0], 16)
-        return loss(x, model(x), step)[0]
+        return loss(x, module(x), step)[0]
 
     d_hook = DiscriminatorHook(trainer, lambda batch: augment(batch[0], 16), lambda m, x: m(x))
     ema_hook = EMAHook(EMA(model), extra_update_from=gan_start)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.vgg import cfgs, make_layers  # the feature stack only, not the classifier
 
 from bar.losses.weights import load_into, load_weights
 
@@ -40,8 +41,6 @@ def vgg16_features(path=None, random_init: bool = False) -> nn.Sequential:
     """torchvision's VGG16 `features` (13 conv + 13 ReLU + 5 max-pool layers, ImageNet weights from the local file
     `path`), frozen. The ReLUs are made out-of-place so each layer's output stays what it was when recorded (the
     Gram loss spells out the release's in-place aliasing instead of relying on it; bar/losses/gram.py)."""
-    from torchvision.models.vgg import cfgs, make_layers  # builds the feature stack only (no 100M-weight classifier)
-
     with torch.device("cpu" if random_init else "meta"):      # no random init of weights about to be replaced
         features = make_layers(cfgs["D"], batch_norm=False)
     for layer in features:

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models import convnext_small
 
 from bar.losses.frozen import freeze, imagenet_normalize, resize, to_rgb, vgg16_features
 from bar.losses.weights import load_into, load_weights
@@ -100,8 +101,6 @@ class LogitsDistance(nn.Module):
 
     @classmethod
     def convnext_small(cls, path=None, random_init: bool = False) -> "LogitsDistance":
-        from torchvision.models import convnext_small
-
         with torch.device("cpu" if random_init else "meta"):
             net = convnext_small(weights=None)
         if not random_init:

@@ -18,7 +18,11 @@ from bar.config import tokenizer_signature
 from bar.data import TensorImages, build_dataset
 from bar.loader import image_loader
 from bar.tokenizer import Tokenizer, float_to_images, images_to_float
-from bar.train import Checkpointing, ProgressHook, Recipe, train
+from bar.ema import EMA, EMAHook
+from bar.losses.gan import DiscriminatorTrainer
+from bar.losses.recipe import TokenizerLoss, build_tokenizer_loss
+from bar.tokenizer_recipe import CheckpointingWithExtras, DiscriminatorHook, augment, tokenizer_param_groups
+from bar.train import ProgressHook, Recipe, train
 
 
 def load_data(cfg: DictConfig):
@@ -26,11 +30,21 @@ def load_data(cfg: DictConfig):
     return build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
 
 
-def _tokenizer_loss(weights, device):
+def _loss_fn(cfg: DictConfig, loss: TokenizerLoss, device: torch.device):
+    """The training loss of one batch: (augmented) images -> reconstruction -> the recipe's weighted parts."""
+    resolution, augmenting = cfg.data.resolution, cfg.tokenizer.train.augment
+    distill = loss.weights.distillation > 0
+
     def loss_fn(module, batch, step, generator):
-        x = images_to_float(batch[0].to(device, non_blocking=True))
-        recon, aux = module(x)
-        return weights.l1 * (recon - x).abs().mean() + weights.l2 * (recon - x).pow(2).mean() + weights.kl * aux
+        images = batch[0].to(device, non_blocking=True)
+        x = augment(images, resolution, generator) if augmenting else images_to_float(images)
+        if distill:
+            recon, aux, pred, target = module(x, with_features=True)
+            total, _ = loss(x, recon, step, pred, target)
+        else:
+            recon, aux = module(x)
+            total, _ = loss(x, recon, step)
+        return total + cfg.tokenizer.loss.kl * aux
     return loss_fn
 
 
@@ -38,24 +52,62 @@ def tokenizer_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
     t = cfg.tokenizer.train
     bf16 = torch.bfloat16 if device.type == "cuda" and t.bf16 else None
     return Recipe(steps=t.steps, lr=t.lr, min_lr=t.min_lr, warmup=t.warmup, weight_decay=t.weight_decay,
-                  betas=tuple(t.betas), autocast_dtype=bf16, device_type=device.type, seed=cfg.seed)
+                  betas=tuple(t.betas), grad_clip=t.grad_clip, autocast_dtype=bf16, device_type=device.type,
+                  seed=cfg.seed, schedule_steps=t.schedule_steps,
+                  param_groups=lambda m: tokenizer_param_groups(m, t.lr, t.encoder_lr_mult, t.weight_decay))
+
+
+def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: Path) -> tuple[list, object]:
+    """EMA, discriminator and checkpointing hooks of the recipe (what the config turns on); returns (hooks, ema)."""
+    t, extras, hooks = cfg.tokenizer.train, {}, []
+    gan_start = cfg.tokenizer.loss.gan_start if loss.weights.gan > 0 else None
+    ema = EMA(tokenizer, t.ema) if t.ema else None
+    if ema is not None:
+        hooks.append(EMAHook(ema, extra_update_from=gan_start))
+        extras["ema"] = hooks[-1]
+    if loss.discriminator is not None:
+        d = cfg.tokenizer.discriminator
+        trainer = DiscriminatorTrainer(loss.discriminator, start=gan_start, lr=d.lr, min_lr=d.min_lr,
+                                       warmup=d.warmup, total=d.total, betas=tuple(d.betas),
+                                       weight_decay=d.weight_decay, grad_clip=d.grad_clip,
+                                       distributed=distributed.world_size() > 1)
+        images_of = (lambda b: augment(b[0].to(device), cfg.data.resolution)) if t.augment else \
+            (lambda b: images_to_float(b[0].to(device)))
+        hooks.append(DiscriminatorHook(trainer, images_of, lambda model, x: model(x)[0]))
+        extras["discriminator"] = hooks[-1]
+    hooks.append(CheckpointingWithExtras(work / "ckpt", extras, cfg.launcher.checkpoint_every,
+                                         cfg.launcher.keep_checkpoints))
+    hooks.append(ProgressHook("train tokenizer", t.steps, t.batch_size))
+    return hooks, ema
+
+
+def new_tokenizer(cfg: DictConfig, device: torch.device):
+    """The untrained tokenizer; the release's architecture starts from SigLIP2 weights when tokenizer.weights.siglip2
+    names a release tokenizer checkpoint."""
+    torch.manual_seed(cfg.seed)
+    tokenizer = build_tokenizer(cfg)
+    if cfg.tokenizer.arch == "release" and cfg.tokenizer.weights.siglip2:
+        tokenizer.init_siglip(Path(str(cfg.tokenizer.weights.siglip2)).expanduser())
+    return tokenizer.to(device)
 
 
 def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Path, work: Path) -> None:
-    """Every rank trains on its part of each global batch (DDP); checkpoints in `work` let the next job that builds
-    this tokenizer resume; rank 0 writes the result into `folder`."""
-    torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer(cfg).to(device)
+    """The release's recipe (the parts the config turns on): every rank trains on its part of each global batch
+    (DDP); checkpoints in `work` let the next job that builds this tokenizer resume; rank 0 writes the result (the
+    EMA copy when there is one) into `folder`."""
+    tokenizer = new_tokenizer(cfg, device)
+    loss = build_tokenizer_loss(cfg.tokenizer.loss, cfg.tokenizer.weights).to(device)
     t = cfg.tokenizer.train
     batches = image_loader(train_set, t.batch_size, seed=cfg.seed, rank=distributed.rank(),
                            world_size=distributed.world_size(), num_workers=cfg.data.num_workers, flip=False)
-    hook = Checkpointing(work / "ckpt", cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints)
+    hooks, ema = recipe_hooks(cfg, tokenizer, loss, device, work)
     try:
-        progress = ProgressHook("train tokenizer", t.steps, t.batch_size)
-        result = train(tokenizer, _tokenizer_loss(cfg.tokenizer.loss, device), batches, tokenizer_recipe(cfg, device),
-                       distributed=distributed.world_size() > 1, hooks=[hook, progress])
+        result = train(tokenizer, _loss_fn(cfg, loss, device), batches, tokenizer_recipe(cfg, device),
+                       distributed=distributed.world_size() > 1, hooks=hooks)
     finally:
         batches.close()
+    if ema is not None:
+        ema.copy_to(tokenizer)
     if distributed.is_main():
         save_atomic({"state_dict": tokenizer.state_dict(), "history": result.history,
                      "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at,
