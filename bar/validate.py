@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from bar import UserError
 from bar.build import build_generator, sampling_schedule
@@ -40,6 +41,7 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     """Raise a one-line UserError for what cannot work. `runs_here`: the point runs on this machine (not on a
     cluster node), so its device can be checked. Returns warnings: in a dry run, files needed only once the point
     runs (Inception weights) are reported instead of raised, so the plan can still be shown."""
+    _check_interpolations(cfg)
     _check_choices(cfg, runs_here)
     _check_ranges(cfg)
     _check_data(cfg)
@@ -64,6 +66,21 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     if cfg.stage == "sample":
         check_generator_checkpoint(cfg)
     return warnings
+
+
+def _check_interpolations(cfg: DictConfig) -> None:
+    """A `${...}` that names a missing key (e.g. a release checkpoint for a preset that has none) fails here, by name,
+    instead of as a traceback wherever it is first read."""
+    try:
+        for key in cfg:
+            if key == "hydra":      # Hydra's own node holds values known only inside a job
+                continue
+            node = cfg[key]
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+    except InterpolationKeyError as err:
+        raise UserError(f"{err.full_key}: {str(err).splitlines()[0]} (e.g. sweep=release_eval has checkpoints for "
+                        "profile=paper's presets only)") from None
 
 
 def _check_choices(cfg: DictConfig, runs_here: bool) -> None:

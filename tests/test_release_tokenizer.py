@@ -222,7 +222,7 @@ def test_encode_decode_round_trip_shapes(loaded):
     assert bits.shape == (2, 256, BITS) and bits.dtype == torch.uint8 and bits.max() <= 1
     assert torch.equal(bits, model.encode(images.float() / 127.5 - 1))
     assert model.reconstruct(images).shape == (2, 3, RES, RES)
-    with pytest.raises(UserError, match="decodes bits of shape"):
+    with pytest.raises(UserError, match="decodes tokens of shape"):
         model.decode(bits[:, :, :8])
     with pytest.raises(UserError, match="encodes"):
         model.encode(images[:, :, :128])
