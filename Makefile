@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all figures dashboard bench clean
+.PHONY: install demo test test-slow test-all figures dashboard bench clean
 
 install: $(STAMP)
 
@@ -27,17 +27,24 @@ demo: install
 	$(PY) run.py -m sweep=bits_vs_rfid launcher=$(DEMO_LAUNCHER)
 	$(PY) analysis/make_figures.py --out paper_figs
 
+# Layers first (a lower layer importing a higher one fails the build), then the main suite; `test-all` adds the slow
+# end-to-end tests, which .ci/run also runs.
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow and not slurm and not dashboard"
 
+test-slow: install
+	$(PY) -m pytest -q -m "slow and not slurm and not dashboard"
+
 test-all: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 figures: install
 	$(PY) analysis/make_figures.py
 
 dashboard: install
-	$(PY) -m bar.tracking ui
+	$(PY) -m bar.mlflow_server ui
 
 bench: install
 	$(PY) benchmarks/bench_sweep.py bits_vs_rfid
@@ -57,4 +64,4 @@ slurm-up:
 HOST ?= 127.0.0.1
 PORT ?= 5000
 mlflow-server: install
-	$(PY) -m bar.tracking serve --host $(HOST) --port $(PORT)
+	$(PY) -m bar.mlflow_server serve --host $(HOST) --port $(PORT)

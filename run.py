@@ -1,5 +1,8 @@
-"""Single entry point: one sweep point (`python run.py ...`) or a sweep (`python run.py -m sweep=NAME`)."""
+"""Single entry point: one sweep point (`python run.py ...`) or a sweep (`python run.py -m sweep=NAME`).
 
+A composition error (an unknown key or option, a value of the wrong type) is one line on stderr, exit code 2."""
+
+import os
 import sys
 
 import hydra
@@ -7,29 +10,31 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bar import UserError
-from bar.config import check_sweep_name, register_configs
-
-
-def _check_sweep_argument(argv: list[str]) -> None:
-    """An unknown sweep name is one line, not Hydra's multi-line composition error."""
-    for arg in argv:
-        if arg.startswith("sweep="):
-            try:
-                check_sweep_name(arg.split("=", 1)[1])
-            except UserError as err:
-                print(f"error: {err}", file=sys.stderr)
-                raise SystemExit(2)
+import bar
+from bar.config import describe_config_error, is_config_error, register
 
 
 @hydra.main(config_path="bar/conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
-    from bar.pipeline import execute
+def main(cfg: DictConfig) -> dict:
+    # `bar` is referenced here so that a submitit job, which unpickles this function, imports the package (and its
+    # config resolvers) before composing its config; the runner itself is imported only when a point runs.
+    from bar.runner import execute
 
+    assert bar.PROJECT_ROOT
     return execute(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":
-    _check_sweep_argument(sys.argv[1:])
-    register_configs()
-    main()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")   # let composition errors reach us, to print them as one line
+    register()
+    try:
+        main()
+    except Exception as err:
+        if is_config_error(err):
+            print(f"error: {describe_config_error(err)}", file=sys.stderr)
+        elif isinstance(err, OSError) and err.filename:   # Hydra creates its output folder before any project code
+            print(f"error: cannot create {err.filename} ({err.strerror}): set BAR_OUTPUTS (or paths.outputs) to a "
+                  "writable folder", file=sys.stderr)
+        else:
+            raise
+        raise SystemExit(2)

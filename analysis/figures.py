@@ -4,13 +4,18 @@ Every function takes the frame (or, for training curves, the history frame) and 
 NAME.png / NAME.pdf (formats configurable), NAME.txt (caption, which also says what is missing) and NAME.csv (the rows
 behind the plot). It returns a `FigureResult`; when the data a figure needs is absent nothing is written and the result
 carries `skipped` (the reason). Figures are drawn on `matplotlib.figure.Figure` objects (no pyplot, no global backend
-switch), and saved without timestamps, so rerunning on the same runs gives byte-identical files.
+switch), and saved without timestamps, so rerunning on the same runs gives byte-identical files. Text labels placed on
+a figure never overlap (`_declutter` moves offset annotations apart before saving).
+
+`all_figures` never mixes sweeps in one figure: each sweep gets its own set in OUT/<sweep>/, and the paper's main
+figures OUT/<figure>.png are each drawn from one sweep (`MAIN_FIGURES`: the first of its sweeps present).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +23,12 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Annotation, Text
 
+from analysis import convergence as conv_mod
 from analysis.runs import column, numeric
 
 DISCRETE_HEADS = ("mbm", "softmax", "bitwise")
@@ -37,10 +45,11 @@ _RC = {"svg.hashsalt": "bar-analysis", "font.size": 9, "axes.titlesize": 10, "le
 
 @dataclass
 class FigureResult:
-    name: str
+    name: str  # file stem relative to the output folder: `codebook_scaling`, `patch_size/quality_vs_cost`
     files: list[Path] = field(default_factory=list)
     caption: str = ""
     skipped: str | None = None
+    figure: Figure | None = field(default=None, repr=False, compare=False)  # the drawn figure (for inspection)
 
     def __bool__(self) -> bool:  # truthy when something was drawn
         return self.skipped is None
@@ -123,9 +132,61 @@ def _csv(df: pd.DataFrame, columns: list[str], sort: list[str]) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _renderer(fig: Figure):
+    """A renderer for `fig` with its layout done (attaches an Agg canvas: no pyplot, no global backend)."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    with mpl.rc_context(_RC):
+        canvas.draw()
+    return canvas.get_renderer()
+
+
+def _text_box(text, renderer):
+    """The window extent of a text's characters (an annotation's leader line left out)."""
+    if isinstance(text, Annotation):
+        text.update_positions(renderer)
+    return Text.get_window_extent(text, renderer)
+
+
+def text_boxes(fig: Figure) -> list:
+    """Window extents of every visible, non-empty text placed on the figure's axes (annotations included, without
+    their leader lines) and on the figure itself; tick labels, titles and legends are laid out by matplotlib and not
+    counted."""
+    renderer = _renderer(fig)
+    texts = [t for ax in fig.axes for t in ax.texts] + list(fig.texts)
+    return [_text_box(t, renderer) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def _declutter(fig: Figure, pad_px: float = 2.0, max_moves: int = 100) -> None:
+    """Move annotations placed with offset points downwards, one at a time, until no two texts of an axes overlap.
+    Texts are visited left to right, top to bottom; a text that cannot move (plain `ax.text`) stays and the others
+    make room for it."""
+    for ax in fig.axes:
+        texts = [t for t in ax.texts if t.get_visible() and t.get_text().strip()]
+        if len(texts) < 2:
+            continue
+        renderer = _renderer(fig)
+        fixed = [t for t in texts if not (isinstance(t, Annotation) and t.anncoords == "offset points")]
+        movable = [t for t in texts if t not in fixed]
+        for text in movable:
+            text.set_in_layout(False)  # a moved label must not shrink the axes under constrained layout
+        movable.sort(key=lambda t: (_text_box(t, renderer).x0, -_text_box(t, renderer).y1))
+        placed = [_text_box(t, renderer) for t in fixed]
+        for text in movable:
+            for _ in range(max_moves):
+                box = _text_box(text, renderer)
+                hits = [p for p in placed if box.overlaps(p)]
+                if not hits:
+                    break
+                shift_px = box.y1 - min(p.y0 for p in hits) + pad_px
+                dx, dy = text.xyann
+                text.xyann = (dx, dy - shift_px * 72.0 / fig.dpi)
+            placed.append(_text_box(text, renderer))
+
+
 def _save(fig: Figure, out_dir, name: str, formats, caption: str, data: pd.DataFrame) -> FigureResult:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _declutter(fig)
     files = []
     with mpl.rc_context(_RC):
         for fmt in _formats(formats):
@@ -137,7 +198,7 @@ def _save(fig: Figure, out_dir, name: str, formats, caption: str, data: pd.DataF
     csv = out / f"{name}.csv"
     data.to_csv(csv, index=False, lineterminator="\n")
     files += [cap, csv]
-    return FigureResult(name=name, files=files, caption=caption)
+    return FigureResult(name=name, files=files, caption=caption, figure=fig)
 
 
 def _new_figure(ncols: int, width: float = 4.6, height: float = 3.6) -> tuple[Figure, list]:
@@ -294,13 +355,11 @@ def codebook_scaling(df: pd.DataFrame, out_dir, formats=None, name: str = "codeb
                 ax.text(0.5, 0.5, f"no {metric} measured", transform=ax.transAxes, ha="center", color="0.4")
             if not infeasible.empty:
                 trans = ax.get_xaxis_transform()  # x in data units, y in axes units
-                for _, row in infeasible.sort_values(["codebook_log2", "head"]).iterrows():
-                    ax.plot([row["codebook_log2"]], [0.95], marker="x", ms=9, mew=2, ls="none",
-                            color=palette.get(row["head"], "0.3"), transform=trans, clip_on=False)
-                for x, heads in infeasible.groupby("codebook_log2")["head"]:
-                    ax.annotate("infeasible\n" + ", ".join(sorted(set(heads))), (x, 0.95), xycoords=trans,
-                                xytext=(0, -6), textcoords="offset points", ha="center", va="top", fontsize=7,
-                                color="0.3")
+                # heads infeasible at the same size share the x position: stack their markers downwards
+                for _, at in infeasible.sort_values(["codebook_log2", "head"]).groupby("codebook_log2"):
+                    for k, (_, row) in enumerate(at.iterrows()):
+                        ax.plot([row["codebook_log2"]], [0.95 - 0.06 * k], marker="x", ms=9, mew=2, ls="none",
+                                color=palette.get(row["head"], "0.3"), transform=trans, clip_on=False)
                 xs = sorted(set(plotted["codebook_log2"]))
                 if len(xs) == 1:
                     ax.set_xlim(xs[0] - 2, xs[0] + 2)
@@ -308,8 +367,10 @@ def codebook_scaling(df: pd.DataFrame, out_dir, formats=None, name: str = "codeb
             ax.set_ylabel(label)
             ax.set_title(f"{label} vs codebook size")
             ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-        extra = [] if infeasible.empty else [(Line2D([], [], marker="x", ls="none", color="0.3", mew=2),
-                                              "infeasible (cannot run)")]
+        # one legend entry per head with infeasible sizes, instead of text on the axes (labels could collide)
+        extra = [(Line2D([], [], marker="x", ls="none", color=palette.get(head, "0.3"), mew=2),
+                  f"{head}: infeasible at log2 C = {', '.join(_fmt(x) for x in sorted(rows['codebook_log2']))}")
+                 for head, rows in infeasible.groupby("head", sort=True)]
         _figure_legend(fig, axes, extra)
         return fig
 
@@ -363,7 +424,8 @@ def quality_vs_cost(df: pd.DataFrame, out_dir, formats=None, reported: pd.DataFr
                        facecolors="none", edgecolors="0.5", label="reported (paper, its hardware)")
             for _, r in ref.iterrows():
                 ax.annotate(str(r["model"]), (float(r["sample_img_per_s"]), float(r["gfid"])), xytext=(4, 3),
-                            textcoords="offset points", fontsize=7, color="0.4")
+                            textcoords="offset points", fontsize=7, color="0.4",
+                            arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5, "shrinkA": 0, "shrinkB": 2})
         ax.set_xscale("log")
         ax.set_xlabel("sampling throughput (images / s, log scale)")
         ax.set_ylabel("gFID")
@@ -396,21 +458,24 @@ def _thin(group: pd.DataFrame, max_points: int) -> pd.DataFrame:
 
 
 def training_curves(history: pd.DataFrame, out_dir, formats=None, sweep: str | None = None,
-                    max_points: int = 2000) -> list[FigureResult]:
+                    max_points: int = 2000, name: str | None = None) -> list[FigureResult]:
     """Training curves (train_loss, tokenizer_loss vs step) from `load_metric_history`, one figure per sweep, named
-    training_curves_<sweep>. Long histories are thinned to at most `max_points` points per run and metric (evenly
-    spaced, first and last kept); the CSV holds the plotted points."""
+    training_curves_<sweep> (or `name`, with one `sweep`). The evaluation histories (gfid, gfid_nocfg, train_tflop,
+    rfid) belong to the convergence figure and are left out. Long histories are thinned to at most `max_points`
+    points per run and metric (evenly spaced, first and last kept); the CSV holds the plotted points."""
+    if history is not None and not history.empty:
+        history = history[~history["key"].isin(conv_mod.CONVERGENCE_KEYS)]
     if history is None or history.empty:
-        return [_skip("training_curves", "no metric history (train_loss / tokenizer_loss) logged")]
+        return [_skip(name or "training_curves", "no metric history (train_loss / tokenizer_loss) logged")]
     hist = history.copy()
     hist["sweep"] = hist["sweep"].fillna("default")
     sweeps = [sweep] if sweep is not None else sorted(hist["sweep"].unique())
     results = []
     for sw in sweeps:
-        name = f"training_curves_{_safe(sw)}"
+        stem = name if name is not None and sweep is not None else f"training_curves_{_safe(sw)}"
         h = hist[hist["sweep"] == sw]
         if h.empty:
-            results.append(_skip(name, f"no metric history for sweep {sw}"))
+            results.append(_skip(stem, f"no metric history for sweep {sw}"))
             continue
         h = h.sort_values(["key", "run_name", "run_id", "step"], kind="mergesort")
         h = (h.groupby(["key", "run_id"], sort=True, group_keys=False)[h.columns.tolist()]
@@ -442,7 +507,7 @@ def training_curves(history: pd.DataFrame, out_dir, formats=None, sweep: str | N
                       else "All runs finished."))
         data = _csv(h, ["sweep", "run_id", "run_name", "profile", "status", "key", "step", "value"],
                     ["key", "run_name", "run_id", "step"])
-        results.append(_save(fig, out_dir, name, formats, caption, data))
+        results.append(_save(fig, out_dir, stem, formats, caption, data))
     return results
 
 
@@ -496,11 +561,177 @@ def head_memory(df: pd.DataFrame, out_dir, formats=None, name: str = "head_memor
     return _save(fig, out_dir, name, formats, caption, data)
 
 
+# ------------------------------------------------------------------------------------------------- 6. convergence
+
+def _log_if_wide(ax, values, axis: str, ratio: float = 10.0) -> bool:
+    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    if len(v) and (v > 0).all() and v.max() / v.min() >= ratio:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        return True
+    return False
+
+
+_SIZE_MARKERS = ["o", "s", "D", "^", "v", "P", "<", ">", "p", "h"]
+
+
+def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats=None,
+                name: str = "convergence") -> FigureResult:
+    """gFID during generator training against optimizer steps and against training compute (train_tflop, TFLOP),
+    one line per head x codebook size (colour: head; marker: bits per token or channels; dashed: continuous), from
+    the metric histories (`analysis.convergence`); a third panel shows rFID against tokenizer steps where tokenizers
+    logged it. The dotted line is the gFID threshold of the convergence claim. Log axes where values span 10x."""
+    conv = conv_mod.convergence_frame(history, df)
+    if conv.empty:
+        return _skip(name, "no run has a gFID history of two or more evaluations (periodic gFID during training)")
+    rfid = conv_mod.rfid_frame(history, df)
+    has_compute = conv["train_tflop"].notna().any()
+    panels = ["step"] + (["train_tflop"] if has_compute else []) + (["rfid"] if not rfid.empty else [])
+    target = conv_mod.convergence_threshold(conv)
+    heads = _ordered(conv["head.name"], conv_mod.HEAD_ORDER)
+    palette = dict(zip(heads, sns.color_palette("deep", len(heads))))
+    sizes = [s for s in dict.fromkeys(conv.sort_values(["tokenizer.kind", "size"], ascending=[False, True])
+                                      ["size_label"])]
+    markers = {s: _SIZE_MARKERS[i % len(_SIZE_MARKERS)] for i, s in enumerate(sizes)}
+
+    def draw():
+        fig, axes = _new_figure(len(panels))
+        for ax, panel in zip(axes, panels):
+            if panel == "rfid":
+                for (kind, label), g in rfid.groupby(["tokenizer.kind", "size_label"], sort=False):
+                    ax.plot(g["step"], g["rfid"], marker=markers.get(label, "o"), ms=4, color="0.35",
+                            ls="--" if kind == "ae" else "-", lw=1.2, label=f"tokenizer {kind} {label}")
+                _log_if_wide(ax, rfid["step"], "x")
+                _log_if_wide(ax, rfid["rfid"], "y")
+                ax.set_xlabel("tokenizer training step")
+                ax.set_ylabel("rFID")
+                ax.set_title("rFID during tokenizer training")
+                continue
+            for run_id, g in conv.groupby("run_id", sort=False):
+                g = g[g[panel].notna()] if panel == "train_tflop" else g
+                if g.empty:
+                    continue
+                head = g["head.name"].iloc[0]
+                ax.plot(g[panel], g["gfid"], marker=markers.get(g["size_label"].iloc[0], "o"), ms=4, lw=1.4,
+                        color=palette.get(head, "0.3"), ls="--" if g["tokenizer.kind"].iloc[0] == "ae" else "-",
+                        label=g["series"].iloc[0])
+            if target is not None:
+                ax.axhline(target, color="0.5", lw=0.8, ls=":", label=f"claim threshold: gFID {_fmt(target)}")
+            _log_if_wide(ax, conv[panel], "x")
+            _log_if_wide(ax, conv["gfid"], "y")
+            ax.set_xlabel("optimizer step" if panel == "step" else "training compute (TFLOP, estimated)")
+            ax.set_ylabel("gFID")
+            ax.set_title("gFID vs training steps" if panel == "step" else "gFID vs training compute")
+        _figure_legend(fig, axes)
+        return fig
+
+    fig = _draw(draw)
+    summary = conv_mod.series_summary(conv, target)
+    considered = df[column(df, "head.name").notna()]
+    drawn = set(conv["run_id"])
+    missing = [n for n in _describe_missing(considered[~considered["run_id"].isin(drawn)], ["gfid"])]
+    no_history = sorted(considered[~considered["run_id"].isin(drawn) & (column(considered, "status") == "finished")]
+                        ["run_name"].astype(str))
+    finals = "; ".join(f"{r['series']} {_fmt(r['final_gfid'])} at step {r['final_step']}"
+                       + (f" ({_fmt(r['final_tflop'])} TFLOP)" if pd.notna(r["final_tflop"]) else "")
+                       for _, r in summary.iterrows())
+    caption = ("Convergence: gFID measured during generator training, against optimizer steps"
+               + (" and against cumulative estimated training compute (train_tflop)" if has_compute else
+                  " (no train_tflop history: no compute panel)")
+               + (", and rFID against tokenizer training steps" if not rfid.empty else "")
+               + f"; one line per head and codebook size (solid: discrete, dashed: continuous). Final gFID: {finals}. "
+               + (f"Dotted: gFID {_fmt(target)}, the threshold of the convergence claim (the worse of the best "
+                  "final gFIDs of BAR and of the continuous runs; see REPORT.md). " if target is not None else
+                  "No convergence threshold (BAR or continuous runs without gFID history). ")
+               + _profiles_text(conv)
+               + (f" Without a gFID history: {', '.join(no_history)}." if no_history else "")
+               + (f" Missing or incomplete: {'; '.join(missing)}." if missing else ""))
+    data = conv.copy()
+    return _save(fig, out_dir, name, formats, caption, _csv(data, conv_mod.COLUMNS, ["series", "run_id", "step"]))
+
+
+# --------------------------------------------------------------------------------------------- figure sets per sweep
+
+# The paper's main figures (OUT/<name>.png): each drawn from one sweep, the first of these present in the runs.
+MAIN_FIGURES = {
+    "bits_vs_fid": ("bits_vs_gfid", "bits_vs_rfid"),
+    "codebook_scaling": ("codebook_scaling",),
+    "quality_vs_cost": ("patch_size",),
+    "head_memory": ("codebook_scaling",),
+    "convergence": ("convergence",),
+}
+
+
+def _sweep_of(df: pd.DataFrame) -> pd.Series:
+    sweep = column(df, "sweep").astype(object)
+    return sweep.where(sweep.notna(), column(df, "experiment").astype(object)).fillna("default").astype(str)
+
+
+def _one(fig_name: str, df: pd.DataFrame, history, out_dir, formats, reported, name: str) -> FigureResult:
+    if fig_name == "bits_vs_fid":
+        return bits_vs_fid(df, out_dir, formats, name=name)
+    if fig_name == "codebook_scaling":
+        return codebook_scaling(df, out_dir, formats, name=name)
+    if fig_name == "quality_vs_cost":
+        return quality_vs_cost(df, out_dir, formats, reported=reported, name=name)
+    if fig_name == "head_memory":
+        return head_memory(df, out_dir, formats, name=name)
+    if fig_name == "convergence":
+        return convergence(df, history, out_dir, formats, name=name)
+    raise ValueError(f"unknown figure {fig_name}")
+
+
+def sweep_figures(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats=None,
+                  reported: pd.DataFrame | None = None, prefix: str = "") -> list[FigureResult]:
+    """Every figure one sweep's runs support (the frame and history of that sweep only), into out_dir, result names
+    prefixed with `prefix` (e.g. `codebook_scaling/`)."""
+    results = []
+    for fig_name in (*MAIN_FIGURES, "training_curves"):
+        if fig_name == "training_curves":
+            hist = history if history is not None else pd.DataFrame()
+            sweeps = sorted(set(_sweep_of(df)))
+            res = (training_curves(hist[hist["sweep"].fillna("default").isin(sweeps)] if not hist.empty else hist,
+                                   out_dir, formats, sweep=sweeps[0], name=fig_name)[0]
+                   if len(sweeps) == 1 else _skip(fig_name, "needs exactly one sweep"))
+        else:
+            res = _one(fig_name, df, history, out_dir, formats, reported, fig_name)
+        res.name = prefix + res.name
+        results.append(res)
+    return results
+
+
 def all_figures(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats=None,
                 reported: pd.DataFrame | None = None) -> list[FigureResult]:
-    """Every figure above, in order; skipped ones are returned with their reason."""
-    results = [bits_vs_fid(df, out_dir, formats), codebook_scaling(df, out_dir, formats),
-               quality_vs_cost(df, out_dir, formats, reported=reported)]
-    results += training_curves(history if history is not None else pd.DataFrame(), out_dir, formats)
-    results.append(head_memory(df, out_dir, formats))
-    return results
+    """The main figures (OUT/<figure>.*: a copy of the figure of the first of its `MAIN_FIGURES` sweeps present, its
+    caption naming the sweep), then each sweep's own set (OUT/<sweep>/<figure>.*, named `<sweep>/<figure>`). No
+    figure mixes points of different sweeps. Skipped ones are returned with their reason."""
+    out = Path(out_dir)
+    sweep = _sweep_of(df) if not df.empty else pd.Series(dtype=str)
+    present = sorted(set(sweep))
+    hist = history if history is not None else pd.DataFrame()
+    per_sweep = {}
+    for sw in present:
+        sub = df[sweep == sw]
+        h = hist[hist["run_id"].isin(set(sub["run_id"]))] if not hist.empty else hist
+        per_sweep[sw] = sweep_figures(sub, h, out / _safe(sw), formats, reported, prefix=f"{_safe(sw)}/")
+    main = []
+    for fig_name, homes in MAIN_FIGURES.items():
+        home = next((h for h in homes if h in present), None)
+        if home is None:
+            main.append(_skip(fig_name, f"drawn from sweep {' or '.join(homes)}, which has no runs here "
+                                        "(see the per-sweep figures)"))
+            continue
+        src = next(r for r in per_sweep[home] if r.name == f"{_safe(home)}/{fig_name}")
+        if src.skipped:
+            main.append(_skip(fig_name, f"sweep {home}: {src.skipped}"))
+            continue
+        caption = f"From sweep {home}. " + src.caption
+        files = []
+        for path in src.files:
+            target = out / f"{fig_name}{path.suffix}"
+            if path.suffix == ".txt":
+                target.write_text(caption.rstrip() + "\n")
+            else:
+                shutil.copyfile(path, target)
+            files.append(target)
+        main.append(FigureResult(name=fig_name, files=files, caption=caption, figure=src.figure))
+    return main + [r for sw in present for r in per_sweep[sw]]

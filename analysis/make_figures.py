@@ -2,9 +2,14 @@
 
     python analysis/make_figures.py [--sweep NAME ...] [--tracking-uri URI] [--out paper_figs] [--format png,pdf]
 
-Tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite:///<project root>/outputs/mlflow.db.
-Figures, tables and the report are also logged to each sweep's latest parent run (tag role=parent) under `figures/`
-(--no-log to skip). Exit code 2 with a one-line message when the store is missing or empty or a sweep is unknown.
+Layout of the output folder: the paper's main figures OUT/<figure>.{png,pdf,txt,csv}, each drawn from one sweep
+(`analysis.figures.MAIN_FIGURES`); every sweep's own figure set in OUT/<sweep>/ (including its training curves);
+tables and REPORT.md in OUT/. No figure mixes points of different sweeps.
+Tracking URI: --tracking-uri, else the project default (bar.paths: MLFLOW_TRACKING_URI, else the sqlite store under
+BAR_OUTPUTS or <project root>/outputs), the same store `run.py` writes to.
+A sweep's own figures, the tables and the report are also logged to the sweep's latest parent run (tag role=parent)
+under `figures/` (--no-log to skip). Exit code 2 with a one-line message when the store is missing or empty or a sweep
+is unknown.
 """
 
 from __future__ import annotations
@@ -39,7 +44,8 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from analysis import figures, tables
-    from analysis.runs import StoreError, latest_parent_run, load_metric_history, load_runs
+    from analysis.convergence import CONVERGENCE_KEYS
+    from analysis.runs import HISTORY_KEYS, StoreError, latest_parent_run, load_metric_history, load_runs
 
     try:
         formats = figures._formats(args.format)
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         where = f"sweep {', '.join(args.sweep)}" if args.sweep else "the store"
         return _fail(f"no sweep points (runs tagged role=point) in {where}; run a sweep first")
-    history = load_metric_history(args.tracking_uri, runs=df)
+    history = load_metric_history(args.tracking_uri, runs=df, keys=(*HISTORY_KEYS, *CONVERGENCE_KEYS))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reported = tables.load_reported()
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"wrote {r.name} ({', '.join(p.suffix.lstrip('.') for p in r.files)})")
     table_files = tables.write_tables(df, out, reported)
-    report = tables.write_report(df, out, figures=results, reported=reported)
+    report = tables.write_report(df, out, figures=results, reported=reported, history=history)
     print(f"wrote {', '.join(p.name for p in table_files)}, {report.name} into {out}")
     if not args.no_log:
         _log_to_parents(args.tracking_uri, df, results, [*table_files, report], latest_parent_run)
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _log_to_parents(tracking_uri, df, results, extra_files, latest_parent_run) -> None:
-    """Log the drawn files to each sweep's latest parent run under figures/ (a sweep's own training curves only)."""
+    """Log each sweep's own figure set (OUT/<sweep>/), the tables and the report to the sweep's latest parent run
+    under figures/."""
     from mlflow.tracking import MlflowClient
 
     from analysis.figures import _safe
@@ -83,9 +90,7 @@ def _log_to_parents(tracking_uri, df, results, extra_files, latest_parent_run) -
         parent = latest_parent_run(sweep, tracking_uri)
         if parent is None:
             continue
-        own_curves = f"training_curves_{_safe(sweep)}"
-        files = [p for r in results if not r.skipped
-                 and (not r.name.startswith("training_curves_") or r.name == own_curves) for p in r.files]
+        files = [p for r in results if not r.skipped and r.name.startswith(f"{_safe(sweep)}/") for p in r.files]
         for path in [*files, *extra_files]:
             client.log_artifact(parent, str(path), artifact_path="figures")
         print(f"logged {len(files) + len(extra_files)} files to parent run {parent} of {sweep} under figures/")

@@ -17,18 +17,19 @@ mlflow is imported lazily so that `import analysis` stays cheap.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from bar import UserError
+from bar.paths import default_tracking_uri, sqlite_path
+from bar.tracking import check_store
 
-STATUSES = ("finished", "failed", "infeasible", "running")
+
+STATUSES = ("finished", "failed", "infeasible", "running", "interrupted")
 # Which attempt of a sweep point represents it when one point was launched several times.
-_STATUS_RANK = {"finished": 0, "infeasible": 1, "running": 2, "failed": 3}
+_STATUS_RANK = {"finished": 0, "infeasible": 1, "running": 2, "interrupted": 2, "failed": 3}
 _MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
                   "SCHEDULED": "running"}
 HISTORY_KEYS = ("train_loss", "tokenizer_loss")
@@ -40,26 +41,16 @@ class StoreError(RuntimeError):
     """The tracking store is missing, empty, or lacks what was asked for (message is one line for the user)."""
 
 
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the project's sqlite store (absolute path)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
-    return None
-
-
 def _client(tracking_uri: str | None):
     uri = tracking_uri or default_tracking_uri()
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is not None and str(path) != ":memory:" and not path.exists():
         # Opening a missing sqlite file would silently create an empty store; say what is wrong instead.
         raise StoreError(f"no MLflow store at {path} (run a sweep first, or pass --tracking-uri / MLFLOW_TRACKING_URI)")
+    try:
+        check_store(uri)
+    except UserError as err:
+        raise StoreError(str(err)) from None
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

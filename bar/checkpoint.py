@@ -1,12 +1,8 @@
-"""Checkpoints that survive being killed at any moment, and stopping cleanly on SLURM's signals.
+"""Checkpoint files that survive being killed at any moment.
 
-- A checkpoint file is written to a temporary name, fsynced and renamed into place; its first line holds a SHA-256 of
-  the payload, so a truncated or corrupted file is detected on load and the previous checkpoint is used instead.
-- Stop requests: `install_stop_handlers()` (called inside SLURM jobs) turns SIGUSR1 (submitit's timeout/preemption
-  signal) and SIGTERM (scancel, `scontrol requeue`, preemption) into a flag. A training loop that is running checks the
-  flag after each optimizer step, writes a checkpoint at that consistent point and then calls `act_on_stop()`: for
-  SIGUSR1 that is submitit's own handler (checkpoint the submission and requeue the job), for SIGTERM a plain exit
-  (SLURM is already requeueing or cancelling the job). Outside a training loop the signal is acted on at once."""
+A checkpoint file is written to a temporary name, fsynced and renamed into place; its first line holds a SHA-256 of
+the payload, so a truncated or corrupted file is detected on load and the previous checkpoint is used instead.
+`CheckpointDir` keeps the newest few of a training run (`ckpt-<step>.pt`)."""
 
 from __future__ import annotations
 
@@ -15,11 +11,11 @@ import io
 import logging
 import os
 import re
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from bar import UserError
 
 log = logging.getLogger("bar")
 
@@ -109,70 +105,19 @@ class CheckpointDir:
             self.path(step).unlink(missing_ok=True)
 
 
-# ----------------------------------------------------------------------------------------------------- stop requests
-_requested: int = 0           # signal number of a pending stop request, 0 when none
-_original: dict[int, object] = {}
-_training_depth = 0
-
-
-def request_stop(signum: int = signal.SIGTERM) -> None:
-    """Ask a running training loop to checkpoint and stop at the end of its current step (tests call this too)."""
-    global _requested
-    _requested = int(signum)
-
-
-def stop_requested() -> int:
-    return _requested
-
-
-def clear_stop() -> None:
-    global _requested
-    _requested = 0
-
-
-def _handler(signum, frame):
-    log.warning("received %s: %s", signal.Signals(signum).name,
-                "checkpointing at the end of this step" if _training_depth else "stopping now")
-    request_stop(signum)
-    if not _training_depth:
-        act_on_stop(signum)
-
-
-def install_stop_handlers(signals=(signal.SIGUSR1, signal.SIGTERM)) -> None:
-    """Route `signals` through the stop flag, remembering the handlers already installed (submitit's)."""
-    for sig in signals:
-        current = signal.getsignal(sig)
-        if current is not _handler:
-            _original[int(sig)] = current
-            signal.signal(sig, _handler)
-
-
-def act_on_stop(signum: int | None = None):
-    """What the stop request asked for, once the state is safe on disk: submitit's requeue for SIGUSR1 (it exits the
-    process on rank 0), else exit. Never returns."""
-    signum = int(signum or _requested or signal.SIGTERM)
-    original = _original.get(signum)
-    if signum == signal.SIGUSR1 and callable(original):
-        original(signum, None)   # submitit: checkpoint the submission, `scontrol requeue`, sys.exit
-    raise SystemExit(128 + signum)
-
-
-@contextmanager
-def training_section():
-    """While inside, a stop signal only sets the flag; the loop acts on it at a step boundary."""
-    global _training_depth
-    _training_depth += 1
+def read_generator_checkpoint(path: str | Path, map_location="cpu"):
+    """A generator checkpoint: this project's (written by `save_atomic`: checksum verified) or any torch file, e.g.
+    the release's state dict (memory-mapped: a 4 GB file costs nothing until its tensors are read). One-line
+    UserError when it is not a checkpoint or is damaged."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(len(MAGIC))
     try:
-        yield
-    finally:
-        _training_depth -= 1
-
-
-# ----------------------------------------------------------------------------------------------------- point folders
-def point_folder(cfg) -> Path:
-    """Where one sweep point keeps what outlives a job: its MLflow run id (`run.json`), a lock, and its training
-    checkpoints. Keyed by experiment and config signature, so a requeued job, or the same sweep launched again,
-    finds it."""
-    from bar.config import point_signature
-
-    return Path(str(cfg.paths.outputs)) / "points" / str(cfg.experiment) / point_signature(cfg)
+        if head == MAGIC:
+            return load_verified(path, map_location)
+        return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+    except CorruptCheckpoint as err:
+        raise UserError(f"checkpoint {err} (damaged: copy it again)") from None
+    except Exception as err:   # pickle / zip / EOF errors of a file that is not (or no longer) a torch checkpoint
+        raise UserError(f"checkpoint {path} is not a readable torch checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else 'truncated?'})") from None

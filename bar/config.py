@@ -1,68 +1,64 @@
-"""Config plumbing: sweep registration, resolvers, signatures and up-front validation.
+"""Config plumbing: composing the project config as run.py does, the signatures that identify points and cached
+artifacts, MLflow params and run names, and one-line messages for composition errors.
 
-Sweep files live in `sweeps/` (outside the Hydra config dir) and are registered in Hydra's ConfigStore as the
-`sweep` group, so `python run.py -m sweep=NAME` selects one."""
+Sweep files live in `sweeps/`; Hydra finds them as the `sweep` group through bar/conf/sweep (a link to that folder)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
+import re
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from bar import PROJECT_ROOT, UserError
+from bar import PROJECT_ROOT, schema
 
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 CONF_DIR = PROJECT_ROOT / "bar" / "conf"
 
 # Config keys that never change a result: excluded from signatures.
-NON_RESULT_KEYS = ("tracking", "paths", "launcher", "force", "dry_run", "experiment", "num_workers", "hydra",
-                   "point_label", "num_threads")
+NON_RESULT_KEYS = ("tracking", "paths", "launcher", "force", "dry_run", "experiment", "hydra", "point_label",
+                   "num_threads")
+# Keys that may differ between two attempts of the same point (a relaunch, a requeue): not logged as MLflow params,
+# which cannot change once logged.
+VOLATILE_PARAMS = ("tracking.", "launcher.", "paths.", "force", "dry_run", "point_label", "num_threads")
 
 
 def available_sweeps() -> list[str]:
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
 
 
-def check_sweep_name(name: str) -> None:
-    if name not in ("null", "none") and name not in available_sweeps():
-        raise UserError(f"unknown sweep {name!r}: choose one of {', '.join(available_sweeps())} (files in {SWEEPS_DIR})")
+def register() -> None:
+    schema.register()
 
 
-def register_configs() -> None:
-    """Register resolvers and every sweeps/*.yaml as an option of the `sweep` config group (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
-    if not OmegaConf.has_resolver("bar_root"):
-        OmegaConf.register_new_resolver("bar_root", lambda: str(PROJECT_ROOT))
-    store = ConfigStore.instance()
-    for path in sorted(SWEEPS_DIR.glob("*.yaml")):
-        store.store(group="sweep", name=path.stem, node=OmegaConf.load(path), package="_global_")
-
-
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose the project config as `run.py` would (for tests and notebooks)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    register_configs()
+def compose(overrides: list[str] | None = None, hydra_node: bool = False) -> DictConfig:
+    """Compose the project config as `run.py` would (for tests, benchmarks and notebooks)."""
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []), return_hydra_config=False)
+        return hydra_compose(config_name="config", overrides=list(overrides or []), return_hydra_config=hydra_node)
 
 
+# ----------------------------------------------------------------------------------------------------- identities
 def signature(cfg_subtree, length: int = 12) -> str:
-    """Stable hash of the config values that change results."""
-    container = OmegaConf.to_container(cfg_subtree, resolve=True) if isinstance(cfg_subtree, DictConfig) else cfg_subtree
-    if isinstance(container, dict):
+    """Stable hash of the config values that change results (top-level NON_RESULT_KEYS left out before resolving,
+    so a sweeper's config, which still has its `hydra` node, hashes like the job's)."""
+    container = cfg_subtree
+    if isinstance(cfg_subtree, DictConfig):
+        container = {k: _resolved(cfg_subtree, k) for k in cfg_subtree if k not in NON_RESULT_KEYS}
+    elif isinstance(container, dict):
         container = {k: v for k, v in container.items() if k not in NON_RESULT_KEYS}
     blob = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def tokenizer_signature(cfg: DictConfig) -> str:
-    return signature({"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                      "seed": cfg.seed})
+def _resolved(cfg: DictConfig, key: str):
+    value = cfg[key]
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def data_identity(cfg: DictConfig) -> dict:
@@ -72,12 +68,18 @@ def data_identity(cfg: DictConfig) -> dict:
     return data
 
 
+def tokenizer_signature(cfg: DictConfig) -> str:
+    return signature({"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
+                      "seed": cfg.seed})
+
+
 def point_signature(cfg: DictConfig) -> str:
     return signature(cfg)
 
 
+# ----------------------------------------------------------------------------------------------------- MLflow names
 def flatten(cfg: DictConfig) -> dict[str, object]:
-    """Resolved config as {"a.b.c": value}, for MLflow params."""
+    """Resolved config as {"a.b.c": value}."""
     out: dict[str, object] = {}
 
     def walk(node, prefix):
@@ -91,49 +93,57 @@ def flatten(cfg: DictConfig) -> dict[str, object]:
     return out
 
 
+def run_params(cfg: DictConfig) -> dict[str, object]:
+    """The MLflow params of a point: its resolved config without the keys that may change between attempts."""
+    return {k: v for k, v in flatten(cfg).items() if not k.startswith(VOLATILE_PARAMS) and not k.startswith("hydra.")}
+
+
 def point_name(cfg: DictConfig) -> str:
     """Human name of a sweep point, saying what varies: fsq-16b, ae-4c, mbm-16b, ... (the sweeper's label wins)."""
     if cfg.get("point_label"):
         return cfg.point_label
     tok = cfg.tokenizer
     latent = f"{tok.kind}-{tok.bits}b" if tok.kind == "fsq" else f"{tok.kind}-{tok.channels}c"
-    if cfg.get("stage", "tokenizer") == "tokenizer" or "head" not in cfg:
+    if cfg.stage == "tokenizer":
         return latent
+    if cfg.stage == "sample":
+        return f"{cfg.model.preset}-sample"
     return f"{cfg.head.name}-{latent.split('-', 1)[1]}" + (f"-p{cfg.model.patch_size}" if cfg.model.patch_size > 1 else "")
 
 
-def _has_class_images(root: Path) -> bool:
-    """Cheap check (stops at the first image) that `root/<class>/<image>` exists."""
-    from bar.data import IMAGE_SUFFIXES
+# ----------------------------------------------------------------------------------------------------- errors
+def describe_config_error(err: BaseException) -> str:
+    """One line for a Hydra / OmegaConf composition error: which key or option, and what is wrong with it."""
+    if isinstance(err, MissingConfigException):
+        return _missing_option(err)
+    cause = err.__cause__ or err.__context__
+    for candidate in (err, cause):
+        if isinstance(candidate, OmegaConfBaseException) and getattr(candidate, "full_key", None):
+            return _omegaconf_line(candidate)
+    text = str(err).strip()
+    if isinstance(cause, OmegaConfBaseException):
+        text = f"{text} {str(cause).strip()}"
+    return re.sub(r"\s+", " ", text)[:400]
 
-    return any(f.suffix.lower() in IMAGE_SUFFIXES for d in root.iterdir() if d.is_dir() for f in d.iterdir())
+
+def _missing_option(err: MissingConfigException) -> str:
+    missing = err.missing_cfg_file or ""
+    group, _, name = missing.rpartition("/")
+    if group and err.options is not None:
+        where = f" (files in {SWEEPS_DIR})" if group == "sweep" else ""
+        return f"unknown {group} {name!r}: choose one of {', '.join(sorted(err.options))}{where}"
+    return re.sub(r"\s+", " ", str(err).strip().splitlines()[0])[:400]
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Everything that can be checked before training: one-line UserErrors."""
-    from bar.tokenizer import validate_tokenizer_config
+def _omegaconf_line(err: OmegaConfBaseException) -> str:
+    key = err.full_key
+    message = str(getattr(err, "msg", "") or err).strip().splitlines()[0]
+    if "not in struct" in message or "not in '" in message or "is not in" in message:
+        return f"unknown config key {key!r}: check its spelling (`python run.py --cfg job` lists every key)"
+    if "Missing mandatory value" in message:
+        return f"config key {key!r} must be set (e.g. {key}=VALUE on the command line)"
+    return f"config key {key!r}: {message}"
 
-    if cfg.data.name == "imagefolder" and cfg.stage != "sample":
-        root = Path(str(cfg.data.root))
-        if not root.is_dir():
-            raise UserError(f"data folder {root} does not exist: set data.root to an ImageNet-style folder tree")
-        if not _has_class_images(root):
-            raise UserError(f"data folder {root} holds no images in class sub-folders (expected {root}/<class>/*.JPEG)")
-    elif cfg.data.name != "digits":
-        raise UserError(f"unknown data.name {cfg.data.name!r}: use digits or imagefolder")
-    validate_tokenizer_config(cfg.tokenizer)
-    if cfg.eval.extractor == "inception":
-        weights = cfg.eval.inception_weights
-        if not weights or not Path(os.path.expanduser(str(weights))).is_file():
-            raise UserError(f"Inception weights not found at {weights!r}: download pt_inception-2015-12-05 "
-                            "(torch-fidelity's inception-v3-compat weights) and pass eval.inception_weights=PATH")
-    elif cfg.eval.extractor != "classifier":
-        raise UserError(f"unknown eval.extractor {cfg.eval.extractor!r}: use classifier or inception")
-    if cfg.stage not in ("tokenizer", "all", "sample"):
-        raise UserError(f"unknown stage {cfg.stage!r}: use tokenizer, all or sample")
-    if cfg.stage == "sample" and not (cfg.checkpoint and Path(str(cfg.checkpoint)).expanduser().is_file()):
-        raise UserError(f"stage=sample needs checkpoint=PATH to a generator checkpoint; {cfg.checkpoint!r} is not a file")
-    if cfg.stage in ("all", "sample"):
-        from bar.generator_stage import check_generator_config
 
-        check_generator_config(cfg)
+def is_config_error(err: BaseException) -> bool:
+    return isinstance(err, (HydraException, OmegaConfBaseException))

@@ -3,9 +3,8 @@
 - `setup()` reads submitit's JobEnvironment (a SLURM job with several tasks, or submitit's local executor), or the
   torchrun variables (RANK / WORLD_SIZE / MASTER_ADDR), and initialises torch.distributed: NCCL on GPUs, gloo on CPU.
   A single process gets world size 1 and no process group at all.
-- Helpers every stage uses: `rank()`, `world_size()`, `is_main()`, gradient all-reduce, gathering Python objects.
-The Hydra launchers of `launcher=local_parallel` / `launcher=slurm` live in hydra_plugins/bar_launcher (Hydra only
-instantiates launchers from the `hydra_plugins` package)."""
+- Helpers every stage uses: `rank()`, `world_size()`, `is_main()`, gradient all-reduce, gathering Python objects,
+  `resolve_device()`."""
 
 from __future__ import annotations
 
@@ -13,12 +12,33 @@ import logging
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from datetime import timedelta
+from typing import Any
 
+import submitit
 import torch
 import torch.distributed as dist
 
+from bar import UserError
+
 log = logging.getLogger("bar")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: cuda when available, else cpu; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
+def configure_device(device: torch.device) -> None:
+    """What the release enables on GPUs: TF32 matmuls and convolutions (bf16 autocast is per training loop)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 @dataclass
@@ -38,8 +58,6 @@ def _env_from_submitit() -> dict | None:
     if not os.environ.get("SUBMITIT_FOLDER") and not os.environ.get("SUBMITIT_EXECUTOR"):
         return None
     try:
-        import submitit
-
         env = submitit.JobEnvironment()
         if env.num_tasks <= 1:
             return None
@@ -74,8 +92,6 @@ def setup(device_type: str | None = None, timeout_s: float = 1800) -> DistEnv:
     os.environ.update(MASTER_ADDR=str(found["master_addr"]), MASTER_PORT=str(found["master_port"]),
                       RANK=str(found["rank"]), WORLD_SIZE=str(found["world_size"]),
                       LOCAL_RANK=str(found["local_rank"]))
-    from datetime import timedelta
-
     dist.init_process_group(backend, init_method="env://", rank=found["rank"], world_size=found["world_size"],
                             timeout=timedelta(seconds=timeout_s))
     log.info("torch.distributed: rank %d of %d (%s)", found["rank"], found["world_size"], backend)
@@ -116,36 +132,11 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Rank 0's parameters and buffers on every rank (identical initialisation)."""
-    if world_size() == 1:
-        return
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, 0)
-
-
-def all_reduce_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """Average gradients over ranks in one flat buffer (a missing gradient counts as zero on that rank)."""
-    world = world_size()
-    if world == 1:
-        return
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        chunk = flat[offset:offset + n].view_as(g)
-        if p.grad is None:
-            p.grad = chunk.clone()
-        else:
-            p.grad.copy_(chunk)
-        offset += n
+def device_ids(module: torch.nn.Module) -> list[int] | None:
+    """DistributedDataParallel's `device_ids` for a module: its CUDA device, or None on CPU."""
+    device = next(module.parameters()).device
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" \
+        else None
 
 
 def mean_scalar(value: float) -> float:

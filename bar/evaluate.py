@@ -1,177 +1,186 @@
-"""Evaluation through torch-fidelity: rFID now, gFID / IS / precision / recall for generators.
+"""Evaluation: features of generated (or reconstructed) images, each rank extracting its own shard, gathered in
+order on rank 0 and scored there against a reference. Only features travel between ranks, never images.
 
-Two feature extractors, registered with torch-fidelity:
-  - `inception-v3-compat` (torch-fidelity's own) with a local weights file: the paper protocol;
-  - `bar-classifier`: a small classifier trained on the dataset itself and cached by signature; its penultimate
-    features give the Frechet distance. Works offline; numbers from it are never comparable with Inception ones.
-Reference statistics are cached once per (dataset split, extractor) through torch-fidelity's input2 cache."""
+Two protocols (`eval.protocol`):
+  fidelity  torch-fidelity's FID, IS and precision/recall with one extractor (`eval.extractor`): `classifier`, a
+            small net trained on the dataset itself (bar.classifier; offline), or `inception`, torch-fidelity's
+            `inception-v3-compat` from a local weights file. The reference is a dataset split; its features are
+            computed once and cached by (data, split, extractor).
+  adm       the paper's (bar.adm): guided-diffusion's evaluator against an ADM reference batch (`eval.reference`):
+            FID and sFID from its stored statistics, IS, k=3 precision/recall against its 10,000 images (their
+            features cached once per reference file). Needs the Inception weights.
+
+    evaluator = generation_evaluator(cfg, train_set, device)     # eval.protocol
+    scores = evaluator.compare(images_shard, reference, "train", isc=True, prc=True)   # dict on rank 0, None else
+Keys: fid, inception_score, precision, recall (+ sfid for adm). rFID always uses the fidelity protocol
+(`reconstruction_evaluator`): the ADM batch is a generation reference."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import torch_fidelity
+import torch_fidelity.metric_fid as tf_fid
+import torch_fidelity.metric_isc as tf_isc
+import torch_fidelity.metric_prc as tf_prc
 from torch.utils.data import Dataset
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from bar import UserError
-from bar.cache import file_lock, get_or_build
+from bar import UserError, adm, distributed
+from bar.cache import get_or_build, load_or_rebuild
+from bar.checkpoint import load_verified, save_atomic
+from bar.classifier import CLASSIFIER_EXTRACTOR, train_classifier
 from bar.config import data_identity, signature
-from bar.train import infinite_batches, train
 
-CLASSIFIER_EXTRACTOR = "bar-classifier"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
+_LAYERS = {CLASSIFIER_EXTRACTOR: {"fid": "features", "isc": "logits", "prc": "features"},
+           INCEPTION_EXTRACTOR: {"fid": "2048", "isc": "logits_unbiased", "prc": "2048"}}
 
 
-class DigitClassifier(nn.Module):
-    """Small CNN; `features` is the penultimate layer used for FID and precision/recall."""
+class _Images(Dataset):
+    """uint8 (N, C, H, W) images as torch-fidelity wants them: one CHW tensor per item, 3 channels for Inception."""
 
-    def __init__(self, in_channels: int, width: int, num_classes: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(4 * width, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def _to_input(images_uint8: torch.Tensor, in_channels: int, resolution: int) -> torch.Tensor:
-    x = images_uint8.float() / 127.5 - 1
-    if x.shape[1] != in_channels:
-        x = x.mean(1, keepdim=True).expand(-1, in_channels, -1, -1) if in_channels in (1, 3) else x
-    if x.shape[-1] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-    return x
-
-
-class ClassifierExtractor(FeatureExtractorBase):
-    """torch-fidelity wrapper of a cached DigitClassifier checkpoint (passed as feature_extractor_weights_path)."""
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        if not feature_extractor_weights_path or not Path(feature_extractor_weights_path).is_file():
-            raise UserError(f"classifier checkpoint {feature_extractor_weights_path!r} not found")
-        ckpt = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-        self.in_channels, self.resolution = ckpt["in_channels"], ckpt["resolution"]
-        self.model = DigitClassifier(ckpt["in_channels"], ckpt["width"], ckpt["num_classes"])
-        self.model.load_state_dict(ckpt["state_dict"])
-
-    @staticmethod
-    def get_provided_features_list():
-        return "features", "logits"
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits"}.get(metric, "features")
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
-
-    def forward(self, images_uint8):
-        x = _to_input(images_uint8, self.in_channels, self.resolution).to(next(self.model.parameters()).device)
-        feats = self.model.features(x)
-        out = {"features": feats, "logits": self.model.head(feats)}
-        return tuple(out[name] for name in self.features_list)
-
-
-torch_fidelity.register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierExtractor)
-
-
-def train_classifier(dataset, in_channels: int, resolution: int, num_classes: int, ccfg, folder: Path) -> None:
-    torch.manual_seed(0)
-    model = DigitClassifier(in_channels, ccfg.width, num_classes)
-
-    def loss_fn(batch, step):
-        images, labels = batch
-        return F.cross_entropy(model(_to_input(images, in_channels, resolution)), labels)
-
-    train(model, loss_fn, infinite_batches(dataset, ccfg.batch_size, seed=0), steps=ccfg.steps, lr=ccfg.lr,
-          warmup=min(20, ccfg.steps // 10))
-    torch.save({"state_dict": model.state_dict(), "in_channels": in_channels, "resolution": resolution,
-                "width": ccfg.width, "num_classes": num_classes}, folder / "classifier.pt")
-
-
-class _RGB(Dataset):
-    """Grayscale images as 3 channels, for Inception."""
-
-    def __init__(self, images: Dataset):
-        self.images = images
+    def __init__(self, images, rgb: bool):
+        self.images, self.rgb = images, rgb
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
         x = self.images[i]
-        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+        x = x[0] if isinstance(x, tuple) else x
+        return x.expand(3, -1, -1).contiguous() if self.rgb and x.shape[0] == 1 else x
 
 
-class Evaluator:
-    """Computes torch-fidelity metrics against cached reference statistics with one fixed extractor."""
+def inception_weights(cfg) -> str:
+    path = Path(str(cfg.eval.inception_weights)).expanduser()
+    if not cfg.eval.inception_weights or not path.is_file():
+        raise UserError(f"Inception weights not found at {cfg.eval.inception_weights!r}: download "
+                        "pt_inception-2015-12-05 (torch-fidelity's inception-v3-compat weights) and pass "
+                        "eval.inception_weights=PATH")
+    return str(path)
+
+
+class FidelityEvaluator:
+    """torch-fidelity metrics with one fixed extractor, against cached reference features."""
 
     def __init__(self, cfg, train_images_dataset, device: torch.device):
-        self.cfg, self.cuda = cfg, device.type == "cuda"
-        self.cache_root = Path(cfg.paths.cache) / "fidelity"
-        self.data_sig = data_sig = signature(data_identity(cfg))
+        self.cfg, self.device = cfg, device
+        self.data_sig = signature(data_identity(cfg))
         if cfg.eval.extractor == "inception":
-            path = Path(str(cfg.eval.inception_weights)).expanduser()
-            if not path.is_file():
-                raise UserError(f"Inception weights not found at {str(path)!r}: pass eval.inception_weights=PATH")
-            self.extractor, self.weights, self.extractor_sig = INCEPTION_EXTRACTOR, str(path), "inception"
+            self.name, weights, self.extractor_sig = INCEPTION_EXTRACTOR, inception_weights(cfg), "inception"
         else:
             ccfg = cfg.eval.classifier
-            sig = signature({"data": data_sig, "classifier": dict(ccfg)})
-            folder, _ = get_or_build(cfg.paths.cache, "classifier", sig, lambda f: train_classifier(
+            self.extractor_sig = signature({"data": self.data_sig, "classifier": dict(ccfg)})
+            folder, _ = get_or_build(cfg.paths.cache, "classifier", self.extractor_sig, lambda f: train_classifier(
                 train_images_dataset, cfg.data.in_channels, cfg.data.resolution, cfg.data.num_classes, ccfg, f))
-            self.extractor, self.weights, self.extractor_sig = CLASSIFIER_EXTRACTOR, str(folder / "classifier.pt"), sig
+            self.name, weights = CLASSIFIER_EXTRACTOR, str(folder / "classifier.pt")
+        self.extractor = create_feature_extractor(self.name, sorted(set(_LAYERS[self.name].values())),
+                                                  cuda=device.type == "cuda", feature_extractor_weights_path=weights,
+                                                  verbose=False)
 
     @property
     def tag(self) -> str:
         """What the metrics came from; never compare numbers across different tags."""
-        return f"{self.extractor}:{self.extractor_sig}"
+        return f"{self.name}:{self.extractor_sig}"
 
-    def _wrap(self, images: Dataset) -> Dataset:
-        return _RGB(images) if self.extractor == INCEPTION_EXTRACTOR else images
+    def features(self, images) -> dict[str, torch.Tensor]:
+        """Features of uint8 images ((N, C, H, W) tensor, or a dataset of images or (image, label) items)."""
+        return get_featuresdict_from_dataset(_Images(images, self.name == INCEPTION_EXTRACTOR), self.extractor,
+                                             self.cfg.eval.batch_size, self.device.type == "cuda", True, False)
 
-    def compare(self, images: Dataset, reference: Dataset, reference_name: str, *, isc: bool = False,
-                prc: bool = False) -> dict[str, float]:
-        """FID (and optionally IS, precision/recall) of `images` against `reference` (both uint8 CHW datasets)."""
-        cache_name = f"{self.data_sig}-{reference_name}-{self.extractor_sig}"
+    def reference_features(self, reference: Dataset, name: str) -> dict[str, torch.Tensor]:
+        """Features of a reference split, computed once (cache entry per data set, split and extractor)."""
+        key = f"{self.data_sig}-{name}-{self.extractor_sig}"
+        features, _ = load_or_rebuild(self.cfg.paths.cache, "fidelity", key,
+                                      lambda f: save_atomic(self.features(reference), f / "features.pt"),
+                                      lambda f: load_verified(f / "features.pt"))
+        return features
 
-        def calculate():
-            return torch_fidelity.calculate_metrics(
-                input1=self._wrap(images), input2=self._wrap(reference), fid=True, isc=isc, prc=prc,
-                feature_extractor=self.extractor, feature_extractor_weights_path=self.weights, cuda=self.cuda,
-                batch_size=self.cfg.eval.batch_size, save_cpu_ram=True, verbose=False, cache=True,
-                cache_root=str(self.cache_root), input2_cache_name=cache_name)
-
-        # torch-fidelity writes the reference's cached features/statistics non-atomically: the first job to need an
-        # entry computes it under a file lock (the others wait, then read it); once the `.done` marker exists,
-        # nobody locks.
-        done = self.cache_root / f".{cache_name}-{'f'}{'i' if isc else ''}{'p' if prc else ''}.done"
-        if done.is_file():
-            raw = calculate()
-        else:
-            with file_lock(self.cache_root / f".{cache_name}.lock"):
-                raw = calculate()
-                done.touch()
-        out = {"fid": raw["frechet_inception_distance"]}
+    def compare(self, images_shard, reference: Dataset, reference_name: str, *, isc: bool = False,
+                prc: bool = False) -> dict[str, float] | None:
+        """FID (and optionally IS, precision/recall) of the images of all ranks (this rank holds items rank::world)
+        against `reference`: the scores on rank 0, None on the others."""
+        feats = gather_features(self.features(images_shard), len(images_shard))
+        if feats is None:
+            return None
+        layers = _LAYERS[self.name]
+        ref = self.reference_features(reference, reference_name)
+        stats = [tf_fid.fid_featuresdict_to_statistics(f, layers["fid"]) for f in (feats, ref)]
+        out = {"fid": float(tf_fid.fid_statistics_to_metric(*stats, False)[tf_fid.KEY_METRIC_FID])}
         if isc:
-            out["inception_score"] = raw["inception_score_mean"]
+            out["inception_score"] = float(tf_isc.isc_featuresdict_to_metric(feats, layers["isc"], verbose=False)[
+                tf_isc.KEY_METRIC_ISC_MEAN])
         if prc:
-            out["precision"], out["recall"] = raw["precision"], raw["recall"]
+            scores = tf_prc.prc_featuresdict_to_metric(feats, ref, layers["prc"], verbose=False)
+            out["precision"] = float(scores[tf_prc.KEY_METRIC_PRECISION])
+            out["recall"] = float(scores[tf_prc.KEY_METRIC_RECALL])
         return out
+
+
+class ADMEvaluator:
+    """The paper's protocol: guided-diffusion's evaluator (bar.adm) against the ADM reference batch."""
+
+    def __init__(self, cfg, device: torch.device):
+        if not cfg.eval.reference:
+            raise UserError("eval.protocol=adm needs eval.reference=PATH to the ADM reference batch "
+                            "(VIRTUAL_imagenet256_labeled.npz, or VIRTUAL_imagenet512.npz at 512 px)")
+        self.cfg, self.device = cfg, device
+        self.reference = adm.read_reference(cfg.eval.reference)
+        self.extractor = adm.InceptionADM.from_weights(inception_weights(cfg)).to(device)
+
+    @property
+    def tag(self) -> str:
+        return f"adm:{Path(str(self.reference.path)).name}"
+
+    def features(self, images_NCHW: torch.Tensor) -> adm.Features:
+        batches = (images_NCHW[i:i + self.cfg.eval.batch_size].permute(0, 2, 3, 1)
+                   for i in range(0, len(images_NCHW), self.cfg.eval.batch_size))
+        return adm.compute_features(batches, self.extractor, self.device)
+
+    def reference_features(self) -> adm.Features:
+        key = signature({"reference": str(Path(str(self.reference.path)).resolve()),
+                         "bytes": Path(str(self.reference.path)).stat().st_size})
+
+        def build(folder: Path):
+            f = adm.compute_features(adm.iter_npz_images(self.reference.path, self.cfg.eval.batch_size),
+                                     self.extractor, self.device)
+            np.savez(folder / "features.npz", pool=f.pool, spatial=f.spatial, logits=f.logits)
+
+        folder, _ = get_or_build(self.cfg.paths.cache, "adm-reference", key, build)
+        saved = np.load(folder / "features.npz")
+        return adm.Features(saved["pool"], saved["spatial"], saved["logits"])
+
+    def compare(self, images_shard: torch.Tensor, reference=None, reference_name: str = "", *, isc: bool = True,
+                prc: bool = True) -> dict[str, float] | None:
+        f = self.features(images_shard)
+        parts = gather_features({"pool": torch.from_numpy(f.pool), "spatial": torch.from_numpy(f.spatial),
+                                 "logits": torch.from_numpy(f.logits)}, len(images_shard))
+        if parts is None:
+            return None
+        sample = adm.Features(*(parts[k].numpy() for k in ("pool", "spatial", "logits")))
+        scores = adm.adm_scores(sample, self.reference, self.reference_features(), device=self.device)
+        return {"fid": scores["gfid"], "sfid": scores["sfid"], "inception_score": scores["inception_score"],
+                "precision": scores["precision"], "recall": scores["recall"]}
+
+
+def gather_features(local: dict[str, torch.Tensor], local_count: int) -> dict[str, torch.Tensor] | None:
+    """Every rank's features (rank r holds items r::world) in the original item order, on rank 0; None on others."""
+    if distributed.world_size() == 1:
+        return local
+    counts = distributed.all_gather_objects(local_count)
+    total = sum(counts)
+    out = {k: distributed.gather_shards(v, total) for k, v in local.items()}
+    return out if distributed.is_main() else None
+
+
+def generation_evaluator(cfg, train_set, device: torch.device):
+    """The evaluator of generated samples: `eval.protocol` fidelity (default) or adm."""
+    if cfg.eval.protocol == "adm":
+        return ADMEvaluator(cfg, device)
+    return FidelityEvaluator(cfg, train_set, device)
+
+
+def reconstruction_evaluator(cfg, train_set, device: torch.device) -> FidelityEvaluator:
+    return FidelityEvaluator(cfg, train_set, device)

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from bar import UserError
 from bar.heads import TokenHead
@@ -120,6 +121,7 @@ class GeneratorConfig:
     label_dropout: float = 0.1               # training: label -> null class with this probability
     order_anneal: tuple[int, int] = (125_000, 187_500)   # random-order probability 1 -> 0 between these steps
     rope_theta: float = 10_000.0
+    checkpoint_blocks: bool = False          # activation checkpointing of every block in training (less memory)
 
     @property
     def step_grid(self) -> tuple[int, int]:
@@ -446,7 +448,10 @@ class BARGenerator(nn.Module):
         rope_here = (self.rope_cos[here_BS], self.rope_sin[here_BS])
         rope_target = (self.rope_cos[target_BS], self.rope_sin[target_BS])
         for layer, block in enumerate(self.blocks):
-            x_BSD = block(x_BSD, c_BSD, rope_here, rope_target, cache, layer, pos)
+            if self.cfg.checkpoint_blocks and self.training and cache is None:   # recompute in backward: less memory
+                x_BSD = checkpoint(block, x_BSD, c_BSD, rope_here, rope_target, use_reentrant=False)
+            else:
+                x_BSD = block(x_BSD, c_BSD, rope_here, rope_target, cache, layer, pos)
         return x_BSD
 
     def decode(self, steps_BK: torch.Tensor, labels_B: torch.Tensor, pos: torch.Tensor,
@@ -491,12 +496,14 @@ class BARGenerator(nn.Module):
         return draws
 
     def training_loss(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None,
-                      draws: dict | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, draws: dict | None = None) -> torch.Tensor:
         """Teacher-forced loss over all AR steps: groups tokens, drops labels (train mode), orders the steps randomly
         with probability order_probability(step, *cfg.order_anneal) (raster when step is None), runs the backbone
-        once and the head on every step in parallel. `draws` (from `training_draws`) replaces the random draws."""
+        once and the head on every step in parallel. Label dropout, orders and the head's own randomness (MBM masks,
+        diffusion noise) draw from `generator` (the global RNG when None); `draws` (from `training_draws`) replaces
+        them."""
         if draws is None:
-            draws = self.training_draws(tokens_BLk.shape[0], step, tokens_BLk.device)
+            draws = self.training_draws(tokens_BLk.shape[0], step, tokens_BLk.device, generator)
         return self.loss_from_draws(tokens_BLk, labels_B, draws)
 
     def loss_from_draws(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, draws: dict) -> torch.Tensor:
@@ -510,3 +517,8 @@ class BARGenerator(nn.Module):
         cond = self.conditions(x[:, :-1], labels, orders)                      # (B, L, W)
         head_draws = draws["head"]                                             # heads without draws take none
         return self.head.loss(cond, x, draws=head_draws) if head_draws else self.head.loss(cond, x)
+
+    def forward(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss (what DistributedDataParallel wraps)."""
+        return self.training_loss(tokens_BLk, labels_B, step, generator)

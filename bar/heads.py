@@ -70,6 +70,8 @@ class TokenHead(nn.Module):
     token_kind: str = "bits"
     # the keyword options `sample` / `check_schedule` accept (e.g. ("allocation",) for MBM)
     schedule_options: tuple[str, ...] = ()
+    # whether `loss` draws random numbers (then it takes a `generator=` keyword for them)
+    random_loss: bool = False
 
     def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -189,6 +191,7 @@ class MBMHead(TokenHead):
     """Masked bit modeling over the k bits of one AR step; an MLP over the whole bit vector (no attention)."""
 
     schedule_options = ("allocation",)
+    random_loss = True
 
     def __init__(self, token_dim: int, cfg: MBMConfig | None = None):
         super().__init__()
@@ -600,6 +603,7 @@ class DiffusionHead(TokenHead):
     token_dim_name = "channels"
     schedule_options = ("steps", "sampler")
     fused_sample = False          # 100 denoising steps: the fast path compiles one step (`denoise_step`), not the loop
+    random_loss = True
 
     def __init__(self, token_dim: int, cfg: DiffusionConfig | None = None):
         super().__init__()

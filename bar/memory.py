@@ -5,6 +5,9 @@
     train_memory_breakdown(...)  -> {"params", "grads", "optimizer", "backbone_activations", "head_activations"}
     measure_peak_train_memory(fn, device="cpu") -> int bytes
     measure_train_step(model, tokens_BLk, labels_B, lr=1e-4) -> int bytes
+    per_gpu_breakdown(model, micro_batch, *, checkpointing, bytes_per_act=2) -> {part: bytes}
+    plan_memory(model, global_batch, world_size, gpu_gb, bytes_per_act=2, ...) -> MemoryPlan
+        (micro_batch, accum_steps, checkpointing, est_gb_per_gpu, feasible, reason)
 
 The estimate is what one steady-state AdamW training step holds at its peak: parameters, their gradients, the AdamW
 moments (two fp32 tensors per parameter) and the activations saved for backward of one batch. Activations are
@@ -26,11 +29,14 @@ parameters and AdamW state to the measured peak of a second (steady-state) train
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
 import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
 
+from bar import UserError
 from bar.heads import TokenHead
 from bar.layers import swiglu_hidden
 
@@ -83,6 +89,108 @@ def estimate_train_memory(model: nn.Module, batch_size: int, *, steps: int | Non
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Per-rank planning: micro-batch, gradient accumulation, activation checkpointing
+# ---------------------------------------------------------------------------------------------------------------------
+
+def checkpointed_backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: int = 2,
+                                           residual_bytes: int = 4) -> int:
+    """Backbone activations with activation checkpointing of every block: the input of each block is saved (the
+    residual stream, fp32 here even under bf16 autocast: `residual_bytes`), plus one block's activations while it is
+    recomputed in backward, plus the per-position AdaLN condition, embeddings, final norm and condition (as in
+    `backbone_activation_bytes`)."""
+    D, S = cfg.dim, cfg.prefix + cfg.steps - 1        # positions fed in training
+    rest = batch_size * S * (8 * D + cfg.cond_width) * bytes_per_act
+    one_block = (backbone_activation_bytes(cfg, batch_size, bytes_per_act) - rest) // cfg.depth
+    saved_inputs = cfg.depth * batch_size * S * D * residual_bytes
+    return saved_inputs + one_block + rest
+
+
+def per_gpu_breakdown(model: nn.Module, micro_batch: int, *, checkpointing: bool = False,
+                      bytes_per_act: int = 2) -> dict[str, int]:
+    """Bytes one data-parallel rank holds at the peak of a training step of `micro_batch` samples (a BARGenerator,
+    possibly on the meta device): fp32 parameters, fp32 gradients, AdamW's two fp32 moments, under mixed precision
+    (bytes_per_act < 4) autocast's cached low-precision copy of the weights, and the activations of one micro-batch
+    (backbone: all blocks' saved tensors, or with `checkpointing` only block inputs + one block; head: as
+    `TokenHead.activation_bytes`, not checkpointed). Gradient accumulation adds nothing: gradients are summed in
+    place."""
+    parts = train_memory_breakdown(model, micro_batch, bytes_per_param=4, bytes_per_act=bytes_per_act)
+    parts["autocast_weights"] = _param_count(model) * bytes_per_act if bytes_per_act < 4 else 0
+    if checkpointing:
+        parts["backbone_activations"] = checkpointed_backbone_activation_bytes(model.cfg, micro_batch, bytes_per_act)
+    return parts
+
+
+@dataclass
+class MemoryPlan:
+    micro_batch: int              # samples per GPU per forward/backward
+    accum_steps: int              # micro-batches per optimizer step: global = micro * accum * world
+    checkpointing: bool           # activation checkpointing of the backbone blocks
+    est_gb_per_gpu: float         # GiB at the peak of a step, for the chosen (or, infeasible: the smallest) setting
+    feasible: bool
+    reason: str                   # one line
+    world_size: int = 1
+    global_batch: int = 0
+    usable_gb: float = 0.0        # the budget after headroom
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return sorted((d for d in range(1, n + 1) if n % d == 0), reverse=True)
+
+
+def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: float, bytes_per_act: int = 2, *,
+                headroom: float = 0.05, reserve_gb: float = 1.0, min_micro_batch: int = 1,
+                micro_batch: int | None = None, checkpointing: bool | None = None) -> MemoryPlan:
+    """Largest micro-batch per GPU that fits `gpu_gb` GiB per GPU (less `headroom` of it for fragmentation and
+    `reserve_gb` for the CUDA context, kernels' workspaces and communication buffers), with the gradient
+    accumulation that keeps the global batch, and whether activation checkpointing is needed.
+
+    The micro-batch is a divisor of the per-rank batch (global / world; so a power of two when that is one), or
+    `micro_batch` when given. Without checkpointing if some micro-batch >= min_micro_batch fits (checkpointing
+    recomputes the forward pass, ~1/3 more compute); else the largest micro-batch that fits with checkpointing;
+    `checkpointing` True / False forces it on / off. Infeasible only when no allowed setting fits; the plan then
+    reports the memory of the smallest one."""
+    if global_batch % world_size:
+        raise UserError(f"global batch {global_batch} is not divisible by {world_size} GPUs: choose a global batch "
+                        f"that is a multiple of the GPU count")
+    per_rank = global_batch // world_size
+    if micro_batch is not None and (micro_batch < 1 or per_rank % micro_batch):
+        raise UserError(f"generator.train.micro_batch_size={micro_batch} does not divide the per-GPU batch "
+                        f"{per_rank} (global {global_batch} / {world_size} GPUs)")
+    usable = gpu_gb * (1 - headroom) - reserve_gb
+    cap = usable * 2 ** 30
+    micros = [micro_batch] if micro_batch else [m for m in _divisors_desc(per_rank) if m >= min(min_micro_batch,
+                                                                                                per_rank)]
+    modes = [False, True] if checkpointing is None else [checkpointing]
+
+    def est(micro: int, ckpt: bool) -> int:
+        return sum(per_gpu_breakdown(model, micro, checkpointing=ckpt, bytes_per_act=bytes_per_act).values())
+
+    for ckpt in modes:
+        for micro in micros:
+            nbytes = est(micro, ckpt)
+            if nbytes <= cap:
+                accum = per_rank // micro
+                how = "with activation checkpointing" if ckpt else "no activation checkpointing"
+                return MemoryPlan(micro, accum, ckpt, gib(nbytes), True,
+                                  f"micro-batch {micro} x {accum} accumulation step(s) x {world_size} device(s) = "
+                                  f"{global_batch}; {gib(nbytes):.3g} of {usable:.3g} GiB usable, {how}",
+                                  world_size, global_batch, usable)
+    smallest, ckpt = micros[-1], modes[-1]
+    parts = per_gpu_breakdown(model, smallest, checkpointing=ckpt, bytes_per_act=bytes_per_act)
+    static = parts["params"] + parts["grads"] + parts["optimizer"] + parts["autocast_weights"]
+    nbytes = sum(parts.values())
+    how = "with" if ckpt else "without"
+    return MemoryPlan(smallest, per_rank // smallest, ckpt, gib(nbytes), False,
+                      f"does not fit: micro-batch {smallest} {how} activation checkpointing needs {gib(nbytes):.3g} "
+                      f"GiB per device ({gib(static):.3g} GiB parameters, gradients and AdamW state; "
+                      f"{gib(parts['head_activations']):.3g} GiB head activations), {usable:.3g} GiB usable",
+                      world_size, global_batch, usable)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Measurement
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -96,8 +204,6 @@ def measure_peak_train_memory(fn: Callable[[], object], device: str | torch.devi
         fn()
         torch.cuda.synchronize(device)
         return max(0, torch.cuda.max_memory_allocated(device) - base)
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     changes = _allocation_events(prof)

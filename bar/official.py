@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from bar import UserError
+from bar.generator import rope_tables
 
 # (release pattern, our replacement); applied to the first match only
 _RULES: list[tuple[str, str]] = [
@@ -77,6 +78,9 @@ def convert_official_state_dict(state_dict: dict, model) -> dict:
     """Release state dict -> ours (shapes adapted, RoPE tables checked). Raises UserError listing every problem."""
     cfg = model.cfg
     n_rows = cfg.prefix + cfg.steps
+    # the RoPE tables to check the release's against (recomputed when the model lives on the meta device)
+    tables = (model.rope_cos, model.rope_sin) if not model.rope_cos.is_meta else \
+        rope_tables(cfg.step_grid, cfg.dim // cfg.heads, cfg.prefix, cfg.rope_theta)
     ours = model.state_dict()
     out, unknown, problems = {}, [], []
     for key, value in state_dict.items():
@@ -86,7 +90,7 @@ def convert_official_state_dict(state_dict: dict, model) -> dict:
             unknown.append(key)
             continue
         if new is None:   # RoPE table of one block: must equal ours
-            table = model.rope_cos if key.endswith("cos") else model.rope_sin
+            table = tables[0] if key.endswith("cos") else tables[1]
             if value.shape != table.shape or not torch.allclose(value.float().cpu(), table.float().cpu(), atol=1e-5):
                 problems.append(f"{key}: RoPE table {tuple(value.shape)} differs from this model's "
                                 f"{tuple(table.shape)} (grid or head dim mismatch)")
@@ -116,6 +120,66 @@ def convert_official_state_dict(state_dict: dict, model) -> dict:
         problems.append(f"{len(missing)} model key(s) left unfilled: {missing[:8]}")
     if problems:
         raise UserError("official checkpoint does not fit this model: " + "; ".join(problems))
+    return out
+
+
+# (our pattern, release replacement), first match wins. The backbone and MBM-head rows are the inverse of
+# bar.official._RULES (tests/test_optim.py round-trips every BAR-B parameter through bar.official.map_official_key).
+_TO_RELEASE: list[tuple[str, str]] = [
+    (r"^target_pos_embed$", "target_aware_pos_embed"),
+    (r"^ada_pos_embed$", "timesteps_embeddings"),
+    (r"^class_embed\.weight$", "embeddings.weight"),
+    (r"^token_embed\.embed\.weight$", "input_embeddings.weight"),
+    (r"^token_embed\.proj\.(weight|bias)$", r"input_merge.\1"),
+    (r"^cond_proj\.(weight|bias)$", r"latent_condition_proj.\1"),
+    (r"^blocks\.(\d+)\.ada\.(weight|bias)$", r"blocks.\1.adaLN_modulation.1.\2"),
+    # MBM head (and, by role, the other heads)
+    (r"^head\.bit_embed\.weight$", "lm_head.input_embed.weight"),
+    (r"^head\.(bit_proj|in_proj)\.(weight|bias)$", r"lm_head.input_proj.\2"),
+    (r"^head\.in_norm\.weight$", "lm_head.ln_pre.weight"),
+    (r"^head\.blocks\.(\d+)\.norm\.(weight|bias)$", r"lm_head.transformer.\1.in_ln.\2"),
+    (r"^head\.blocks\.(\d+)\.ada\.(weight|bias)$", r"lm_head.transformer.\1.adaLN_modulation.1.\2"),
+    (r"^head\.blocks\.(\d+)\.mlp\.(.+)$", r"lm_head.transformer.\1.mlp.\2"),
+    (r"^head\.out\.(weight|bias)$", r"lm_head.output_embed.\1"),
+    (r"^head\.t_embed\.mlp\.(\d+)\.(weight|bias)$", r"lm_head.t_embedder.mlp.\1.\2"),
+    (r"^head\.t_mlp\.(\d+)\.(weight|bias)$", r"lm_head.t_embedder.mlp.\1.\2"),
+    (r"^head\.final\.norm\.weight$", "lm_head.adaln_before_head.norm_final.weight"),
+    (r"^head\.(final\.ada|final_ada)\.(weight|bias)$", r"lm_head.adaln_before_head.adaLN_modulation.1.\2"),
+    (r"^head\.(.+)$", r"lm_head.\1"),
+]
+_ADA = re.compile(r"(^|\.)(ada|final_ada)\.")        # any other AdaLN modulation Linear of ours
+
+
+def release_name(name: str) -> str:
+    """The release's name for our parameter `name` (unchanged where the names agree or the release has none)."""
+    for pattern, repl in _TO_RELEASE:
+        if re.match(pattern, name):
+            name = re.sub(pattern, repl, name)
+            break
+    return _ADA.sub(r"\1adaLN_modulation.1.", name)
+
+
+def to_release_state_dict(model) -> dict:
+    """This project's generator as a state dict in the release's layout (key names; position tables padded to the
+    release's L + 128 / L + 100 rows, the class table with its 3 unused leading rows, every block's RoPE tables): what
+    `convert_official_state_dict` reads back exactly. For exporting, and for testing the release's path."""
+    cfg, out = model.cfg, {}
+    L, D = cfg.steps, cfg.dim
+    for name, value in model.state_dict().items():
+        key = release_name(name)
+        if name in ("pos_embed", "target_pos_embed", "ada_pos_embed"):
+            rows = (L + 100) if name == "ada_pos_embed" else (L + 128)
+            value = torch.cat([value, value.new_zeros(rows - value.shape[0], D)])[None]
+        elif name == "cls_token":
+            value = value.reshape(1, 1, D)
+        elif name == "class_embed.weight":
+            value = torch.cat([value.new_zeros(_CODE_ROWS, D), value])
+        elif name == "head.t_embed.freqs":
+            key = "lm_head.t_embedder.W"
+        out[key] = value.clone()
+    for i in range(cfg.depth):
+        out[f"blocks.{i}.attn.rope.freqs_cos"] = model.rope_cos.clone()
+        out[f"blocks.{i}.attn.rope.freqs_sin"] = model.rope_sin.clone()
     return out
 
 

@@ -29,14 +29,25 @@ def validate_tokenizer_config(tok) -> None:
             raise UserError(f"tokenizer.channels={tok.channels} must be a positive integer")
     else:
         raise UserError(f"unknown tokenizer.kind {tok.kind!r}: use fsq (discrete) or ae (continuous)")
-    if tok.arch not in ("conv", "vit"):
-        raise UserError(f"unknown tokenizer.arch {tok.arch!r}: use conv or vit")
+    needs = {"conv": ("width", "num_down"), "vit": ("vit",), "release": ()}
+    if tok.arch not in needs:
+        raise UserError(f"unknown tokenizer.arch {tok.arch!r}: use conv, vit or release")
+    missing = [key for key in needs[tok.arch] if tok.get(key) is None]
+    if missing:
+        raise UserError(f"tokenizer.arch={tok.arch} needs tokenizer.{missing[0]} (compose tokenizer=fsq or ae, which "
+                        "set it)")
+    if tok.arch == "release" and tok.size not in ("full", "tiny"):
+        raise UserError(f"tokenizer.size={tok.size!r}: the release's architecture comes in full or tiny")
+
+
+def stride(tok) -> int:
+    """Pixels per token side: 2^num_down for the conv family, the patch size otherwise."""
+    return 2 ** tok.num_down if tok.arch == "conv" else tok.patch
 
 
 def latent_shape(tok, resolution: int) -> tuple[str, int, int]:
     """(kind, grid side, values per token) of a tokenizer config, without building it."""
-    grid = resolution // (2 ** tok.num_down if tok.arch == "conv" else tok.patch)
-    return tok.kind, grid, tok.bits if tok.kind == "fsq" else tok.channels
+    return tok.kind, resolution // stride(tok), tok.bits if tok.kind == "fsq" else tok.channels
 
 
 # ----------------------------------------------------------------------------------------------------- quantizers
@@ -225,4 +236,5 @@ def images_to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def float_to_images(x: torch.Tensor) -> torch.Tensor:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    """[-1, 1] floats -> uint8 images as the release writes its samples: clamp((x + 1) / 2) * 255, truncated."""
+    return (((x.float() + 1) / 2).clamp(0, 1) * 255).to(torch.uint8)

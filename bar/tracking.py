@@ -4,15 +4,23 @@ Stage code never touches MLflow: it hands metrics and files to a `PointRun`."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
+from contextlib import closing
 from pathlib import Path
 
-from bar import PROJECT_ROOT
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from bar import PROJECT_ROOT, UserError
+from bar.cache import file_lock
+from bar.paths import sqlite_path
 
 PARAM_BATCH = 100  # MLflow's per-request limit
 
@@ -23,11 +31,6 @@ def git_sha() -> str:
                               text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def default_uri() -> str:
-    outputs = Path(os.environ.get("BAR_OUTPUTS", PROJECT_ROOT / "outputs")).resolve()
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{outputs}/mlflow.db"
 
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs",
@@ -70,17 +73,64 @@ def warn_if_network_sqlite(uri: str) -> bool:
     return False
 
 
-def client_for(uri: str):
-    """An MlflowClient for `uri`; an sqlite store's folder is created first."""
-    from mlflow.tracking import MlflowClient
+_ready: set[str] = set()   # stores this process has checked or created
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+def check_store(uri: str) -> None:
+    """A one-line UserError naming the URI and the cause when the store cannot be used, found in seconds and before
+    anything is trained or logged (MLflow itself retries for minutes). Creates nothing."""
+    if uri in _ready:
+        return
+    database = sqlite_path(uri)
+    if database is not None:
+        _check_sqlite(uri, database)
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
+                reply.read()
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(f"MLflow server {uri} does not answer ({reason}): start it (make mlflow-server) or use "
+                            "tracking=local") from None
+
+
+def _check_sqlite(uri: str, database: Path) -> None:
+    probe = database.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"MLflow store {uri}: cannot create it, {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"MLflow store {uri}: {probe} is not writable (set MLFLOW_TRACKING_URI or BAR_OUTPUTS)")
+    if database.exists():
+        if not database.is_file():
+            raise UserError(f"MLflow store {uri}: {database} is not a file")
+        try:
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+                conn.execute("select name from sqlite_master limit 1").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"MLflow store {uri}: {database} is not an sqlite database ({err}): move it away or "
+                            "point MLFLOW_TRACKING_URI elsewhere") from None
+
+
+def client_for(uri: str):
+    """An MlflowClient for `uri`, the store checked first. An sqlite store is created (folder, tables) under a file
+    lock the first time this process uses it: launches that start together on a fresh store would otherwise race
+    in MLflow's schema migration."""
+    database = sqlite_path(uri)
+    if database is not None and uri not in _ready:
+        check_store(uri)
+        database.parent.mkdir(parents=True, exist_ok=True)
         warn_if_network_sqlite(uri)
+        with file_lock(database.with_name(database.name + ".lock")):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _ready.add(uri)
     return MlflowClient(tracking_uri=uri)
 
 
 DONE_STATUSES = ("finished", "infeasible")
+# a point whose run ended without finishing and whose process is gone: the next attempt continues that run
+RESUMABLE_STATUSES = ("running", "interrupted")
 
 
 def done_points(uri: str, experiment: str, signature: str | None = None) -> dict[str, dict]:
@@ -126,8 +176,8 @@ def experiment_id(client, name: str, uri: str) -> str:
     if found is not None:
         return found.experiment_id
     location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name).as_uri()
+    if sqlite_path(uri) is not None:
+        location = (sqlite_path(uri).parent / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it first
@@ -138,15 +188,46 @@ def start_parent_run(uri: str, experiment: str, profile: str, num_points: int) -
     client = client_for(uri)
     run = client.create_run(experiment_id(client, experiment, uri), run_name=time.strftime("launch-%Y%m%d-%H%M%S"),
                             tags={"role": "parent", "sweep": experiment, "profile": profile, "git_sha": git_sha(),
-                                  "num_points": str(num_points)})
+                                  "num_points": str(num_points), "driver": f"{socket.gethostname()}:{os.getpid()}"})
     return run.info.run_id
 
 
-def end_parent_run(uri: str, run_id: str, counts: dict[str, int]) -> None:
+def end_parent_run(uri: str, run_id: str, counts: dict[str, int], interrupted: bool = False) -> None:
     client = client_for(uri)
-    for status, n in counts.items():
-        client.log_metric(run_id, f"points_{status}", n)
-    client.set_terminated(run_id, "FAILED" if counts.get("failed") else "FINISHED")
+    client.log_batch(run_id, metrics=[Metric(f"points_{status}", n, int(time.time() * 1000), 0)
+                                      for status, n in counts.items()])
+    if interrupted:
+        client.set_tag(run_id, "interrupted", "Ctrl-C or a stop signal ended the launch")
+    client.set_terminated(run_id, "KILLED" if interrupted else "FAILED" if counts.get("failed") else "FINISHED")
+
+
+def close_stale_parents(uri: str, experiment: str, alive) -> list[str]:
+    """Parent runs of `experiment` left RUNNING by a launch whose driver is gone (`alive(run_id)` is False): ended
+    KILLED with a tag saying so. Returns their ids."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    stale = [r.info.run_id for r in client.search_runs([exp.experiment_id],
+                                                       "tags.role = 'parent' and attributes.status = 'RUNNING'")
+             if not alive(r.info.run_id)]
+    for run_id in stale:
+        client.set_tag(run_id, "interrupted", "its driver stopped without closing it (found by a later launch)")
+        client.set_terminated(run_id, "KILLED")
+    return stale
+
+
+def record_dead_point(uri: str, run_id: str, reason: str) -> bool:
+    """A point's run whose process died (killed, out of memory, crashed) without ending it: FAILED, with the reason.
+    False when the run had already ended."""
+    state = run_state(uri, run_id)
+    if state is None or state[0] != "RUNNING":
+        return False
+    client = client_for(uri)
+    client.set_tag(run_id, "status", "failed")
+    client.set_tag(run_id, "error", reason[:500])
+    client.set_terminated(run_id, "FAILED")
+    return True
 
 
 def _one_line(error: BaseException) -> str:
@@ -186,19 +267,16 @@ class PointRun:
             self.run_id = self.client.create_run(experiment_id(self.client, experiment, uri), run_name=name,
                                                  tags=all_tags).info.run_id
         self.status = "finished"
+        self._kept_running = 0
 
     # -- logging
     def log_params(self, params: dict[str, object]) -> None:
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + PARAM_BATCH])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         """Metrics at `step`; in a resumed run, step-0 metrics it already has are not logged twice."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
                  and not (self.resumed and step == 0 and k in self._logged_keys)]
@@ -215,8 +293,6 @@ class PointRun:
         self._write_history(name, history)
 
     def _write_history(self, name: str, history: list[tuple[int, float]]) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(name, float(v), now, int(s)) for s, v in history if math.isfinite(float(v))]
         for i in range(0, len(items), 1000):
@@ -235,8 +311,6 @@ class PointRun:
             self._logged_steps[name] = max(int(s) for s, _ in new)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
-
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(self.run_id, tags=items[i:i + PARAM_BATCH])
@@ -252,20 +326,25 @@ class PointRun:
     def __enter__(self) -> "PointRun":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        from bar.checkpoint import stop_requested
+    def keep_running(self, signum: int) -> None:
+        """Leave the run RUNNING when the context exits: the job was stopped by signal `signum` to be requeued
+        (SLURM timeout, preemption) and the next attempt resumes this run."""
+        self._kept_running = signum
 
-        if exc is not None and isinstance(exc, (SystemExit, KeyboardInterrupt)) and stop_requested():
-            # stopped by SLURM (timeout, preemption, requeue): the run stays RUNNING and the next attempt resumes it
-            self.client.set_tag(self.run_id, "stopped_by_signal", str(stop_requested()))
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._kept_running:
+            self.client.set_tag(self.run_id, "stopped_by_signal", str(self._kept_running))
             return False
         if exc is None:
             self.client.set_tag(self.run_id, "status", self.status)
             self.client.set_terminated(self.run_id, "FINISHED")
+        elif isinstance(exc, KeyboardInterrupt):   # Ctrl-C: the next launch continues this run
+            self.client.set_tag(self.run_id, "status", "interrupted")
+            self.client.set_terminated(self.run_id, "KILLED")
         else:
             self.client.set_tag(self.run_id, "status", "failed")
             self.client.set_tag(self.run_id, "error", _one_line(exc))
-            self.client.set_terminated(self.run_id, "FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+            self.client.set_terminated(self.run_id, "FAILED")
         return False
 
 
@@ -287,84 +366,3 @@ class NullRun:
 
     def mark(self, status: str) -> None:
         self.status = status
-
-
-def default_server_backend() -> Path:
-    """The server's sqlite file: on local disk (not the shared outputs folder), one per user."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "bar" / "mlflow-server.db"
-
-
-def serve_command(host: str, port: str | int, backend: str | Path, artifacts: str | Path,
-                  workers: int = 2) -> list[str]:
-    backend, artifacts = Path(backend).resolve(), Path(artifacts).resolve()
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{backend}",
-            "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--host", str(host),
-            "--port", str(port), "--workers", str(workers)]
-
-
-def _supervise(cmd: list[str]) -> int:
-    """Run the server in its own process group and take the whole group down when this process is stopped
-    (SIGTERM, SIGINT): mlflow server starts uvicorn workers and job runners that outlive a plain kill."""
-    import signal
-
-    proc = subprocess.Popen(cmd, start_new_session=True)
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if True:   # children may outlive the server process itself
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(wait)
-                    time.sleep(0.5)
-                except subprocess.TimeoutExpired:
-                    continue
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bar.tracking ui` opens the MLflow UI on the default store; `serve` starts the tracking server that
-    `tracking=server` points jobs at."""
-    parser = argparse.ArgumentParser(prog="python -m bar.tracking")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ui = sub.add_parser("ui", help="mlflow ui on the default store (or MLFLOW_TRACKING_URI)")
-    ui.add_argument("--port", default="5000")
-    ui.add_argument("--host", default="127.0.0.1")
-    serve = sub.add_parser("serve", help="mlflow server for many jobs: sqlite on local disk, artifacts on shared "
-                                         "storage; use tracking=server tracking.host=... in the jobs")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 for a cluster)")
-    serve.add_argument("--port", default="5000")
-    serve.add_argument("--backend", default=str(default_server_backend()), help="sqlite file, on local disk")
-    outputs = Path(os.environ.get("BAR_OUTPUTS", PROJECT_ROOT / "outputs")).resolve()
-    serve.add_argument("--artifacts", default=str(outputs / "mlartifacts"), help="artifact folder (shared storage)")
-    serve.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        backend = Path(args.backend).expanduser()
-        backend.parent.mkdir(parents=True, exist_ok=True)
-        Path(args.artifacts).expanduser().mkdir(parents=True, exist_ok=True)
-        warn_if_network_sqlite(f"sqlite:///{backend.resolve()}")
-        print(f"MLflow server at http://{args.host}:{args.port} (store sqlite:///{backend.resolve()}, artifacts "
-              f"{Path(args.artifacts).resolve()}); jobs: tracking=server tracking.host={args.host} "
-              f"tracking.port={args.port}", file=sys.stderr)
-        cmd = serve_command(args.host, args.port, backend, Path(args.artifacts).expanduser(), args.workers)
-        return _supervise(cmd)
-    uri = default_uri()
-    client_for(uri)
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", file=sys.stderr)
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                            "--host", args.host, "--port", str(args.port)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,38 +1,45 @@
-"""One training loop for every stage: AdamW, warmup + cosine LR, grad clipping, loss history, throughput; and, when
-asked, data-parallel over ranks (bar.distributed), periodic atomic checkpoints and exact resume (bar.checkpoint).
+"""One training loop for every stage (tokenizer, evaluation classifier, generator): AdamW, warmup + cosine LR, grad
+clipping, loss history, throughput, optional autocast, and data parallelism over torch.distributed ranks.
 
-Resume is exact: model, optimizer, step (hence LR), the data stream's position, every rank's RNG state, the loss
-history and the running loss average are in the checkpoint, so an interrupted and resumed run ends with the same
-weights as an uninterrupted one."""
+Its state is one object, `TrainState` (model, optimizer, step, data position, RNG, loss history, timing), with
+`state_dict` / `load_state_dict`; checkpointing and stop signals are hooks on the loop (`Checkpointing`), not
+parameters threaded through it. Resume is exact: an interrupted and resumed run ends with the same weights as an
+uninterrupted one.
+
+    train(model, loss_fn, batches, Recipe(...), distributed=False, hooks=[Checkpointing(...)]) -> TrainResult
+
+Data parallelism is torch's DistributedDataParallel; gradient accumulation splits each rank's batch into
+`accum_steps` micro-batches (DDP's `no_sync` until the last). Randomness inside the loss comes from a stream per
+micro-batch (`micro_generator`) keyed by its position in the global batch, so the weights do not depend on how the
+global batch is split over ranks and accumulation steps."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
+
+from bar import distributed as dist
+from bar.checkpoint import CheckpointDir
+from bar.progress import Progress
+from bar.signals import act_on_stop, stop_requested, training_section
 
 log = logging.getLogger("bar")
 
-# wall-clock time of the first optimizer step taken in this process (launch-overhead measurement)
-FIRST_STEP_AT: float | None = None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr: float = 0.0) -> float:
-    """Linear warmup to base_lr, then cosine decay to min_lr at `total`."""
+    """The release's schedule (utils/lr_schedulers.py): linear warmup from 0 (the first step's LR is 0) to base_lr,
+    then cosine decay to min_lr at `total`."""
     if step < warmup:
-        return base_lr * (step + 1) / warmup
+        return base_lr * step / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
@@ -94,12 +101,34 @@ def infinite_batches(dataset: Dataset | tuple[torch.Tensor, torch.Tensor], batch
 
 
 @dataclass
+class Recipe:
+    """How to optimise: AdamW with linear warmup and cosine decay to min_lr at `steps`."""
+    steps: int
+    lr: float
+    min_lr: float = 0.0
+    warmup: int = 0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None
+    log_every: int = 10                              # loss history: one mean every `log_every` steps
+    autocast_dtype: torch.dtype | None = None        # e.g. bf16 on GPUs; CPU runs stay fp32
+    device_type: str = "cpu"
+    accum_steps: int = 1                             # micro-batches per optimizer step (each rank's batch is split)
+    decays: Callable[[str, torch.nn.Parameter], bool] | None = None   # weight decay on which parameters (None: all)
+    seed: int = 0                                    # seeds the per-micro-batch random streams (`micro_generator`)
+    compile: bool = False                            # torch.compile the (DDP-wrapped) module for the forward pass
+    schedule_steps: int | None = None                # the cosine's horizon when it is not `steps`
+    param_groups: Callable[[torch.nn.Module], list[dict]] | None = None   # own groups (each may carry `lr_mult`)
+
+
+@dataclass
 class TrainResult:
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
     seconds: float = 0.0
     samples: int = 0          # over all ranks
     start_step: int = 0       # > 0 when resumed from a checkpoint
     world_size: int = 1
+    first_step_at: float | None = None   # wall-clock time of this process's first optimizer step
 
     @property
     def samples_per_s(self) -> float:
@@ -119,101 +148,196 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def train(model: torch.nn.Module, loss_fn: Callable[[object, int], torch.Tensor], batches: Iterator, *, steps: int,
-          lr: float, min_lr: float = 0.0, warmup: int = 0, weight_decay: float = 0.0, betas=(0.9, 0.999),
-          grad_clip: float | None = None, log_every: int = 10, autocast_dtype: torch.dtype | None = None,
-          device_type: str = "cpu", checkpoint_dir: str | Path | None = None, checkpoint_every: int = 0,
-          keep_checkpoints: int = 2, distributed: bool = False,
-          on_checkpoint: Callable[[TrainResult], None] | None = None) -> TrainResult:
-    """Optimise `loss_fn(batch, step)` for `steps` steps; returns the loss history (every `log_every` steps).
-    `autocast_dtype` (e.g. bf16 on GPUs) runs the forward pass under autocast; CPU runs stay fp32.
+class TrainState:
+    """Everything a resumed run needs, in one place: model, optimizer, step, data position, RNG, loss history."""
 
-    checkpoint_dir: resume from its newest valid checkpoint, write one every `checkpoint_every` steps (0: only when
-        stopped by a signal) and one at the end; `on_checkpoint(result)` runs on rank 0 after each (e.g. to flush the
-        loss history to MLflow).
-    distributed: average gradients and the logged loss over the ranks of torch.distributed (each rank's `batches`
-        yields its own shard); rank 0 writes the checkpoints, with every rank's RNG state."""
-    from bar import distributed as dist_
-    from bar.checkpoint import CheckpointDir, act_on_stop, stop_requested, training_section
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterator, world: int = 1):
+        self.model, self.optimizer, self.batches, self.world = model, optimizer, batches, world
+        self.step = 0                      # optimizer steps done
+        self.running, self.count = 0.0, 0  # loss sum / count since the last history entry
+        self.result = TrainResult(world_size=world)
 
-    global FIRST_STEP_AT
-    world = dist_.world_size() if distributed else 1
-    rank = dist_.rank() if distributed else 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    result = TrainResult(world_size=world)
-    running, count, start_step = 0.0, 0, 0
-    ckpts = CheckpointDir(checkpoint_dir, keep_checkpoints) if checkpoint_dir else None
-    if world > 1:
-        dist_.broadcast_parameters(model)
-    if ckpts is not None:
-        state = ckpts.load_latest() if rank == 0 else None
-        state = dist_.broadcast_object(state) if world > 1 else state
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_step, running, count = state["step"], state["running"], state["count"]
-            result.history, result.seconds, result.samples = list(state["history"]), state["seconds"], state["samples"]
-            result.start_step = start_step
-            if hasattr(batches, "load_state_dict") and state.get("batches") is not None:
-                batches.load_state_dict(state["batches"])
-            else:  # a plain iterator: replay it to the same position
-                for _ in range(start_step):
-                    next(batches)
-            rngs = state["rng"]
-            if len(rngs) == world:
-                _set_rng_state(rngs[rank])
-            else:
-                log.warning("checkpoint has %d RNG states for %d ranks: random streams restart", len(rngs), world)
-            log.info("resumed from %s at step %d of %d", ckpts.folder, start_step, steps)
+    def state_dict(self) -> dict:
+        """Every rank must call this (the RNG states of all ranks are gathered); rank 0's copy is the checkpoint."""
+        rngs = dist.all_gather_objects(_rng_state())
+        r = self.result
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "running": self.running, "count": self.count, "history": list(r.history), "seconds": r.seconds,
+                "samples": r.samples, "rng": rngs, "world_size": self.world,
+                "batches": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None}
 
-    def save(step: int) -> None:
-        rngs = dist_.all_gather_objects(_rng_state()) if world > 1 else [_rng_state()]
-        if rank == 0:
-            ckpts.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                        "running": running, "count": count, "history": list(result.history),
-                        "seconds": result.seconds, "samples": result.samples, "rng": rngs, "world_size": world,
-                        "batches": batches.state_dict() if hasattr(batches, "state_dict") else None}, step)
-            if on_checkpoint is not None:
-                on_checkpoint(result)
-        if world > 1:
-            dist_.barrier()
+    def load_state_dict(self, state: dict, rank: int = 0) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.running, self.count = state["step"], state["running"], state["count"]
+        r = self.result
+        r.history, r.seconds, r.samples, r.start_step = list(state["history"]), state["seconds"], state["samples"], \
+            state["step"]
+        if hasattr(self.batches, "load_state_dict") and state.get("batches") is not None:
+            self.batches.load_state_dict(state["batches"])
+        else:  # a plain iterator: replay it to the same position
+            for _ in range(self.step):
+                next(self.batches)
+        if len(state["rng"]) == self.world:
+            _set_rng_state(state["rng"][rank])
+        else:
+            log.warning("checkpoint has %d RNG states for %d ranks: random streams restart", len(state["rng"]),
+                        self.world)
 
+
+class TrainHook:
+    """Called by the loop: before the first step (e.g. resume), after every step, after the last one."""
+
+    def on_start(self, state: TrainState) -> None: ...
+    def after_step(self, state: TrainState) -> None: ...
+    def on_end(self, state: TrainState) -> None: ...
+
+
+class Checkpointing(TrainHook):
+    """Resume from the newest valid checkpoint in `folder`; write one every `every` steps (0: never periodically),
+    on a stop request (then act on it: exit or requeue) and after the last step. `on_checkpoint(result)` runs on
+    rank 0 after each write (e.g. to flush the loss history to MLflow)."""
+
+    def __init__(self, folder: str | Path, every: int = 0, keep: int = 2,
+                 on_checkpoint: Callable[[TrainResult], None] | None = None):
+        self.dir = CheckpointDir(folder, keep)
+        self.every, self.on_checkpoint = every, on_checkpoint
+
+    def on_start(self, state: TrainState) -> None:
+        saved = dist.broadcast_object(self.dir.load_latest() if dist.is_main() else None)
+        if saved is not None:
+            state.load_state_dict(saved, dist.rank())
+            log.info("resumed from %s at step %d", self.dir.folder, state.step)
+
+    def after_step(self, state: TrainState) -> None:
+        signum = dist.max_int(stop_requested())
+        if signum or (self.every and state.step % self.every == 0):
+            self.save(state)
+        if signum:
+            log.warning("stopping at step %d on signal %d (checkpoint written)", state.step, signum)
+            state.model.eval()
+            act_on_stop(signum)
+
+    def on_end(self, state: TrainState) -> None:
+        if self.dir.steps()[-1:] != [state.step]:
+            self.save(state)
+
+    def save(self, state: TrainState) -> None:
+        payload = state.state_dict()
+        if dist.is_main():
+            self.dir.save(payload, state.step)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(state.result)
+        dist.barrier()
+
+
+class ProgressHook(TrainHook):
+    """A progress bar (or, in logs, a line per 10%) of the optimizer steps, with img/s and ETA."""
+
+    def __init__(self, desc: str, steps: int, batch_size: int):
+        self.desc, self.steps, self.batch_size = desc, steps, batch_size
+        self.bar: Progress | None = None
+
+    def on_start(self, state: TrainState) -> None:
+        self.bar = Progress(self.steps, self.desc, unit="step", scale=self.batch_size, initial=state.step)
+
+    def after_step(self, state: TrainState) -> None:
+        self.bar.update(1)
+
+    def on_end(self, state: TrainState) -> None:
+        self.bar.close()
+
+
+def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if recipe.param_groups is not None:
+        groups = recipe.param_groups(model)
+    elif recipe.decays is None or not recipe.weight_decay:
+        groups = [{"params": [p for _, p in named], "weight_decay": recipe.weight_decay}]
+    else:
+        groups = [{"params": [p for n, p in named if recipe.decays(n, p)], "weight_decay": recipe.weight_decay},
+                  {"params": [p for n, p in named if not recipe.decays(n, p)], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
+
+
+def micro_generator(seed: int, step: int, index: int, device) -> torch.Generator:
+    """The random stream of micro-batch `index` (its position in the global batch, in micro-batches) of optimizer step
+    `step`: a function of where the samples sit in the global batch, not of which rank or accumulation step draws
+    them, so 2 ranks x 2 accumulation steps train exactly as 1 rank x 4."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 65_537 + index)
+
+
+def ddp_of(module) -> DistributedDataParallel | None:
+    """The DistributedDataParallel wrapper inside `module` (which may be compiled), if any."""
+    inner = getattr(module, "_orig_mod", module)
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
+def world_size_of(module) -> int:
+    return dist.world_size() if ddp_of(module) is not None else 1
+
+
+def split_batch(batch, parts: int) -> list:
+    """A rank's batch (a tuple of tensors sharing dim 0) as `parts` contiguous micro-batches."""
+    if parts == 1:
+        return [batch]
+    return list(zip(*(t.tensor_split(parts) for t in batch)))
+
+
+def _step(state: TrainState, module, loss_fn, recipe: Recipe) -> float:
+    """One optimizer step over `recipe.accum_steps` micro-batches of this rank's batch; returns its mean loss.
+    Gradients are averaged over ranks by DDP on the last micro-batch only (`no_sync` before)."""
+    lr = lr_at(state.step, recipe.lr, recipe.warmup, recipe.schedule_steps or recipe.steps, recipe.min_lr)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    batch = next(state.batches)
+    micros = split_batch(batch, recipe.accum_steps)
+    state.optimizer.zero_grad(set_to_none=True)
+    device, total = next(state.model.parameters()).device, 0.0
+    for j, micro in enumerate(micros):
+        sync = j == len(micros) - 1 or world_size_of(module) == 1
+        generator = micro_generator(recipe.seed, state.step, dist.rank() * len(micros) + j, device)
+        with (nullcontext() if sync else ddp_of(module).no_sync()), torch.autocast(
+                recipe.device_type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None):
+            loss = loss_fn(module, micro, state.step, generator) / len(micros)
+        loss.backward()
+        total += loss.item()
+    if recipe.grad_clip:
+        torch.nn.utils.clip_grad_norm_([p for g in state.optimizer.param_groups for p in g["params"]],
+                                       recipe.grad_clip)
+    state.optimizer.step()
+    state.result.samples += len(batch[0]) * state.world
+    return total
+
+
+def train(model: torch.nn.Module, loss_fn: Callable, batches: Iterator, recipe: Recipe, *, distributed: bool = False,
+          hooks: Sequence[TrainHook] = ()) -> TrainResult:
+    """Optimise `loss_fn(module, batch, step, generator) -> loss` for `recipe.steps` steps; `module` is the model (or
+    its DistributedDataParallel wrapper: call it, not `model`, for the forward pass) and `generator` the micro-batch's
+    random stream. With `distributed`, the model is wrapped in DistributedDataParallel (each rank's `batches` yields
+    its own part of every global batch; gradients and the logged loss are averaged over the ranks)."""
+    world = dist.world_size() if distributed else 1
+    module = DistributedDataParallel(model, device_ids=dist.device_ids(model)) if world > 1 else model
+    module = torch.compile(module) if recipe.compile else module
+    state = TrainState(model, _optimizer(model, recipe), batches, world)
+    for hook in hooks:
+        hook.on_start(state)
     model.train()
-    segment_start = time.perf_counter()
+    result, base_seconds, segment_start = state.result, state.result.seconds, time.perf_counter()
     with training_section():
-        for step in range(start_step, steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, lr, warmup, steps, min_lr)
-            batch = next(batches)
-            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = loss_fn(batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                dist_.all_reduce_gradients(params)
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            if FIRST_STEP_AT is None:
-                FIRST_STEP_AT = time.time()
-            running += loss.item()
-            count += 1
-            result.samples += len(batch[0]) * world
-            done = step + 1
-            if done % log_every == 0 or done == steps:
-                result.history.append((done, dist_.mean_scalar(running / count) if world > 1 else running / count))
-                running, count = 0.0, 0
-            signum = dist_.max_int(stop_requested()) if world > 1 else stop_requested()
-            periodic = ckpts is not None and checkpoint_every and done % checkpoint_every == 0
-            if ckpts is not None and (periodic or signum or done == steps):
-                result.seconds += time.perf_counter() - segment_start
-                segment_start = time.perf_counter()
-                save(done)
-            if signum:
-                log.warning("stopping at step %d of %d on signal %d (checkpoint written)", done, steps, signum)
-                model.eval()
-                act_on_stop(signum)
-    result.seconds += time.perf_counter() - segment_start
+        while state.step < recipe.steps:
+            state.running += _step(state, module, loss_fn, recipe)
+            state.count += 1
+            state.step += 1
+            result.first_step_at = result.first_step_at or time.time()
+            result.seconds = base_seconds + time.perf_counter() - segment_start
+            if state.step % recipe.log_every == 0 or state.step == recipe.steps:
+                mean = state.running / state.count
+                result.history.append((state.step, dist.mean_scalar(mean) if world > 1 else mean))
+                state.running, state.count = 0.0, 0
+            for hook in hooks:
+                hook.after_step(state)
+    for hook in hooks:
+        hook.on_end(state)
     model.eval()
     return result

@@ -1,9 +1,10 @@
 """Heads benchmark (not a test): memory and speed of the MBM head against the baselines on one backbone.
 
-    python benchmarks/bench_heads.py [--preset tiny] [--batch 32] [--sample-batch 16] [--threads 1]
-                                     [--mem-budget-gib 4] [--out benchmarks/results/heads.csv]
+    python benchmarks/bench_heads.py [--profile tiny] [--batch 32] [--sample-batch 16] [--threads 1]
+                                     [--mem-budget-gib 4] [--out benchmarks/results/heads.csv] [OVERRIDE ...]
 
-Sections (all at the same backbone, the preset's; CPU):
+The backbone is the composed config's (`--profile` plus Hydra overrides, e.g. `model.head_width=256`, as in the
+earlier figures of this benchmark). Sections (all at the same backbone; CPU):
   train     one AdamW training step per head (mbm, softmax, bitwise at 8/16/24 bits per token; diffusion at 16
             channels): measured peak memory (bar.memory.measure_train_step), the estimate (bar.memory
             .estimate_train_memory) and step time (median of 3 steps after a warm-up). A point whose estimate exceeds
@@ -28,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bar.build import build_generator, sampling_schedule  # noqa: E402
+from bar.config import compose  # noqa: E402
 from bar.heads import HEADS  # noqa: E402
 from bar.memory import estimate_train_memory, fmt_bytes, measure_train_step  # noqa: E402
-from bar.presets import allocation_for, build_generator, get_preset  # noqa: E402
 from bar.sampling import generate  # noqa: E402
 
 FIELDS = ["section", "head", "bits", "batch", "peak_mem_bytes", "mem_estimate_bytes", "measured", "step_s",
@@ -43,9 +45,11 @@ def tokens_for(head: str, batch: int, length: int, k: int) -> torch.Tensor:
     return torch.randint(0, 2, (batch, length, k), dtype=torch.uint8)
 
 
-def schedule_for(model, preset: str) -> dict:
-    return {"allocation": allocation_for(preset, model.cfg.step_dim)} if "allocation" in \
-        model.head.schedule_options else {}
+def config_for(base: list[str], head: str, k: int):
+    """The composed config of `head` at k bits per token (k channels for the continuous diffusion head)."""
+    latent = ["tokenizer=ae", f"tokenizer.channels={k}"] if HEADS[head][0].token_kind == "continuous" \
+        else ["tokenizer=fsq", f"tokenizer.bits={k}"]
+    return compose(base + latent + [f"head={head}"])
 
 
 def step_time(model, tokens, labels, repeats: int = 3) -> float:
@@ -62,15 +66,15 @@ def step_time(model, tokens, labels, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def sample_rate(model, preset: str, n: int, cfg_scale: float, kv_cache: bool, repeats: int = 2) -> float:
-    pre = get_preset(preset)
+def sample_rate(model, cfg, n: int, kv_cache: bool, repeats: int = 2) -> float:
+    s = cfg.generator.sample
     labels = torch.arange(n) % model.cfg.num_classes
-    sched = schedule_for(model, preset)
-    generate(model, labels[:2], cfg_scale=cfg_scale, temperature=pre.temperature, kv_cache=kv_cache, **sched)
+    sched = sampling_schedule(cfg, model)
+    generate(model, labels[:2], cfg_scale=s.cfg_scale, temperature=s.temperature, kv_cache=kv_cache, **sched)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        generate(model, labels, cfg_scale=cfg_scale, temperature=pre.temperature, kv_cache=kv_cache,
+        generate(model, labels, cfg_scale=s.cfg_scale, temperature=s.temperature, kv_cache=kv_cache,
                  generator=torch.Generator().manual_seed(0), **sched)
         times.append(time.perf_counter() - start)
     return n / statistics.median(times)
@@ -82,31 +86,35 @@ def row(**kw) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--profile", default="tiny")
     ap.add_argument("--batch", type=int, default=None, help="training batch (default: the preset's)")
     ap.add_argument("--sample-batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mem-budget-gib", type=float, default=4.0, help="run a training point only below this estimate")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "heads.csv"))
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of the composed config")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pre = get_preset(args.preset)
-    B = args.batch or pre.batch_size
-    L = pre.grid[0] * pre.grid[1]
+    base = [f"profile={args.profile}", *args.overrides]
+    cfg = compose(base)
+    B = args.batch or cfg.generator.train.batch_size
+    with torch.device("meta"):
+        L = build_generator(cfg).cfg.steps
     budget = args.mem_budget_gib * 2 ** 30
     rows: list[dict] = []
 
     def train_point(section: str, head: str, k: int):
+        point = config_for(base, head, k)
         with torch.device("meta"):
-            est = estimate_train_memory(build_generator(args.preset, bits_per_token=k, head=head), B)
+            est = estimate_train_memory(build_generator(point), B)
         if est > budget:
             rows.append(row(section=section, head=head, bits=k, batch=B, mem_estimate_bytes=est, measured=False,
                             note=f"estimate only: over the {args.mem_budget_gib:g} GiB budget"))
             print(f"  {section:8s} {head:9s} {k:3d} bits: estimate {fmt_bytes(est)} (not run)", flush=True)
             return
         torch.manual_seed(0)
-        model = build_generator(args.preset, bits_per_token=k, head=head)
-        tokens, labels = tokens_for(head, B, L, k), torch.randint(0, pre.num_classes, (B,))
+        model = build_generator(point)
+        tokens, labels = tokens_for(head, B, L, k), torch.randint(0, point.data.num_classes, (B,))
         peak = measure_train_step(model, tokens, labels)
         t = step_time(model, tokens, labels)
         rows.append(row(section=section, head=head, bits=k, batch=B, peak_mem_bytes=peak, mem_estimate_bytes=est,
@@ -115,7 +123,7 @@ def main(argv=None) -> int:
               f"step {t * 1000:.0f} ms", flush=True)
         del model
 
-    print(f"preset {args.preset}, train batch {B}, {L} tokens per image, {args.threads} thread(s)", flush=True)
+    print(f"preset {cfg.model.preset} ({' '.join(base)}), train batch {B}, {L} tokens per image, {args.threads} thread(s)", flush=True)
     for head in ("mbm", "softmax", "bitwise"):
         for k in (8, 16, 24):
             train_point("train", head, k)
@@ -126,20 +134,23 @@ def main(argv=None) -> int:
     n = args.sample_batch
     for head in ("mbm", "softmax", "bitwise", "diffusion"):
         torch.manual_seed(0)
-        model = build_generator(args.preset, bits_per_token=16, head=head).eval()
-        rate = sample_rate(model, args.preset, n, pre.cfg_scale, kv_cache=True)
+        point = config_for(base, head, 16)
+        model = build_generator(point).eval()
+        rate = sample_rate(model, point, n, kv_cache=True)
         note = "100 denoising steps per token" if head == "diffusion" else ""
         rows.append(row(section="sample", head=head, bits=16, batch=n, sample_img_per_s=round(rate, 2),
                         kv_cache=True, note=note))
-        print(f"  sample   {head:9s}  16 bits: {rate:.2f} img/s (CFG {pre.cfg_scale}, KV cache)", flush=True)
+        print(f"  sample   {head:9s}  16 bits: {rate:.2f} img/s (CFG {point.generator.sample.cfg_scale}, KV cache)",
+              flush=True)
 
     torch.manual_seed(0)
-    model = build_generator(args.preset, bits_per_token=16, head="mbm")
-    tokens, labels = tokens_for("mbm", B, L, 16), torch.randint(0, pre.num_classes, (B,))
+    point = config_for(base, "mbm", 16)
+    model = build_generator(point)
+    tokens, labels = tokens_for("mbm", B, L, 16), torch.randint(0, point.data.num_classes, (B,))
     train_rate = B / step_time(model, tokens, labels)
     model.eval()
     for kv in (True, False):
-        rate = sample_rate(model, args.preset, n, pre.cfg_scale, kv_cache=kv)
+        rate = sample_rate(model, point, n, kv_cache=kv)
         rows.append(row(section="kv_cache", head="mbm", bits=16, batch=n, train_img_per_s=round(train_rate, 2),
                         sample_img_per_s=round(rate, 2), kv_cache=kv))
         print(f"  kv_cache mbm        16 bits: train {train_rate:.1f} img/s, sample {rate:.2f} img/s "

@@ -41,3 +41,17 @@ def _one_thread():
     import torch
 
     torch.set_num_threads(1)
+
+
+def build_model(*overrides: str, meta: bool = False):
+    """The generator a run with these overrides would train (composed like run.py; on the meta device if asked)."""
+    import torch
+
+    from bar.build import build_generator
+    from bar.config import compose
+
+    cfg = compose(list(overrides))
+    if meta:
+        with torch.device("meta"):
+            return build_generator(cfg)
+    return build_generator(cfg)

@@ -2,7 +2,9 @@
 
 A small sqlite MLflow store is built once per module with the mlflow client, following CONVENTIONS.md: three sweeps
 (bits_vs_rfid, codebook_scaling, patch_size), parent + child runs, finished / failed / infeasible / running points,
-a repeated attempt of one point, metric histories and artifacts. Claims are also checked on frames edited in memory.
+a repeated attempt of one point, metric histories and artifacts; with `convergence=True` a fourth sweep, convergence,
+whose runs log gfid / gfid_nocfg / train_tflop histories at optimizer steps and rfid at tokenizer steps. Claims are
+also checked on frames edited in memory.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis import figures, tables  # noqa: E402
-from analysis.runs import StoreError, cast_value, load_metric_history, load_runs  # noqa: E402
+from analysis import convergence, figures, tables  # noqa: E402
+from analysis.runs import HISTORY_KEYS, StoreError, cast_value, load_metric_history, load_runs  # noqa: E402
+
+ALL_KEYS = (*HISTORY_KEYS, *convergence.CONVERGENCE_KEYS)
 
 T0 = 1_767_225_600_000  # 2026-01-01 00:00 UTC, ms; fixed so that the store is the same on every build
 GRID = 16  # tokens per image (4x4 grid)
@@ -41,8 +46,9 @@ def _child(client, exp_id, parent_id, name, *, sweep, profile, status, params, m
     client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()],
                      metrics=[Metric(k, float(v), t + 1000, 0) for k, v in metrics.items()],
                      tags=[RunTag("mlflow.runName", name)])
-    for key, values in (history or {}).items():
-        client.log_batch(rid, metrics=[Metric(key, float(v), t + 10 * i, i) for i, v in enumerate(values)])
+    for key, values in (history or {}).items():  # values, or (step, value) pairs
+        points = [v if isinstance(v, tuple) else (i, v) for i, v in enumerate(values)]
+        client.log_batch(rid, metrics=[Metric(key, float(v), t + 10 * i, step) for i, (step, v) in enumerate(points)])
     for rel, content in (artifacts or {}).items():
         path = tmp / rel
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
@@ -72,7 +78,16 @@ def _png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def build_store(root: Path) -> str:
+# convergence sweep: gFID at optimizer steps per (head, kind, size); MBM 16b reaches the threshold (20, the diffusion
+# run's final gFID) at step 400 with 4 TFLOP, the diffusion run only at step 800 with 16 TFLOP.
+CONV_STEPS = (100, 200, 400, 800)
+CONV_CURVES = {("mbm", "fsq", 16): [60.0, 30.0, 20.0, 15.0], ("mbm", "fsq", 8): [70.0, 40.0, 25.0, 18.0],
+               ("bitwise", "fsq", 16): [80.0, 50.0, 35.0, 28.0], ("softmax", "fsq", 8): [70.0, 45.0, 30.0, 25.0],
+               ("diffusion", "ae", 1): [90.0, 60.0, 35.0, 20.0]}
+CONV_TFLOP_PER_STEP = {"mbm": 0.01, "bitwise": 0.01, "softmax": 0.012, "diffusion": 0.02}
+
+
+def build_store(root: Path, convergence: bool = False) -> str:
     """Create the test store under root; return its tracking URI."""
     from mlflow.tracking import MlflowClient
 
@@ -150,7 +165,28 @@ def build_store(root: Path) -> str:
                t=t + 200_000 + 1000 * i,
                metrics={"gfid": 5.0 + patch, "sample_img_per_s": 10.0 * patch, "total_bits": GRID * 16,
                         "bits_per_token": 16})
+    if convergence:
+        add_convergence_sweep(client, experiment, parent, t + 300_000)
     return uri
+
+
+def add_convergence_sweep(client, experiment, parent, t):
+    exp = experiment("convergence")
+    par = parent(exp, t)
+    for i, ((head, kind, size), curve) in enumerate(CONV_CURVES.items()):
+        name = f"{head}-{size}{'b' if kind == 'fsq' else 'c'}"
+        history = {"gfid": list(zip(CONV_STEPS, curve)),
+                   "gfid_nocfg": list(zip(CONV_STEPS, [g + 10 for g in curve])),
+                   "train_tflop": [(s, CONV_TFLOP_PER_STEP[head] * s) for s in CONV_STEPS],
+                   "rfid": list(zip((50, 100, 150), (12.0, 8.0, 6.0) if kind == "fsq" else (9.0, 5.0, 3.0))),
+                   "train_loss": [2.0, 1.5, 1.2]}
+        # the final gFID also logged at step 0 after training (an end-of-run summary, not an evaluation at step 0)
+        _child(client, exp, par, name, sweep="convergence", profile="tiny", status="finished",
+               params=_params(kind, size, head=head, profile="tiny"), t=t + 1000 * i,
+               metrics={"gfid": curve[-1], "rfid": 6.0, "total_bits": GRID * (size if kind == "fsq" else 16 * size)},
+               history=history)
+    _child(client, exp, par, "mbm-32b", sweep="convergence", profile="tiny", status="running",
+           params=_params("fsq", 32, profile="tiny"), t=t + 9000, metrics={})
 
 
 @pytest.fixture(scope="module")
@@ -219,11 +255,18 @@ def test_missing_store_is_an_error(tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_default_uri_uses_env(monkeypatch, store):
-    from analysis.runs import PROJECT_ROOT, default_tracking_uri
+def test_default_uri_uses_env(monkeypatch, store, tmp_path):
+    from analysis.runs import default_tracking_uri
+    from bar import PROJECT_ROOT
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("BAR_OUTPUTS", raising=False)
     assert default_tracking_uri() == f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
+    # BAR_OUTPUTS moves the store for analysis/ exactly as for run.py (one function decides: bar.paths)
+    monkeypatch.setenv("BAR_OUTPUTS", str(tmp_path / "elsewhere"))
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    from bar.config import compose
+    assert compose([]).tracking.uri == default_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert len(load_runs(sweep="patch_size")) == 3
 
@@ -274,6 +317,10 @@ def test_codebook_scaling_marks_infeasible(runs, tmp_path):
     merged = csv.merge(runs[["run_id", "gfid"]], on="run_id", suffixes=("", "_frame"))
     assert (merged["gfid"].fillna(-1) == merged["gfid_frame"].fillna(-1)).all()
     assert "softmax at log2 C = 24" in res.caption
+    # infeasible points are told by a legend entry per head, not by text on the axes
+    legend = [t.get_text() for t in res.figure.legends[0].get_texts()]
+    assert "softmax: infeasible at log2 C = 24" in legend
+    assert all(not ax.texts for ax in res.figure.axes)
 
 
 def test_quality_vs_cost_and_memory(runs, tmp_path):
@@ -306,6 +353,7 @@ def test_figures_skip_without_data(tmp_path):
     for fn in (figures.bits_vs_fid, figures.codebook_scaling, figures.quality_vs_cost, figures.head_memory):
         res = fn(empty, tmp_path)
         assert not res and res.skipped
+    assert not figures.convergence(empty, None, tmp_path)
     assert not figures.training_curves(pd.DataFrame(), tmp_path)[0]
     assert list(tmp_path.iterdir()) == []
 
@@ -406,13 +454,152 @@ def test_claims_not_measured():
 
 
 def test_report(runs, tmp_path):
-    figs = figures.all_figures(runs, None, tmp_path)
+    figs = figures.all_figures(runs, None, tmp_path, formats="png")
     path = tables.write_report(runs, tmp_path, figures=figs)
     text = path.read_text()
     assert "## Claims" in text and "| codebook_scaling | smoke | **yes** |" in text and "## Main results" in text
     assert "fsq-32b: RuntimeError: CUDA out of memory" in text
-    assert "`training_curves`: not drawn" in text  # no history passed
-    assert "[bits_vs_fid.png](bits_vs_fid.png)" in text
+    assert "- not drawn (no data for them in this sweep): " in text  # e.g. training_curves: no history passed
+    assert "[bits_vs_fid.png](bits_vs_fid.png)" in text  # main figure, from sweep bits_vs_rfid
+    assert "[codebook_scaling/head_memory.png](codebook_scaling/head_memory.png)" in text
+    assert "### Sweep patch_size" in text
+    assert "`convergence`: not drawn (drawn from sweep convergence, which has no runs here" in text
+    conv = [c for c in tables.evaluate_claims(runs) if c.key == "converges_faster"]
+    assert [c.verdict for c in conv] == ["not measured"]  # no history passed
+
+
+# -------------------------------------------------------------------------------------------------- convergence
+
+@pytest.fixture(scope="module")
+def conv_store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("mlflow_conv"), convergence=True)
+
+
+@pytest.fixture(scope="module")
+def conv_runs(conv_store):
+    return load_runs(conv_store, sweep="convergence")
+
+
+@pytest.fixture(scope="module")
+def conv_history(conv_store, conv_runs):
+    return load_metric_history(conv_store, runs=conv_runs, keys=ALL_KEYS)
+
+
+def test_reach():
+    assert convergence.reach([100, 200, 400], [60, 30, 20], 20) == 400
+    assert convergence.reach([100, 200, 400], [60, 30, 20], 45) == 150  # linear between evaluations
+    assert convergence.reach([100, 200], [10, 5], 50) == 100  # already there at the first evaluation
+    assert np.isnan(convergence.reach([100, 200], [60, 30], 20))
+
+
+def test_convergence_frame(conv_runs, conv_history):
+    conv = convergence.convergence_frame(conv_history, conv_runs)
+    assert set(conv["run_name"]) == {"mbm-16b", "mbm-8b", "bitwise-16b", "softmax-8b", "diffusion-1c"}
+    mbm = conv[conv["run_name"] == "mbm-16b"]
+    # the final gFID logged at step 0 after training is not taken for an evaluation before training
+    assert list(mbm["step"]) == list(CONV_STEPS) and list(mbm["gfid"]) == CONV_CURVES[("mbm", "fsq", 16)]
+    assert list(mbm["gfid_nocfg"]) == [g + 10 for g in CONV_CURVES[("mbm", "fsq", 16)]]
+    assert list(mbm["train_tflop"]) == pytest.approx([0.01 * s for s in CONV_STEPS])
+    assert mbm["series"].iloc[0] == "MBM (BAR), 16 b"
+    assert conv[conv["run_name"] == "diffusion-1c"]["series"].iloc[0] == "diffusion, 1 ch"
+    assert list(dict.fromkeys(conv["head.name"])) == ["mbm", "softmax", "bitwise", "diffusion"]
+    rfid = convergence.rfid_frame(conv_history, conv_runs)
+    assert list(rfid["step"].unique()) == [50, 100, 150] and set(rfid["size_label"]) == {"16 b", "8 b", "1 ch"}
+
+
+def test_convergence_figure(conv_runs, conv_history, tmp_path):
+    res = figures.convergence(conv_runs, conv_history, tmp_path)
+    assert res and _files(res)
+    titles = [ax.get_title() for ax in res.figure.axes]
+    assert titles == ["gFID vs training steps", "gFID vs training compute", "rFID during tokenizer training"]
+    csv = pd.read_csv(tmp_path / "convergence.csv")
+    assert len(csv) == 5 * len(CONV_STEPS) and set(csv["series"]) >= {"MBM (BAR), 16 b", "diffusion, 1 ch"}
+    assert "gFID 20, the threshold of the convergence claim" in res.caption
+    assert "MBM (BAR), 16 b 15 at step 800 (8 TFLOP)" in res.caption
+    assert "mbm-32b (running)" in res.caption
+    legend = [t.get_text() for t in res.figure.legends[0].get_texts()]
+    assert "claim threshold: gFID 20" in legend and "per-bit, 16 b" in legend
+
+
+def _conv_verdict(runs, history):
+    return {(c.sweep, c.profile): (c.verdict, c.evidence)
+            for c in tables.evaluate_claims(runs, history=history) if c.key == "converges_faster"}
+
+
+def test_convergence_claim_and_flip(conv_runs, conv_history):
+    verdict, evidence = _conv_verdict(conv_runs, conv_history)[("convergence", "tiny")]
+    assert verdict == "yes"
+    assert "threshold gFID 20" in evidence
+    assert "MBM (BAR), 16 b reaches it at step 400 / 4 TFLOP" in evidence
+    assert "diffusion, 1 ch reaches it at step 800 / 16 TFLOP" in evidence
+    # swap the gFID curves of the best MBM run and the diffusion run: the verdict flips
+    hist = conv_history.copy()
+    ids = {n: conv_runs.loc[conv_runs["run_name"] == n, "run_id"].item() for n in ("mbm-16b", "diffusion-1c")}
+    a = (hist["run_id"] == ids["mbm-16b"]) & (hist["key"] == "gfid")
+    b = (hist["run_id"] == ids["diffusion-1c"]) & (hist["key"] == "gfid")
+    hist.loc[a, "value"], hist.loc[b, "value"] = hist.loc[b, "value"].to_numpy(), hist.loc[a, "value"].to_numpy()
+    verdict, evidence = _conv_verdict(conv_runs, hist)[("convergence", "tiny")]
+    assert verdict == "no", evidence
+    # faster in steps but not in compute is a "no" too
+    hist = conv_history.copy()
+    tf = (hist["run_id"] == ids["mbm-16b"]) & (hist["key"] == "train_tflop")
+    hist.loc[tf, "value"] *= 10  # 40 TFLOP to the threshold vs 16
+    verdict, evidence = _conv_verdict(conv_runs, hist)[("convergence", "tiny")]
+    assert verdict == "no" and "fewer steps, not less compute" in evidence
+    # without compute, steps decide
+    hist = conv_history[conv_history["key"] != "train_tflop"]
+    assert _conv_verdict(conv_runs, hist)[("convergence", "tiny")][0] == "yes"
+    # no continuous run with a history: not measured
+    no_cont = conv_history[~conv_history["run_id"].isin([ids["diffusion-1c"]])]
+    verdict, evidence = _conv_verdict(conv_runs, no_cont)[("-", "-")]
+    assert verdict == "not measured" and "continuous" in evidence
+
+
+# ------------------------------------------------------------------------------------------ labels never overlap
+
+def _assert_no_overlap(fig):
+    boxes = figures.text_boxes(fig)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    return boxes
+
+
+def test_annotation_labels_never_overlap(runs, tmp_path):
+    # adjacent infeasible sizes (the three labels that used to collide) and the paper's reference points
+    df = runs.copy()
+    soft = (df["head.name"] == "softmax") & (df["sweep"] == "codebook_scaling")
+    df.loc[soft, "status"] = "infeasible"
+    res = figures.codebook_scaling(df[df["sweep"] == "codebook_scaling"], tmp_path)
+    legend = [t.get_text() for t in res.figure.legends[0].get_texts()]
+    assert "softmax: infeasible at log2 C = 8, 16, 24" in legend
+    _assert_no_overlap(res.figure)
+    res = figures.quality_vs_cost(runs, tmp_path, reported=tables.load_reported())
+    boxes = _assert_no_overlap(res.figure)
+    assert len(boxes) == len(tables.load_reported().dropna(subset=["sample_img_per_s", "gfid"]))
+    # a stress case: many labels at one point are stacked apart
+    fig, (ax,) = figures._new_figure(1)
+    ax.plot([1, 2], [1, 2])
+    for i in range(6):
+        ax.annotate(f"label {i}", (1.5, 1.5), xytext=(4, 3), textcoords="offset points")
+    figures._declutter(fig)
+    assert len(_assert_no_overlap(fig)) == 6
+
+
+def test_every_drawn_figure_has_non_overlapping_labels(conv_store, tmp_path):
+    df = load_runs(conv_store)
+    hist = load_metric_history(conv_store, runs=df, keys=ALL_KEYS)
+    results = figures.all_figures(df, hist, tmp_path, formats="png", reported=tables.load_reported())
+    drawn = [r for r in results if r]
+    assert {"codebook_scaling", "convergence", "convergence/convergence", "codebook_scaling/head_memory"} <= {
+        r.name for r in drawn}
+    for r in drawn:
+        _assert_no_overlap(r.figure)
+    # no figure mixes sweeps: every CSV row of a per-sweep figure belongs to its sweep
+    for r in drawn:
+        if "/" in r.name:
+            csv = pd.read_csv(tmp_path / f"{r.name}.csv")
+            assert set(csv["sweep"]) == {r.name.split("/")[0]}, r.name
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
@@ -448,7 +635,8 @@ def test_cli_empty_store_and_unknown_sweep(tmp_path, store, capsys):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_cli_draws_logs_and_is_deterministic(tmp_path_factory):
@@ -458,26 +646,37 @@ def test_cli_draws_logs_and_is_deterministic(tmp_path_factory):
     from analysis.runs import latest_parent_run
 
     root = tmp_path_factory.mktemp("cli")
-    uri = build_store(root / "store")  # own store: this test logs artifacts to parent runs
+    uri = build_store(root / "store", convergence=True)  # own store: this test logs artifacts to parent runs
     out = root / "figs"
     assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
     first = _digest(out)
     for name in ("bits_vs_fid.png", "bits_vs_fid.pdf", "codebook_scaling.csv", "quality_vs_cost.txt",
-                 "head_memory.pdf", "training_curves_bits_vs_rfid.png", "training_curves_codebook_scaling.png",
-                 "main_results.md", "main_results.tex", "REPORT.md"):
+                 "head_memory.pdf", "convergence.png", "convergence.csv", "main_results.md", "main_results.tex",
+                 "REPORT.md", "bits_vs_rfid/training_curves.png", "codebook_scaling/training_curves.png",
+                 "codebook_scaling/codebook_scaling.png", "patch_size/quality_vs_cost.png",
+                 "convergence/convergence.png", "convergence/training_curves.png"):
         assert name in first, name
+    # a main figure is its home sweep's figure: the same plotted rows, never points of other sweeps
+    assert first["codebook_scaling.csv"] == first["codebook_scaling/codebook_scaling.csv"]
+    assert set(pd.read_csv(out / "bits_vs_fid.csv")["sweep"]) == {"bits_vs_rfid"}
+    assert not any(n.startswith("training_curves_") for n in first)  # training curves live in the sweep folders
+    conv_csv = pd.read_csv(out / "convergence.csv")
+    assert set(conv_csv["run_name"]) == {"mbm-16b", "mbm-8b", "bitwise-16b", "softmax-8b", "diffusion-1c"}
+    assert "gfid" not in set(pd.read_csv(out / "convergence" / "training_curves.csv")["key"])
+    report = (out / "REPORT.md").read_text()
+    assert "| convergence | tiny | **yes** |" in report
     assert main(["--tracking-uri", uri, "--out", str(out)]) == 0
     assert _digest(out) == first  # byte-identical rerun
     client = MlflowClient(tracking_uri=uri)
     parent = latest_parent_run("codebook_scaling", uri)
     logged = {a.path for a in client.list_artifacts(parent, "figures")}
-    assert "figures/codebook_scaling.png" in logged and "figures/REPORT.md" in logged
-    assert "figures/training_curves_bits_vs_rfid.png" not in logged  # another sweep's curves stay there
+    assert {"figures/codebook_scaling.png", "figures/training_curves.png", "figures/REPORT.md"} <= logged
+    assert "figures/convergence.png" not in logged  # another sweep's figures stay there
     assert latest_parent_run("patch_size", uri) is None
     # --sweep restricts; --format controls the files
     one = root / "one"
     assert main(["--tracking-uri", uri, "--sweep", "patch_size", "--out", str(one), "--format", "svg",
                  "--no-log"]) == 0
-    names = {p.name for p in one.iterdir()}
+    names = {p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file()}
     assert "quality_vs_cost.svg" in names and not any(n.endswith(".png") for n in names)
-    assert "bits_vs_fid.svg" in names  # patch_size points are fsq with total bits, but one x only
+    assert "patch_size/bits_vs_fid.svg" in names and "bits_vs_fid.svg" not in names  # home sweep not selected

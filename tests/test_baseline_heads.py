@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from bar import UserError
 from bar.heads import (HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead, build_head, cosine_alpha_bar,
                        cosine_schedule, respaced_timesteps)
-from bar.presets import MAR_HEADS, build_generator, count_params, mar_head
+from bar.build import count_params
+from conftest import build_model
 from bar.sampling import generate
 from bar.bits import bits_to_index, index_to_bits
 
@@ -250,8 +251,9 @@ def test_diffusion_loss_uses_the_schedule():
 @pytest.mark.parametrize("name", ["mbm", "softmax", "bitwise", "diffusion"])
 def test_generator_train_step_and_generate_with_every_head(name):
     torch.manual_seed(0)
-    extra = dict(head_sampling_steps=4, head_batch_mul=2) if name == "diffusion" else {}
-    model = build_generator("smoke", bits_per_token=6, head=name, **extra)
+    extra = ["head.sampling_steps=4", "head.batch_mul=2"] if name == "diffusion" else []
+    latent = ["tokenizer=ae", "tokenizer.channels=6"] if name == "diffusion" else ["tokenizer.bits=6"]
+    model = build_model("profile=smoke", *latent, f"head={name}", "data.num_classes=4", *extra)
     assert isinstance(model.head, TokenHead) and model.head.token_dim == 6
     assert model.cfg.token_kind == HEADS[name][0].token_kind
     x = targets(name, 4, 16, 6)
@@ -276,32 +278,26 @@ def test_generator_train_step_and_generate_with_every_head(name):
 
 def test_builder_head_options_and_token_kind():
     # the preset's depth sizes heads that have one; the linear heads take none
-    tiny_soft = build_generator("tiny", bits_per_token=8, head="softmax")
-    assert isinstance(tiny_soft.head, SoftmaxHead) and tiny_soft.head.width == 256
-    assert isinstance(build_generator("smoke", head="bitwise").head, BitwiseHead)
-    with pytest.raises(UserError, match="no option"):
-        build_generator("smoke", head="softmax", head_depth=2)
-    diff = build_generator("tiny", bits_per_token=4, head="diffusion", head_depth=3, head_width=64)
+    tiny_soft = build_model("profile=tiny", "tokenizer.bits=8", "head=softmax")
+    assert isinstance(tiny_soft.head, SoftmaxHead) and tiny_soft.head.width == 128
+    assert isinstance(build_model("profile=smoke", "head=bitwise").head, BitwiseHead)
+    diff = build_model("profile=tiny", "tokenizer=ae", "tokenizer.channels=4", "head=diffusion", "head.depth=3",
+                       "head.width=64")
     assert len(diff.head.blocks) == 3 and diff.head.width == 64 and diff.cfg.token_kind == "continuous"
     assert diff.cfg.cond_width == 64
-    build_generator("smoke", head="diffusion", token_kind="continuous")     # consistent: fine
-    with pytest.raises(UserError, match="predicts bits tokens but the tokens are continuous"):
-        build_generator("smoke", head="mbm", token_kind="continuous")
+    with pytest.raises(UserError, match="predicts bits tokens but the tokenizer gives continuous tokens"):
+        build_model("profile=smoke", "tokenizer=ae", "head=mbm")
     with pytest.raises(UserError, match="diffusion"):
-        build_generator("smoke", head="softmax", token_kind="continuous")
-    m = build_generator("smoke", bits_per_token=2, patch_size=2, head="diffusion", head_sampling_steps=3)
+        build_model("profile=smoke", "tokenizer=ae", "head=softmax")
+    m = build_model("profile=smoke", "tokenizer=ae", "tokenizer.channels=2", "model.patch_size=2", "head=diffusion",
+                    "head.sampling_steps=3")
     with pytest.raises(UserError, match="steps"):
         m.head.check_schedule(steps=5000)
 
 
 def test_mar_head_sizes_at_paper_scale():
-    assert MAR_HEADS == {"mar_b": dict(depth=6, width=1024), "mar_l": dict(depth=8, width=1280),
-                         "mar_h": dict(depth=12, width=1536)}
-    assert mar_head("mar_l") == {"head_depth": 8, "head_width": 1280}
-    with pytest.raises(UserError, match="MAR head"):
-        mar_head("mar_xl")
-    with torch.device("meta"):
-        model = build_generator("bar_b", head="diffusion", **mar_head("mar_b"))
+    model = build_model("profile=paper", "data.root=/d", "tokenizer=ae", "tokenizer.channels=16",
+                        "head=diffusion_mar_b", meta=True)
     h = model.head
     assert (len(h.blocks), h.width, h.cfg.num_timesteps, h.cfg.sampling_steps) == (6, 1024, 1000, 100)
     # MAR-B's head: 6 blocks of (2 W^2 MLP + 3 W^2 AdaLN) + timestep MLP + final AdaLN ~ 36M (derived)

@@ -3,12 +3,15 @@ import sys
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationKeyError
 
 from bar import UserError
-from bar.config import available_sweeps, compose, point_signature, tokenizer_signature, validate_config
+from bar.config import available_sweeps, compose, point_signature, tokenizer_signature
+from bar.validate import validate_config
 from conftest import ROOT
 
 PROFILES = ["tiny", "smoke", "paper"]
+PAPER_ONLY = {"release_eval"}
 
 
 @pytest.mark.parametrize("sweep", available_sweeps())
@@ -16,16 +19,17 @@ PROFILES = ["tiny", "smoke", "paper"]
 def test_every_sweep_composes_with_every_profile(sweep, profile):
     cfg = compose([f"sweep={sweep}", f"profile={profile}", "data.root=/data"])
     assert cfg.experiment == sweep and cfg.profile.name == profile
+    if sweep in PAPER_ONLY and profile != "paper":   # the release's checkpoints exist for the paper's presets only
+        with pytest.raises(InterpolationKeyError, match="release.generators"):
+            OmegaConf.to_container(cfg, resolve=True)
+        with pytest.raises(UserError, match=f"checkpoint: Interpolation key 'release.generators.{profile}' not found"):
+            validate_config(cfg)      # one line before any work, not a traceback
+        return
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
 
 def test_sweep_files_say_what_varies():
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from bar.config import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", overrides=["sweep=bits_vs_rfid"], return_hydra_config=True)
+    cfg = compose(["sweep=bits_vs_rfid"], hydra_node=True)
     grids = cfg.hydra.sweeper.grids
     bits = [int(b) for b in str(grids[0]["tokenizer.bits"]).split(",")]
     channels = [int(c) for c in str(grids[1]["tokenizer.channels"]).split(",")]
@@ -36,7 +40,7 @@ def test_sweep_files_say_what_varies():
 def test_profiles_set_sizes():
     tiny, smoke, paper = (compose([f"profile={p}", "data.root=/data"]) for p in PROFILES)
     assert smoke.tokenizer.train.steps < tiny.tokenizer.train.steps < paper.tokenizer.train.steps
-    assert paper.data.name == "imagefolder" and paper.data.resolution == 256 and paper.tokenizer.arch == "vit"
+    assert paper.data.name == "imagefolder" and paper.data.resolution == 256 and paper.tokenizer.arch == "release"
     assert paper.eval.extractor == "inception" and tiny.eval.extractor == "classifier"
 
 

@@ -8,7 +8,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from bar.train import infinite_batches, train
+from bar.train import Checkpointing, Recipe, infinite_batches, train
 
 
 def _free_port() -> int:
@@ -25,12 +25,13 @@ def _model_and_data():
 
 
 def _train(model, data, rank, world, tmp=None, steps=8):
-    def loss_fn(batch, step):
+    def loss_fn(module, batch, step, generator):
         xb, yb = batch
-        return (model(xb) - yb).pow(2).mean()
+        return (module(xb) - yb).pow(2).mean()
 
-    return train(model, loss_fn, infinite_batches(data, 16, seed=1, rank=rank, world_size=world), steps=steps,
-                 lr=5e-2, log_every=4, distributed=world > 1, checkpoint_dir=tmp, checkpoint_every=4)
+    return train(model, loss_fn, infinite_batches(data, 16, seed=1, rank=rank, world_size=world),
+                 Recipe(steps=steps, lr=5e-2, log_every=4), distributed=world > 1,
+                 hooks=[Checkpointing(tmp, 4)] if tmp else [])
 
 
 def _worker(rank, world, port, out_dir):

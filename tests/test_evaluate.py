@@ -1,11 +1,14 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bar import UserError
 from bar.config import compose
-from bar.data import TensorImages, images_only, load_digits_split
-from bar.evaluate import CLASSIFIER_EXTRACTOR, Evaluator
+from bar.data import TensorImages, load_digits_split
+from bar.classifier import CLASSIFIER_EXTRACTOR
+from bar.evaluate import FidelityEvaluator as Evaluator
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +24,29 @@ def test_classifier_extractor_is_registered_with_torch_fidelity():
 def test_fid_path_on_small_data(evaluator):
     cfg, ev = evaluator
     val = load_digits_split("val")
-    same = ev.compare(images_only(val), images_only(val), "val", isc=True, prc=True)
+    same = ev.compare(val.images, val, "val", isc=True, prc=True)
     assert abs(same["fid"]) < 1e-3                            # a set against itself
     assert same["precision"] == pytest.approx(1.0) and same["recall"] == pytest.approx(1.0)
     assert same["inception_score"] >= 1.0
     noise = TensorImages(torch.randint(0, 256, val.images.shape, dtype=torch.uint8), val.labels, 10)
     blurred = TensorImages((val.images.float() * 0.8).to(torch.uint8), val.labels, 10)
-    fid_noise = ev.compare(images_only(noise), images_only(val), "val")["fid"]
-    fid_blur = ev.compare(images_only(blurred), images_only(val), "val")["fid"]
+    fid_noise = ev.compare(noise.images, val, "val")["fid"]
+    fid_blur = ev.compare(blurred.images, val, "val")["fid"]
     assert fid_noise > fid_blur > 0                           # further from the data, larger distance
     assert ev.tag.startswith("bar-classifier:")
 
 
-def test_reference_statistics_are_cached(evaluator):
+def test_reference_features_are_cached(evaluator, monkeypatch):
     cfg, ev = evaluator
     val = load_digits_split("val")
-    ev.compare(images_only(val), images_only(val), "val")
-    cached = list((ev.cache_root).glob("*.pt"))
-    assert cached and any("val" in p.name for p in cached)
+    first = ev.compare(val.images, val, "val")
+    cached = list((Path(cfg.paths.cache) / "fidelity").glob("*-val-*/features.pt"))
+    assert len(cached) == 1
+    calls = []
+    real = ev.features
+    monkeypatch.setattr(ev, "features", lambda images: calls.append(len(images)) or real(images))
+    assert ev.compare(val.images, val, "val") == first
+    assert calls == [len(val)]                                # the reference's features came from the cache
 
 
 def test_classifier_is_cached_by_signature(evaluator, monkeypatch):
@@ -47,7 +55,7 @@ def test_classifier_is_cached_by_signature(evaluator, monkeypatch):
 
     monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("classifier retrained"))
     again = Evaluator(cfg, load_digits_split("train"), torch.device("cpu"))
-    assert again.weights == ev.weights
+    assert again.tag == ev.tag
 
 
 def test_missing_inception_weights_is_one_line(tmp_path):

@@ -1,16 +1,19 @@
 import pytest
 import torch
 
+from bar.build import build_generator
 from bar.config import compose
-from bar.generator_stage import make_generator
-from bar.presets import MAR_HEADS
+
+MAR_HEADS = {"mar_b": dict(depth=6, width=1024), "mar_l": dict(depth=8, width=1280),
+             "mar_h": dict(depth=12, width=1536)}   # MAR's diffusion heads (paper baselines)
 
 
-@pytest.mark.parametrize("name", ["mar_b", "mar_l", "mar_h"])
-def test_mar_head_configs_match_the_presets(name):
+@pytest.mark.parametrize("name", sorted(MAR_HEADS))
+def test_mar_head_configs(name):
     cfg = compose([f"head=diffusion_{name}", "tokenizer=ae", "tokenizer.channels=16", "profile=paper", "data.root=/d"])
-    assert dict(cfg.head.options) == MAR_HEADS[name]
+    assert (cfg.head.depth, cfg.head.width) == (MAR_HEADS[name]["depth"], MAR_HEADS[name]["width"])
     with torch.device("meta"):
-        model = make_generator(cfg)
-    assert model.head.width == MAR_HEADS[name]["width"]
+        model = build_generator(cfg)
+    assert model.head.width == MAR_HEADS[name]["width"] and model.cfg.cond_width == MAR_HEADS[name]["width"]
+    assert len(model.head.blocks) == MAR_HEADS[name]["depth"]
     assert model.cfg.token_kind == "continuous" and model.cfg.grid == (16, 16)

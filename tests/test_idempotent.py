@@ -1,11 +1,14 @@
 """Idempotent sweeps: a point's identity is its config signature; launching the same sweep again runs nothing, the
 dry run says which points are done, force=true re-runs them."""
 
+import pytest
+
 from conftest import child_runs, run_cli
 
 SWEEP = ["-m", "profile=smoke", "stage=tokenizer", "experiment=idem", "tokenizer.bits=4,8"]
 
 
+@pytest.mark.slow
 def test_second_launch_runs_nothing_and_force_reruns(tmp_path):
     first = run_cli(SWEEP, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -34,6 +37,7 @@ def test_second_launch_runs_nothing_and_force_reruns(tmp_path):
     assert {r.data.tags["signature"] for r in points_forced} == {r.data.tags["signature"] for r in points}
 
 
+@pytest.mark.slow
 def test_partly_done_sweep_runs_only_the_rest(tmp_path):
     one = run_cli(["-m", "profile=smoke", "stage=tokenizer", "experiment=idem", "tokenizer.bits=4"], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]

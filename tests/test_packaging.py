@@ -1,5 +1,9 @@
 import re
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:   # Python 3.10: pytest ships tomli, the same parser
+    import tomli as tomllib
 
 import yaml
 

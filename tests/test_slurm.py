@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from bar.checkpoint import read_generator_checkpoint
 from conftest import ROOT, child_runs, run_cli
 
 pytestmark = pytest.mark.slurm
@@ -119,12 +120,64 @@ def test_requeued_job_resumes_from_its_checkpoint(outputs):
     assert tags["resumes"] == "1" and tags["stopped_by_signal"] == str(int(signal.SIGTERM))
     assert 20 <= int(tags["resumed_from_step"]) < 200                # continued from its checkpoint
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-    assert sorted(steps) == [0] + list(range(10, 201, 10))            # no gaps, no duplicates
+    assert sorted(steps) == list(range(10, 201, 10))                  # no gaps, no duplicates
 
     reference = run_cli(["experiment=requeue_reference", *args], outputs, timeout=600)   # uninterrupted, in process
     assert reference.returncode == 0, reference.stderr[-4000:]
     _, ref_points, _ = child_runs(outputs, "requeue_reference")
-    weights = [torch.load(r.data.params["generator.checkpoint"], weights_only=False)["state_dict"]
+    weights = [read_generator_checkpoint(r.data.params["generator.checkpoint"])["state_dict"]
+               for r in (run, ref_points[0])]
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_timeout_signal_checkpoints_and_submitit_requeues(outputs):
+    """submitit's own protocol for a time limit: SLURM sends USR2 `signal_delay_s` before the limit; the point
+    checkpoints at the end of its step, submitit's handler requeues the job, the new attempt resumes the same run."""
+    args = ["profile=smoke", "generator.train.steps=200", "launcher.checkpoint_every=20",
+            "generator.sample.nocfg=false", "generator.sample.num_samples=20"]
+    before = set(_job_ids())
+    env = {**os.environ, "BAR_OUTPUTS": str(outputs), "MLFLOW_TRACKING_URI": f"sqlite:///{outputs}/mlflow.db",
+           "PYTHONWARNINGS": "ignore"}
+    launch = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "experiment=timeout", "launcher=slurm",
+                               *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and launch.poll() is None:
+            if list(outputs.glob("points/timeout/*/generator/ckpt-*.pt")):
+                break
+            time.sleep(0.1)
+        assert launch.poll() is None, launch.stdout.read()[-3000:]
+        jobs = [j for j in _job_ids() if j not in before]
+        assert len(jobs) == 1, jobs
+        job = jobs[0]
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        for _ in range(300):   # the requeued job waits for SLURM's requeue delay: let it start now
+            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
+            if "PENDING" in state:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+                break
+            time.sleep(0.2)
+        out = launch.communicate(timeout=600)[0]
+    finally:
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGINT)
+            launch.wait(30)
+    assert launch.returncode == 0, out[-4000:]
+
+    client, points, _ = child_runs(outputs, "timeout")
+    assert len(points) == 1
+    run = points[0]
+    tags = run.data.tags
+    assert run.info.status == "FINISHED" and tags["status"] == "finished"
+    assert tags["resumes"] == "1" and tags["stopped_by_signal"] == str(int(signal.SIGUSR2))
+    assert 20 <= int(tags["resumed_from_step"]) < 200
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(10, 201, 10))
+    reference = run_cli(["experiment=timeout_reference", *args], outputs, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    _, ref_points, _ = child_runs(outputs, "timeout_reference")
+    weights = [read_generator_checkpoint(r.data.params["generator.checkpoint"])["state_dict"]
                for r in (run, ref_points[0])]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from conftest import child_runs, run_cli
 
 
@@ -48,6 +50,7 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert parents[0].info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_second_run_with_same_tokenizer_trains_nothing(tmp_path):
     first = run_cli(["profile=smoke", "tokenizer.bits=4"], tmp_path)
     second = run_cli(["profile=smoke", "tokenizer.bits=4"], tmp_path)

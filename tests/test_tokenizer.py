@@ -66,7 +66,7 @@ def test_conv_tokenizer_shapes(overrides, dim, total):
 
 
 def test_paper_vit_tokenizer_shapes_on_meta():
-    cfg = compose(["profile=paper", "data.root=/nonexistent"])
+    cfg = compose(["profile=paper", "data.root=/nonexistent", "tokenizer.arch=vit"])
     with torch.device("meta"):
         tok = Tokenizer(cfg.tokenizer, 3, 256)
         tokens_in = torch.empty(2, 3, 256, 256)

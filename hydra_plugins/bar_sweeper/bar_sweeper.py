@@ -1,4 +1,9 @@
-"""Hydra sweeper `bar`: Hydra's basic sweeper plus union-of-grids sweeps and up-front validation (bar.sweeps).
+"""Hydra sweeper `bar`: Hydra's basic sweeper plus what stock Hydra cannot do (logic in bar.sweeps):
+- `hydra.sweeper.grids`: a union of Cartesian grids (discrete bits and continuous channels in one sweep);
+- every point composed, validated and planned before the first job is submitted: finished points are skipped
+  (no job), a bad point is one line, `dry_run=true` prints the plan and submits nothing;
+- one MLflow parent run per launch, run names that say what varies.
+Points then run through Hydra's stock launchers (basic, submitit local, submitit SLURM).
 
 Hydra only instantiates sweepers that live in the `hydra_plugins` package, hence this thin shim."""
 
@@ -27,6 +32,6 @@ class BarSweeper(BasicSweeper):
         self.grids = list(grids or [])
 
     def sweep(self, arguments: List[str]) -> Any:
-        from bar.sweeps import run_sweep
+        from bar.sweeps import run_sweep  # plugin discovery imports this module: keep it free of torch
 
         return run_sweep(self, arguments)

@@ -1,0 +1,99 @@
+"""The offline FID feature extractor: a small classifier trained on the dataset itself (cached by signature), whose
+penultimate features give the Frechet distance and precision/recall and whose logits give IS. Registered with
+torch-fidelity as `bar-classifier`. Numbers from it are never comparable with Inception ones (tag `fid_extractor`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_fidelity
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+from bar import UserError
+from bar.checkpoint import load_verified, save_atomic
+from bar.train import Recipe, infinite_batches, train
+
+CLASSIFIER_EXTRACTOR = "bar-classifier"
+
+
+class DigitClassifier(nn.Module):
+    """Small CNN; `features` is the penultimate layer used for FID and precision/recall."""
+
+    def __init__(self, in_channels: int, width: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _to_input(images_uint8: torch.Tensor, in_channels: int, resolution: int) -> torch.Tensor:
+    x = images_uint8.float() / 127.5 - 1
+    if x.shape[1] != in_channels:
+        x = x.mean(1, keepdim=True).expand(-1, in_channels, -1, -1) if in_channels in (1, 3) else x
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return x
+
+
+class ClassifierExtractor(FeatureExtractorBase):
+    """torch-fidelity wrapper of a cached DigitClassifier checkpoint (passed as feature_extractor_weights_path)."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        if not feature_extractor_weights_path or not Path(feature_extractor_weights_path).is_file():
+            raise UserError(f"classifier checkpoint {feature_extractor_weights_path!r} not found")
+        ckpt = load_verified(feature_extractor_weights_path)
+        self.in_channels, self.resolution = ckpt["in_channels"], ckpt["resolution"]
+        self.model = DigitClassifier(ckpt["in_channels"], ckpt["width"], ckpt["num_classes"])
+        self.model.load_state_dict(ckpt["state_dict"])
+
+    @staticmethod
+    def get_provided_features_list():
+        return "features", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"isc": "logits"}.get(metric, "features")
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 1, 16, 16, dtype=torch.uint8)
+
+    def forward(self, images_uint8):
+        x = _to_input(images_uint8, self.in_channels, self.resolution).to(next(self.model.parameters()).device)
+        feats = self.model.features(x)
+        out = {"features": feats, "logits": self.model.head(feats)}
+        return tuple(out[name] for name in self.features_list)
+
+
+torch_fidelity.register_feature_extractor(CLASSIFIER_EXTRACTOR, ClassifierExtractor)
+
+
+def train_classifier(dataset, in_channels: int, resolution: int, num_classes: int, ccfg, folder: Path) -> None:
+    torch.manual_seed(0)
+    model = DigitClassifier(in_channels, ccfg.width, num_classes)
+
+    def loss_fn(module, batch, step, generator):
+        images, labels = batch
+        return F.cross_entropy(module(_to_input(images, in_channels, resolution)), labels)
+
+    train(model, loss_fn, infinite_batches(dataset, ccfg.batch_size, seed=0),
+          Recipe(steps=ccfg.steps, lr=ccfg.lr, warmup=min(20, ccfg.steps // 10)))
+    save_atomic({"state_dict": model.state_dict(), "in_channels": in_channels, "resolution": resolution,
+                 "width": ccfg.width, "num_classes": num_classes}, folder / "classifier.pt")
