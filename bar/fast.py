@@ -146,15 +146,14 @@ class FastDecoder:
         return cond[inverse]
 
     @torch.no_grad()
-    def generate(self, model, labels_B: torch.Tensor, cfg_scale: float, generator: torch.Generator | None):
+    def generate(self, model, labels_B: torch.Tensor, cfg_scales: list[float] | None,
+                 generator: torch.Generator | None):
         """Steps (B, L, K) in AR order. labels_B already validated and on the device."""
-        from bar.sampling import cfg_scale_at
-
         head, cfg, dev = model.head, model.cfg, self.device
-        B, L, K = labels_B.shape[0], cfg.steps, cfg.step_dim
+        B, L = labels_B.shape[0], cfg.steps
         labels = torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if self.use_cfg else labels_B
-        # CFG scale per AR step, computed in double as the eager loop does and rounded once
-        scales = torch.tensor([cfg_scale_at(i, L, cfg_scale) for i in range(L)], device=dev) if self.use_cfg else None
+        # CFG scale per AR step (computed by the caller in double, as the eager loop does), rounded once
+        scales = torch.tensor(cfg_scales, device=dev) if self.use_cfg else None
         cond = self.prefill(model, labels)
 
         def noise():
@@ -205,12 +204,12 @@ def release_decoders(model) -> None:
     model.__dict__.pop("_fast_decoders", None)
 
 
-def fast_generate(model, labels_B: torch.Tensor, cfg_scale: float, temperature: float,
+def fast_generate(model, labels_B: torch.Tensor, cfg_scales: list[float] | None, temperature: float,
                   generator: torch.Generator | None, compile=False, **schedule) -> torch.Tensor:
-    """Steps (B, L, K) in AR order through the static decoder (see module doc); called by bar.sampling.generate."""
-    use_cfg = cfg_scale != 1.0
-    dec = decoder_for(model, labels_B.shape[0], use_cfg, temperature, schedule, compile)
-    return dec.generate(model, labels_B, cfg_scale, generator)
+    """Steps (B, L, K) in AR order through the static decoder (see module doc); called by bar.sampling.generate with
+    the guidance scale of every AR step (None: no CFG)."""
+    dec = decoder_for(model, labels_B.shape[0], cfg_scales is not None, temperature, schedule, compile)
+    return dec.generate(model, labels_B, cfg_scales, generator)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -519,6 +519,6 @@ class BARGenerator(nn.Module):
         return self.head.loss(cond, x, draws=head_draws) if head_draws else self.head.loss(cond, x)
 
     def forward(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, step: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss (what DistributedDataParallel wraps)."""
-        return self.training_loss(tokens_BLk, labels_B, step, generator)
+                generator: torch.Generator | None = None, draws: dict | None = None) -> torch.Tensor:
+        """The training loss (what DistributedDataParallel and torch.compile wrap)."""
+        return self.training_loss(tokens_BLk, labels_B, step, generator, draws)

@@ -313,7 +313,7 @@ def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_s
     s = cfg.generator.sample
     labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
     common = dict(schedule=schedule, temperature=s.temperature, batch_size=s.batch_size, seed=s.seed,
-                  kv_cache=s.kv_cache, device=device)
+                  kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
     images, per_s = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale, **common)
     plain = None
     if s.nocfg and s.cfg_scale != 1.0:
@@ -340,7 +340,8 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[st
     folder = plan.folder / "samples"
     result = samples.generate_batches(model, tokenizer, labels, folder, schedule=sampling_schedule(cfg, model),
                                       temperature=s.temperature, cfg_scale=s.cfg_scale, batch_size=s.batch_size,
-                                      seed=s.seed, kv_cache=s.kv_cache, device=device, bf16=s.bf16)
+                                      seed=s.seed, kv_cache=s.kv_cache, device=device, bf16=s.bf16,
+                                      compile=cfg.model.compile)
     distributed.barrier()
     run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)})
     metrics = {"sample_img_per_s": samples.throughput(result), "samples_generated": result["generated"],

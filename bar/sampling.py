@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from bar import UserError
+from bar.fast import fast_generate
 
 
 def cfg_scale_at(i: int, num_steps: int, cfg_scale: float) -> float:
@@ -44,12 +45,12 @@ def generate(model, labels_B: torch.Tensor, cfg_scale: float = 1.0, temperature:
     device = next(model.parameters()).device
     labels_B = labels_B.to(device)
     if fast:
-        from bar.fast import fast_generate
-
+        L = model.cfg.steps
+        scales = [cfg_scale_at(i, L, cfg_scale) for i in range(L)] if cfg_scale != 1.0 else None
         was_training = model.training
         model.eval()
         try:
-            steps = fast_generate(model, labels_B, cfg_scale, temperature, generator, compile=compile, **schedule)
+            steps = fast_generate(model, labels_B, scales, temperature, generator, compile=compile, **schedule)
         finally:
             model.train(was_training)
         return model.ungroup(steps)

@@ -214,3 +214,35 @@ def test_compiled_training_step_trains():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def test_fast_path_under_bf16_autocast():
+    """The GPU sampling path runs under bf16 autocast: the static cache takes the autocast dtype (CPU autocast here)."""
+    model = small_model("mbm")
+    labels = torch.tensor([0, 3, 4])
+    kw = dict(cfg_scale=2.0, allocation=[1, 1, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = generate(model, labels, generator=seeded(), **kw)
+        fast = generate(model, labels, generator=seeded(), fast=True, **kw)
+        assert decoder_for(model, 3, True, 1.0, {"allocation": [1, 1, 2]}).cache.k0.dtype == torch.bfloat16
+    assert fast.shape == eager.shape == (3, 16, 4) and fast.max() <= 1
+    assert (fast == eager).float().mean() > 0.9       # bf16 rounding may flip a near-tie now and then
+
+
+def test_model_compile_in_the_training_loop():
+    """model.compile=true: the training loop compiles the module; the stage draws the randomness eagerly and passes
+    it in (bar/stages/generator.py), so the compiled run follows the eager one step for step."""
+    from bar.train import Recipe, train
+
+    tokens, labels = _batch("mbm")
+    weights = []
+    for compiled in (False, True):
+        model = small_model("mbm", depth=1).train()
+
+        def loss_fn(module, batch, step, generator, model=model):
+            draws = model.training_draws(batch[0].shape[0], step, batch[0].device, generator)
+            return module(*batch, draws=draws)
+
+        train(model, loss_fn, iter([(tokens, labels)] * 3), Recipe(steps=3, lr=1e-3, compile=compiled))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-5, rtol=1e-4)

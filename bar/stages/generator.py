@@ -62,7 +62,11 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
 
     def loss_fn(module, batch, step, generator):
         x, y = batch
-        return module(x.to(device, non_blocking=True), y.to(device), step, generator)
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        # the random draws are made eagerly, outside the (possibly compiled) module: model.compile=true then traces
+        # one deterministic graph that does not recompile as the order annealing moves (bar.fast)
+        draws = model.training_draws(x.shape[0], step, device, generator)
+        return module(x, y, draws=draws)
 
     batches = codes_loader(codes, cfg.generator.train.batch_size, seed=cfg.seed, rank=rank, world_size=world)
     hook = Checkpointing(checkpoint_dir, cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints, on_checkpoint)
@@ -97,9 +101,11 @@ def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, schedule: dict, temperature: float,
                   cfg_scale: float, batch_size: int, seed: int, kv_cache: bool,
-                  device: torch.device) -> tuple[torch.Tensor, float]:
+                  device: torch.device, compile: bool = False) -> tuple[torch.Tensor, float]:
     """This rank's share of the samples for `labels` (items rank::world, seed + rank): uint8 images (or, with no
-    tokenizer, the tokens), and the throughput of all ranks together in images per second (tokens + decoding)."""
+    tokenizer, the tokens), and the throughput of all ranks together in images per second (tokens + decoding).
+    With the KV cache, tokens come from the static-cache decoder (bar.fast: the eager tokens, faster), compiled
+    with `compile`."""
     model.eval()
     world = distributed.world_size()
     mine = labels[distributed.shard_indices(len(labels))] if world > 1 else labels
@@ -110,7 +116,8 @@ def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, s
     with Progress(len(mine), f"sample (cfg {cfg_scale:g})", unit="img") as bar:
         for i in range(0, len(mine), batch_size):
             tokens = generate(model, mine[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=temperature,
-                              kv_cache=kv_cache, generator=generator, **schedule)
+                              kv_cache=kv_cache, fast=kv_cache, compile=compile and kv_cache, generator=generator,
+                              **schedule)
             images.append((float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else tokens).cpu())
             bar.update(len(images[-1]))
     if device.type == "cuda":

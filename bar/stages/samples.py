@@ -34,7 +34,7 @@ def _batch_path(folder: Path, index: int) -> Path:
 @torch.no_grad()
 def generate_batches(model, tokenizer, labels: torch.Tensor, folder: Path, *, schedule: dict, temperature: float,
                      cfg_scale: float, batch_size: int, seed: int, kv_cache: bool, device: torch.device,
-                     bf16: bool) -> dict:
+                     bf16: bool, compile: bool = False) -> dict:
     """This rank's batches (index % world == rank) that are not on disk yet: generated, decoded (with a tokenizer),
     written atomically. Returns {"generated": images made now by all ranks, "seconds": wall time}."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,8 @@ def generate_batches(model, tokenizer, labels: torch.Tensor, folder: Path, *, sc
             generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + j)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
                 tokens = generate(model, batches[j].to(device), cfg_scale=cfg_scale, temperature=temperature,
-                                  kv_cache=kv_cache, generator=generator, **schedule)
+                                  kv_cache=kv_cache, fast=kv_cache, compile=compile and kv_cache,
+                                  generator=generator, **schedule)
                 images = float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else None
             _write_batch(_batch_path(folder, j), tokens, images, batches[j])
             made += len(batches[j])
