@@ -52,7 +52,7 @@ def generator_recipe(cfg: DictConfig, device: torch.device, accum_steps: int = 1
 
 
 def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.device, checkpoint_dir: Path,
-                    accum_steps: int = 1, on_checkpoint=None) -> TrainResult:
+                    accum_steps: int = 1, on_checkpoint=None, extra_hooks=()) -> TrainResult:
     """Data-parallel over the ranks of torch.distributed (DDP: each rank trains on its part of every global batch,
     split into `accum_steps` micro-batches); each item is drawn as the image or its flip at random (the release's
     two views); resumes from `checkpoint_dir` and checkpoints into it."""
@@ -69,7 +69,7 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
     progress = ProgressHook("train generator", cfg.generator.train.steps, cfg.generator.train.batch_size)
     try:
         return train(model, loss_fn, batches, generator_recipe(cfg, device, accum_steps),
-                     distributed=world > 1, hooks=[hook, progress])
+                     distributed=world > 1, hooks=[*extra_hooks, hook, progress])
     finally:
         batches.close()
 
