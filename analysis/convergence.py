@@ -40,12 +40,13 @@ def _fmt(value) -> str:
 
 
 def _without_final_summary(points: pd.DataFrame) -> pd.DataFrame:
-    """Drop a step-0 point logged after the run's last evaluation: that is an end-of-run summary logged at step 0,
-    not an evaluation before training (which would precede every later step)."""
+    """Drop a step-0 point that is the run's end-of-run summary, not an evaluation before training: logged after the
+    last evaluation, or repeating the value the curve logs at its last step (the pipeline logs the final evaluation
+    both at step 0, as the run's headline metric, and at the last step)."""
     if len(points) < 2 or points["step"].iloc[0] != 0:
         return points
     last = points[points["step"] == points["step"].max()]
-    if points["timestamp"].iloc[0] > last["timestamp"].max():
+    if points["timestamp"].iloc[0] > last["timestamp"].max() or points["value"].iloc[0] == last["value"].iloc[-1]:
         return points.iloc[1:]
     return points
 

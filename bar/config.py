@@ -69,8 +69,11 @@ def data_identity(cfg: DictConfig) -> dict:
 
 
 def tokenizer_signature(cfg: DictConfig) -> str:
-    return signature({"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                      "seed": cfg.seed})
+    identity = {"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
+                "seed": cfg.seed}
+    if cfg.eval.rfid_every:      # the cached tokenizer then carries its rFID history (same weights as without)
+        identity["rfid_every"] = cfg.eval.rfid_every
+    return signature(identity)
 
 
 def point_signature(cfg: DictConfig) -> str:

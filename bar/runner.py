@@ -10,6 +10,7 @@ rank 0 plans and logs, the others follow (bar.tracking.NullRun)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing
@@ -28,6 +29,7 @@ from bar import UserError, adm, distributed, tracking
 from bar.build import build_generator, sampling_schedule
 from bar.checkpoint import CheckpointDir
 from bar.config import point_name, run_params, tokenizer_signature
+from bar.cost import TRAIN_FACTOR, generator_flops
 from bar.evaluate import ADMEvaluator, generation_evaluator, reconstruction_evaluator
 from bar.planner import Plan, plan_point, point_folder, record_run, recorded_run, try_lock
 from bar.signals import install_stop_handlers, stop_requested
@@ -35,6 +37,7 @@ from bar.stages import generator as gen_stage
 from bar.stages import samples
 from bar.stages import tokenizer as tok_stage
 from bar.tracking import NullRun, PointRun
+from bar.train import PeriodicEval
 
 log = logging.getLogger("bar")
 
@@ -251,7 +254,14 @@ def _record_infeasible(run, plan: Plan) -> dict[str, float]:
 
 def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
     """Tokenizer (train or reuse) -> reconstructions -> rFID. Returns (tokenizer, metrics)."""
-    tokenizer, ckpt, built = tok_stage.obtain_tokenizer(cfg, train_set, device)
+    # built when first needed, once (the classifier extractor trains a classifier)
+    evaluator = functools.cache(lambda: reconstruction_evaluator(cfg, train_set, device))
+
+    def rfid_of(model) -> float | None:          # eval.rfid_every: during training
+        originals, recon = tok_stage.reconstruct(model, val_set, device)
+        return tok_stage.reconstruction_metrics(evaluator(), originals, recon, val_set).get("rfid")
+
+    tokenizer, ckpt, built = tok_stage.obtain_tokenizer(cfg, train_set, device, rfid_of)
     metrics = tok_stage.latent_metrics(cfg, tokenizer)
     run.set_tags({"tokenizer_reused": str(not built), "tokenizer_signature": tokenizer_signature(cfg)})
     run.log_params({"tokenizer.file": ckpt["path"]})   # the tokenizer this point used (cache entry or checkpoint)
@@ -261,11 +271,12 @@ def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
     run.log_metrics(metrics)
     if built:
         metrics["_first_step_at"] = ckpt["first_step_at"]   # for the launch-overhead metric; not logged as such
-    evaluator = reconstruction_evaluator(cfg, train_set, device)
-    run.set_tags({"fid_extractor": evaluator.tag})
+    run.set_tags({"fid_extractor": evaluator().tag})
     originals, recon = tok_stage.reconstruct(tokenizer, val_set, device)
-    rec = tok_stage.reconstruction_metrics(evaluator, originals, recon, val_set)
+    rec = tok_stage.reconstruction_metrics(evaluator(), originals, recon, val_set)
     run.log_metrics(rec)
+    if cfg.eval.rfid_every and "rfid" in rec:    # the curve: evaluations during training, then the final one
+        run.log_history("rfid", [*ckpt.get("rfid_history", []), (cfg.tokenizer.train.steps, rec["rfid"])])
     metrics.update(rec)
     with tempfile.TemporaryDirectory() as tmp:
         tok_stage.save_pairs_grid(originals, recon.images, Path(tmp) / "recon_grid.png")
@@ -287,8 +298,13 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     metrics = {"mem_estimate_gb": plan.memory_gb, "generator_params": sum(p.numel() for p in model.parameters())}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    evaluator = functools.cache(lambda: generation_evaluator(cfg, train_set, device))
+    tflop_per_step = TRAIN_FACTOR * generator_flops(cfg)["forward"] * cfg.generator.train.batch_size / 1e12
+    hooks = [_periodic_gfid(cfg, tokenizer, schedule, train_set, device, run, evaluator, tflop_per_step)] \
+        if cfg.eval.gfid_every else []
     result = gen_stage.train_generator(cfg, model, codes, device, plan.folder / "generator", memory.accum_steps,
-                                       on_checkpoint=lambda r: run.append_history("train_loss", r.history))
+                                       on_checkpoint=lambda r: run.append_history("train_loss", r.history),
+                                       extra_hooks=hooks)
     run.append_history("train_loss", result.history)
     metrics["train_img_per_s"] = result.samples_per_s   # train_loss: its history, not a step-0 copy of its end
     if result.start_step:
@@ -303,22 +319,50 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
         gen_stage.save_generator(model, OmegaConf.to_container(cfg, resolve=True), path)
     run.log_params({"generator.checkpoint": str(path)})
     run.log_metrics(metrics)
-    metrics.update(_sample_and_score(cfg, model, tokenizer, schedule, train_set, device, run))
+    metrics.update(_sample_and_score(cfg, model, tokenizer, schedule, train_set, device, run, evaluator()))
+    if cfg.eval.gfid_every and "gfid" in metrics:   # the curve's last point: the final evaluation at the last step
+        steps = cfg.generator.train.steps
+        run.log_metrics({"gfid": metrics["gfid"], "gfid_nocfg": metrics.get("gfid_nocfg"),
+                         "train_tflop": tflop_per_step * steps}, step=steps)
     metrics["_first_step_at"] = result.first_step_at   # for the launch-overhead metric; not logged as such
     return metrics
 
 
-def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_set, device, run) -> dict:
+def _sampling_kwargs(cfg: DictConfig, schedule: dict, device) -> dict:
+    s = cfg.generator.sample
+    return dict(schedule=schedule, temperature=s.temperature, batch_size=s.batch_size, seed=s.seed,
+                kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
+
+
+def _periodic_gfid(cfg: DictConfig, tokenizer, schedule: dict, train_set, device, run, evaluator,
+                   tflop_per_step: float) -> PeriodicEval:
+    """eval.gfid_every: guided samples (generator.sample.num_samples, as at the end) scored during training; gFID and
+    the training compute so far logged at the optimizer step."""
+    s = cfg.generator.sample
+    labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
+
+    def gfid_of(model, step: int) -> float | None:
+        images, _ = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale,
+                                            **_sampling_kwargs(cfg, schedule, device))
+        scores = evaluator().compare(images, train_set, "train")
+        return scores["fid"] if scores is not None else None
+
+    def log(step: int, gfid: float) -> None:
+        run.log_metrics({"gfid": gfid, "train_tflop": tflop_per_step * step}, step=step)
+
+    return PeriodicEval(cfg.eval.gfid_every, cfg.generator.train.steps, gfid_of, on_value=log)
+
+
+def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_set, device, run,
+                      evaluator) -> dict:
     """Every rank samples its shard of the class-balanced labels; features are gathered and scored on rank 0."""
     s = cfg.generator.sample
     labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
-    common = dict(schedule=schedule, temperature=s.temperature, batch_size=s.batch_size, seed=s.seed,
-                  kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
+    common = _sampling_kwargs(cfg, schedule, device)
     images, per_s = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale, **common)
     plain = None
     if s.nocfg and s.cfg_scale != 1.0:
         plain, _ = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=1.0, **common)
-    evaluator = generation_evaluator(cfg, train_set, device)
     metrics = {"sample_img_per_s": per_s, **gen_stage.generation_metrics(evaluator, images, plain, train_set)}
     run.log_metrics(metrics)
     mine = labels[distributed.shard_indices(len(labels))]

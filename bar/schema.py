@@ -199,6 +199,9 @@ class EvalConf:
     reference: Optional[str] = None        # adm: the reference batch, e.g. VIRTUAL_imagenet256_labeled.npz
     batch_size: int = MISSING
     classifier: ClassifierConf = field(default_factory=ClassifierConf)
+    # evaluations during training, for convergence curves (metric history at optimizer steps; 0: at the end only)
+    gfid_every: int = 0                    # generator steps between gFIDs (sampling generator.sample.num_samples)
+    rfid_every: int = 0                    # tokenizer steps between rFIDs (of the EMA weights when there is an EMA)
 
 
 @dataclass

@@ -156,6 +156,7 @@ class TrainState:
         self.step = 0                      # optimizer steps done
         self.running, self.count = 0.0, 0  # loss sum / count since the last history entry
         self.result = TrainResult(world_size=world)
+        self.excluded_seconds = 0.0        # spent in hooks that are not training (evaluations): not in result.seconds
 
     def state_dict(self) -> dict:
         """Every rank must call this (the RNG states of all ranks are gathered); rank 0's copy is the checkpoint."""
@@ -229,6 +230,42 @@ class Checkpointing(TrainHook):
             if self.on_checkpoint is not None:
                 self.on_checkpoint(state.result)
         dist.barrier()
+
+
+class PeriodicEval(TrainHook):
+    """Evaluate during training, every `every` optimizer steps before the last (the run's final evaluation covers the
+    last): `evaluate(model, step) -> value` (None on ranks that do not score). It runs on every rank (sampling and
+    features are sharded), in eval mode, with the random state put back afterwards and its time left out of the
+    training throughput, so training goes on exactly as it would without it. `history` [(step, value)] is kept in
+    checkpoints through `state_dict` (bar.tokenizer_recipe.CheckpointingWithExtras); `on_value(step, value)` runs on
+    the ranks that scored (e.g. to log the value at its step)."""
+
+    def __init__(self, every: int, total: int, evaluate: Callable[[torch.nn.Module, int], float | None],
+                 on_value: Callable[[int, float], None] | None = None):
+        self.every, self.total, self.evaluate, self.on_value = every, total, evaluate, on_value
+        self.history: list[tuple[int, float]] = []
+
+    def after_step(self, state: TrainState) -> None:
+        if not self.every or state.step % self.every or state.step >= self.total:
+            return
+        start, rng = time.perf_counter(), _rng_state()
+        state.model.eval()
+        try:     # not under no_grad: a lazily built evaluator may train (the classifier extractor)
+            value = self.evaluate(state.model, state.step)
+        finally:
+            state.model.train()
+            _set_rng_state(rng)
+        if value is not None:
+            self.history.append((state.step, float(value)))
+            if self.on_value is not None:
+                self.on_value(state.step, float(value))
+        state.excluded_seconds += time.perf_counter() - start
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [tuple(item) for item in state["history"]]
 
 
 class ProgressHook(TrainHook):
@@ -330,7 +367,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, batches: Iterator, recipe: 
             state.count += 1
             state.step += 1
             result.first_step_at = result.first_step_at or time.time()
-            result.seconds = base_seconds + time.perf_counter() - segment_start
+            result.seconds = base_seconds + time.perf_counter() - segment_start - state.excluded_seconds
             if state.step % recipe.log_every == 0 or state.step == recipe.steps:
                 mean = state.running / state.count
                 result.history.append((state.step, dist.mean_scalar(mean) if world > 1 else mean))

@@ -33,7 +33,7 @@ AT_LEAST_ONE = ("data.resolution", "data.num_classes", "tokenizer.train.steps", 
 NOT_NEGATIVE = ("generator.sample.cfg_scale", "generator.sample.temperature", "tokenizer.train.warmup",
                 "generator.train.warmup", "generator.train.grad_clip", "generator.train.weight_decay",
                 "tokenizer.train.weight_decay", "model.dropout", "model.attn_dropout", "model.label_dropout",
-                "launcher.checkpoint_every")
+                "launcher.checkpoint_every", "eval.gfid_every", "eval.rfid_every")
 INCEPTION_KEY = "Conv2d_1a_3x3.conv.weight"     # a tensor of torch-fidelity's inception-v3-compat weights
 
 

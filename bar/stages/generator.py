@@ -19,6 +19,7 @@ from bar.cache import load_or_rebuild
 from bar.checkpoint import read_generator_checkpoint, save_atomic
 from bar.codes_store import CodesStore, pretokenize
 from bar.config import tokenizer_signature
+from bar.fast import release_decoders
 from bar.loader import codes_loader
 from bar.official import load_official
 from bar.optim import decays
@@ -52,7 +53,7 @@ def generator_recipe(cfg: DictConfig, device: torch.device, accum_steps: int = 1
 
 
 def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.device, checkpoint_dir: Path,
-                    accum_steps: int = 1, on_checkpoint=None) -> TrainResult:
+                    accum_steps: int = 1, on_checkpoint=None, extra_hooks=()) -> TrainResult:
     """Data-parallel over the ranks of torch.distributed (DDP: each rank trains on its part of every global batch,
     split into `accum_steps` micro-batches); each item is drawn as the image or its flip at random (the release's
     two views); resumes from `checkpoint_dir` and checkpoints into it."""
@@ -73,7 +74,7 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
     progress = ProgressHook("train generator", cfg.generator.train.steps, cfg.generator.train.batch_size)
     try:
         return train(model, loss_fn, batches, generator_recipe(cfg, device, accum_steps),
-                     distributed=world > 1, hooks=[hook, progress])
+                     distributed=world > 1, hooks=[*extra_hooks, hook, progress])
     finally:
         batches.close()
 
@@ -123,6 +124,7 @@ def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, s
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    release_decoders(model)     # their KV caches would otherwise stay allocated (e.g. while training goes on)
     out = torch.cat(images) if images else torch.empty(0)
     if world > 1:
         seconds = max(distributed.all_gather_objects(seconds))

@@ -3,7 +3,9 @@ cache afterwards, reconstruct the validation set (each rank its shard), measure 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ from bar.ema import EMA, EMAHook
 from bar.losses.gan import DiscriminatorTrainer
 from bar.losses.recipe import TokenizerLoss, build_tokenizer_loss
 from bar.tokenizer_recipe import CheckpointingWithExtras, DiscriminatorHook, augment, tokenizer_param_groups
-from bar.train import ProgressHook, Recipe, train
+from bar.train import PeriodicEval, ProgressHook, Recipe, train
 
 
 def load_data(cfg: DictConfig):
@@ -57,8 +59,10 @@ def tokenizer_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
                   param_groups=lambda m: tokenizer_param_groups(m, t.lr, t.encoder_lr_mult, t.weight_decay))
 
 
-def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: Path) -> tuple[list, object]:
-    """EMA, discriminator and checkpointing hooks of the recipe (what the config turns on); returns (hooks, ema)."""
+def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: Path,
+                 rfid_of: Callable[[Tokenizer], float | None] | None = None) -> tuple[list, object, PeriodicEval | None]:
+    """EMA, discriminator, periodic rFID (eval.rfid_every, with `rfid_of`) and checkpointing hooks of the recipe
+    (what the config turns on); returns (hooks, ema, the periodic rFID hook)."""
     t, extras, hooks = cfg.tokenizer.train, {}, []
     gan_start = cfg.tokenizer.loss.gan_start if loss.weights.gan > 0 else None
     ema = EMA(tokenizer, t.ema) if t.ema else None
@@ -75,10 +79,18 @@ def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: 
             (lambda b: images_to_float(b[0].to(device)))
         hooks.append(DiscriminatorHook(trainer, images_of, lambda model, x: model(x)[0]))
         extras["discriminator"] = hooks[-1]
+    periodic = None
+    if cfg.eval.rfid_every and rfid_of is not None:
+        def evaluate(model, step):
+            with ema.applied(model) if ema is not None else nullcontext():   # the weights the run will keep
+                return rfid_of(model)
+        periodic = PeriodicEval(cfg.eval.rfid_every, t.steps, evaluate)
+        hooks.append(periodic)
+        extras["rfid"] = periodic
     hooks.append(CheckpointingWithExtras(work / "ckpt", extras, cfg.launcher.checkpoint_every,
                                          cfg.launcher.keep_checkpoints))
     hooks.append(ProgressHook("train tokenizer", t.steps, t.batch_size))
-    return hooks, ema
+    return hooks, ema, periodic
 
 
 def new_tokenizer(cfg: DictConfig, device: torch.device):
@@ -91,16 +103,17 @@ def new_tokenizer(cfg: DictConfig, device: torch.device):
     return tokenizer.to(device)
 
 
-def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Path, work: Path) -> None:
+def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Path, work: Path,
+                    rfid_of: Callable[[Tokenizer], float | None] | None = None) -> None:
     """The release's recipe (the parts the config turns on): every rank trains on its part of each global batch
     (DDP); checkpoints in `work` let the next job that builds this tokenizer resume; rank 0 writes the result (the
-    EMA copy when there is one) into `folder`."""
+    EMA copy when there is one) into `folder`, with the rFID history when eval.rfid_every asks for one."""
     tokenizer = new_tokenizer(cfg, device)
     loss = build_tokenizer_loss(cfg.tokenizer.loss, cfg.tokenizer.weights).to(device)
     t = cfg.tokenizer.train
     batches = image_loader(train_set, t.batch_size, seed=cfg.seed, rank=distributed.rank(),
                            world_size=distributed.world_size(), num_workers=cfg.data.num_workers, flip=False)
-    hooks, ema = recipe_hooks(cfg, tokenizer, loss, device, work)
+    hooks, ema, periodic = recipe_hooks(cfg, tokenizer, loss, device, work, rfid_of)
     try:
         result = train(tokenizer, _loss_fn(cfg, loss, device), batches, tokenizer_recipe(cfg, device),
                        distributed=distributed.world_size() > 1, hooks=hooks)
@@ -111,12 +124,15 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
     if distributed.is_main():
         save_atomic({"state_dict": tokenizer.state_dict(), "history": result.history,
                      "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at,
+                     "rfid_history": periodic.history if periodic is not None else [],
                      "config": OmegaConf.to_container(cfg.tokenizer)}, folder / "tokenizer.pt")
 
 
-def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[Tokenizer, dict, bool]:
+def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device,
+                     rfid_of: Callable[[Tokenizer], float | None] | None = None) -> tuple[Tokenizer, dict, bool]:
     """The tokenizer for this config: `tokenizer.checkpoint` when given (e.g. the release's), else trained once per
-    signature and then reused. Returns (model, checkpoint record, built now)."""
+    signature and then reused. `rfid_of(tokenizer)` scores it during training when eval.rfid_every is set. Returns
+    (model, checkpoint record, built now)."""
     if cfg.tokenizer.checkpoint:
         tokenizer = load_tokenizer_checkpoint(cfg).to(device).eval()
         return tokenizer, {"path": str(cfg.tokenizer.checkpoint), "history": []}, False
@@ -128,7 +144,7 @@ def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device) -> tuple[
         return ckpt
 
     ckpt, built = load_or_rebuild(cfg.paths.cache, "tokenizer", sig,
-                                  lambda f: train_tokenizer(cfg, train_set, device, f, work), load, together=True)
+                                  lambda f: train_tokenizer(cfg, train_set, device, f, work, rfid_of), load, together=True)
     tokenizer = build_tokenizer(cfg).to(device)
     tokenizer.load_state_dict(ckpt["state_dict"])
     tokenizer.eval()
