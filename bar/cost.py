@@ -118,7 +118,7 @@ def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpoin
     t = cfg.tokenizer.train
     cost = PointCost(tokenizer_signature(cfg), {
         "train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size,
-        "reconstruct": tok["forward"] * val_images})
+        "reconstruct": tok["forward"] * val_images * (1 + evaluations_during(t.steps, cfg.eval.rfid_every))})
     if cfg.stage != "all":
         return cost
     cost.tokenizer["pretokenize"] = tok["encode"] * train_images * 2
@@ -127,9 +127,16 @@ def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpoin
     per_image = gen["forward"] + (unmasking_steps(cfg, schedule or {}) - 1) * gen["head"]
     guided = 2 if s.cfg_scale != 1.0 else 1
     runs = guided + (1 if s.nocfg and s.cfg_scale != 1.0 else 0)
+    periodic = evaluations_during(g.steps, cfg.eval.gfid_every)        # guided samples only
     cost.generator = {"train": factor * gen["forward"] * g.steps * g.batch_size,
-                      "sample": (per_image * runs + tok["decode"] * (2 if runs > guided else 1)) * s.num_samples}
+                      "sample": (per_image * (runs + periodic * guided)
+                                 + tok["decode"] * ((2 if runs > guided else 1) + periodic)) * s.num_samples}
     return cost
+
+
+def evaluations_during(steps: int, every: int) -> int:
+    """Evaluations a PeriodicEval makes before the last step (the final evaluation is counted on its own)."""
+    return (int(steps) - 1) // int(every) if every else 0
 
 
 def gpu_hours(flops: float, cfg: DictConfig, sampling: bool = False) -> float:

@@ -36,9 +36,15 @@ def one_task_per_gpu(gpus_per_node) -> int:
     return int(gpus_per_node) if gpus_per_node else 1
 
 
+def every_nth_of(steps, times) -> int:
+    """Steps between `times` evenly spaced evaluations over `steps` training steps (at least 1)."""
+    return max(1, int(steps) // int(times))
+
+
 def register_resolvers() -> None:
-    """Config resolvers: the two defaults above, and one task per GPU for the SLURM launcher (idempotent)."""
+    """Config resolvers: the two defaults above, one task per GPU for the SLURM launcher, and evaluation spacing
+    (`${bar_every:${generator.train.steps},6}`) for curves (idempotent)."""
     for name, fn in (("bar_outputs", lambda: str(outputs_dir())), ("bar_tracking_uri", default_tracking_uri),
-                     ("bar_one_task_per_gpu", one_task_per_gpu)):
+                     ("bar_one_task_per_gpu", one_task_per_gpu), ("bar_every", every_nth_of)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

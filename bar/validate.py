@@ -254,8 +254,8 @@ def check_generator_checkpoint(cfg: DictConfig) -> None:
 def _check_saved_config(path: Path, saved: dict, cfg: DictConfig) -> None:
     current = OmegaConf.to_container(cfg, resolve=True)
     keys = [("model", k) for k in ("preset", "dim", "depth", "heads", "patch_size", "head_width", "class_repeat")]
-    keys += [("head", "name"), ("tokenizer", "kind"), ("tokenizer", "bits"), ("tokenizer", "channels"),
-             ("data", "num_classes")]
+    size = "bits" if saved.get("tokenizer", {}).get("kind") == "fsq" else "channels"   # the other one is unused
+    keys += [("head", "name"), ("tokenizer", "kind"), ("tokenizer", size), ("data", "num_classes")]
     for group, key in keys:
         was, now = saved.get(group, {}).get(key), current[group].get(key)
         if was != now:
