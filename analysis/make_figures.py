@@ -69,11 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"wrote {r.name} ({', '.join(p.suffix.lstrip('.') for p in r.files)})")
     table_files = tables.write_tables(df, out, reported)
-    report = tables.write_report(df, out, figures=results, reported=reported, history=history)
+    report = tables.write_report(df, out, figures=results, reported=reported, history=history,
+                                 information=_information_of(df))
     print(f"wrote {', '.join(p.name for p in table_files)}, {report.name} into {out}")
     if not args.no_log:
         _log_to_parents(args.tracking_uri, df, results, [*table_files, report], latest_parent_run)
     return 0
+
+
+def _information_of(df):
+    """Information per image of the embedded datasets the runs used (computed here, from the data)."""
+    from analysis.information import dataset_information
+    from analysis.runs import column, numeric
+    from bar.data import EMBEDDED_DATASETS
+
+    used = {(d, int(r)) for d, r in zip(column(df, "data.name"), numeric(df, "data.resolution"))
+            if d in EMBEDDED_DATASETS and r == r}
+    return dataset_information(sorted(used)) if used else None
 
 
 def _log_to_parents(tracking_uri, df, results, extra_files, latest_parent_run) -> None:

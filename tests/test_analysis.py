@@ -680,3 +680,20 @@ def test_cli_draws_logs_and_is_deterministic(tmp_path_factory):
     names = {p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file()}
     assert "quality_vs_cost.svg" in names and not any(n.endswith(".png") for n in names)
     assert "patch_size/bits_vs_fid.svg" in names and "bits_vs_fid.svg" not in names  # home sweep not selected
+
+
+def test_report_testbed_says_which_latents_exceed_the_data():
+    df = pd.DataFrame({"sweep": ["codebook_scaling"] * 3 + ["bits_vs_gfid"], "profile": ["tiny"] * 3 + ["small"],
+                       "data.name": ["digits"] * 3 + ["photo_crops"], "data.resolution": [16] * 4,
+                       "total_bits": [64, 256, 512, 2048], "status": ["finished"] * 4})
+    info = pd.DataFrame({"dataset": ["digits", "photo_crops"], "resolution": [16, 16], "estimate_bits": [262, 3564]})
+    claims = [tables.Claim("k", "gFID falls", "codebook_scaling", "tiny", "no", ""),
+              tables.Claim("k", "gFID falls", "bits_vs_gfid", "small", "no", ""),
+              tables.Claim("k", "memory flat", "codebook_scaling", "tiny", "yes", "")]
+    text = "\n".join(tables.testbed_lines(df, claims, info))
+    assert "| codebook_scaling | tiny | digits 16x16 | 262 | 64, 256, 512 | 512 |" in text
+    assert "| bits_vs_gfid | small | photo_crops 16x16 | 3,564 | 2,048 | none |" in text
+    assert "gFID falls (codebook_scaling, tiny): outside in part: 1 of its 3 latents exceed" in text
+    assert "gFID falls (bits_vs_gfid, small): inside: every latent is below the data's 3,564" in text
+    assert "memory flat" not in text                  # only the 'no's are placed
+    assert tables.testbed_lines(df, claims, None) == []

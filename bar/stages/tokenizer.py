@@ -32,7 +32,7 @@ def load_data(cfg: DictConfig):
     return build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
 
 
-def _loss_fn(cfg: DictConfig, loss: TokenizerLoss, device: torch.device):
+def training_loss_fn(cfg: DictConfig, loss: TokenizerLoss, device: torch.device):
     """The training loss of one batch: (augmented) images -> reconstruction -> the recipe's weighted parts."""
     resolution, augmenting = cfg.data.resolution, cfg.tokenizer.train.augment
     distill = loss.weights.distillation > 0
@@ -115,7 +115,7 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
                            world_size=distributed.world_size(), num_workers=cfg.data.num_workers, flip=False)
     hooks, ema, periodic = recipe_hooks(cfg, tokenizer, loss, device, work, rfid_of)
     try:
-        result = train(tokenizer, _loss_fn(cfg, loss, device), batches, tokenizer_recipe(cfg, device),
+        result = train(tokenizer, training_loss_fn(cfg, loss, device), batches, tokenizer_recipe(cfg, device),
                        distributed=distributed.world_size() > 1, hooks=hooks)
     finally:
         batches.close()
