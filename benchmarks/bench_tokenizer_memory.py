@@ -5,10 +5,12 @@ encoder copy, Gram, hinge GAN past its start step), random weights, fp32 on this
     python benchmarks/bench_tokenizer_memory.py [--batches 1,2] [--bits 16] [--gpu-gb 80]
                                                 [--out benchmarks/results/tokenizer_memory.csv]
 
-Per micro-batch: resident bytes (trainable and frozen parameters, buffers, AdamW state) and the measured peak of one
-AdamW step above them (gradients, activations, temporaries: torch profiler allocation events, bar.memory). The step's
-activation bytes per image are the slope between two micro-batches; the micro-batch that fits `--gpu-gb` follows
-from them, in fp32 (measured) and for bf16 autocast (activations halved: an estimate, not measured here). The
+Per micro-batch: resident bytes (trainable and frozen parameters, buffers, AdamW state), the activations the forward
+pass keeps for backward (the peak of the forward alone, graph held), and the measured peak of one whole AdamW step
+above the resident bytes (torch profiler allocation events, bar.memory; at small micro-batches the optimizer's
+gradients and temporaries set it, not the activations). Activation bytes per image are the slope between two
+micro-batches; the micro-batch that fits `--gpu-gb` is the largest with resident + gradients + activations inside it,
+in fp32 (measured) and for bf16 autocast (activations halved: an estimate, not measured here). The
 discriminator's own step (its trainable heads over frozen DINO features) is not included: it runs after the
 tokenizer step, with the tokenizer's activations freed.
 """
@@ -31,8 +33,8 @@ from bar.memory import _bytes, gib, measure_peak_train_memory  # noqa: E402
 from bar.stages.tokenizer import new_tokenizer, training_loss_fn  # noqa: E402
 from bar.tokenizer_recipe import tokenizer_param_groups  # noqa: E402
 
-FIELDS = ["micro_batch", "trainable_params", "frozen_params", "resident_gib", "step_peak_gib", "total_gib",
-          "seconds", "bits", "resolution"]
+FIELDS = ["micro_batch", "trainable_params", "frozen_params", "resident_gib", "activations_gib", "step_peak_gib",
+          "total_gib", "seconds", "bits", "resolution"]
 
 
 def measure(cfg, batch: int) -> dict:
@@ -60,9 +62,14 @@ def measure(cfg, batch: int) -> dict:
         + sum(_bytes(s.values()) for s in opt.state.values())
     start = time.perf_counter()
     peak = measure_peak_train_memory(one_step, device)
+    seconds = time.perf_counter() - start
+    held = []                                           # the loss (and through it the graph) outlives the measurement
+    activations = measure_peak_train_memory(lambda: held.append(loss_fn(tokenizer, (images,), step, generator)))
+    held.clear()
     return {"micro_batch": batch, "trainable_params": sum(p.numel() for p in trainable),
             "frozen_params": sum(p.numel() for p in frozen), "resident_gib": gib(resident),
-            "step_peak_gib": gib(peak), "total_gib": gib(resident + peak), "seconds": time.perf_counter() - start,
+            "activations_gib": gib(activations), "step_peak_gib": gib(peak),
+            "total_gib": gib(resident + max(peak, activations)), "seconds": seconds,
             "bits": cfg.tokenizer.bits, "resolution": res}
 
 
@@ -81,8 +88,9 @@ def main(argv=None) -> int:
         rows.append(measure(cfg, batch))
         r = rows[-1]
         print(f"micro-batch {batch}: resident {r['resident_gib']:.2f} GiB ({r['trainable_params'] / 1e6:.0f}M "
-              f"trainable + {r['frozen_params'] / 1e6:.0f}M frozen params, AdamW state), step peak "
-              f"{r['step_peak_gib']:.2f} GiB, total {r['total_gib']:.2f} GiB ({r['seconds']:.0f} s)", flush=True)
+              f"trainable + {r['frozen_params'] / 1e6:.0f}M frozen params, AdamW state), forward activations "
+              f"{r['activations_gib']:.2f} GiB, step peak {r['step_peak_gib']:.2f} GiB, total {r['total_gib']:.2f} GiB "
+              f"(step {r['seconds']:.0f} s)", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
@@ -91,8 +99,9 @@ def main(argv=None) -> int:
         writer.writerows({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
-        per_image = (b["step_peak_gib"] - a["step_peak_gib"]) / (b["micro_batch"] - a["micro_batch"])
-        fixed = a["resident_gib"] + a["step_peak_gib"] - per_image * a["micro_batch"]
+        per_image = (b["activations_gib"] - a["activations_gib"]) / (b["micro_batch"] - a["micro_batch"])
+        grads = a["trainable_params"] * 4 / 2 ** 30                     # fp32 gradients, alive with the activations
+        fixed = a["resident_gib"] + grads + a["activations_gib"] - per_image * a["micro_batch"]
         budget = args.gpu_gb * 1e9 / 2 ** 30 * 0.9             # 10% for the allocator and CUDA context
         for name, act in (("fp32", per_image), ("bf16 autocast (activations / 2, estimated)", per_image / 2)):
             fits = int((budget - fixed) // act) if act > 0 else 0
