@@ -10,7 +10,7 @@ from bar.config import available_sweeps, compose, point_signature, tokenizer_sig
 from bar.validate import validate_config
 from conftest import ROOT
 
-PROFILES = ["tiny", "smoke", "paper"]
+PROFILES = ["tiny", "smoke", "paper", "small"]
 PAPER_ONLY = {"release_eval"}
 
 
@@ -22,7 +22,8 @@ def test_every_sweep_composes_with_every_profile(sweep, profile):
     if sweep in PAPER_ONLY and profile != "paper":   # the release's checkpoints exist for the paper's presets only
         with pytest.raises(InterpolationKeyError, match="release.generators"):
             OmegaConf.to_container(cfg, resolve=True)
-        with pytest.raises(UserError, match=f"checkpoint: Interpolation key 'release.generators.{profile}' not found"):
+        missing = f"checkpoint: Interpolation key 'release.generators.{cfg.model.preset}' not found"
+        with pytest.raises(UserError, match=missing):
             validate_config(cfg)      # one line before any work, not a traceback
         return
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -38,7 +39,7 @@ def test_sweep_files_say_what_varies():
 
 
 def test_profiles_set_sizes():
-    tiny, smoke, paper = (compose([f"profile={p}", "data.root=/data"]) for p in PROFILES)
+    tiny, smoke, paper = (compose([f"profile={p}", "data.root=/data"]) for p in ("tiny", "smoke", "paper"))
     assert smoke.tokenizer.train.steps < tiny.tokenizer.train.steps < paper.tokenizer.train.steps
     assert paper.data.name == "imagefolder" and paper.data.resolution == 256 and paper.tokenizer.arch == "release"
     assert paper.eval.extractor == "inception" and tiny.eval.extractor == "classifier"
@@ -100,5 +101,5 @@ def test_cli_bad_input_is_one_line_and_nothing_runs(args, message, tmp_path):
 def test_help_lists_sweeps_and_groups():
     proc = _cli("--help")
     assert proc.returncode == 0
-    for line in ("sweep: " + ", ".join(available_sweeps()), "profile: paper, smoke, tiny", "tokenizer: ae, fsq"):
+    for line in ("sweep: " + ", ".join(available_sweeps()), "profile: paper, small, smoke, tiny", "tokenizer: ae, fsq"):
         assert line in proc.stdout
