@@ -5,7 +5,7 @@
     train_memory_breakdown(...)  -> {"params", "grads", "optimizer", "backbone_activations", "head_activations"}
     measure_peak_train_memory(fn, device="cpu") -> int bytes
     measure_train_step(model, tokens_BLk, labels_B, lr=1e-4) -> int bytes
-    per_gpu_breakdown(model, micro_batch, *, checkpointing, bytes_per_act=2) -> {part: bytes}
+    per_gpu_breakdown(model, micro_batch, *, checkpointing, bytes_per_act=2, compiled=True) -> {part: bytes}
     plan_memory(model, global_batch, world_size, gpu_gb, bytes_per_act=2, ...) -> MemoryPlan
         (micro_batch, accum_steps, checkpointing, est_gb_per_gpu, feasible, reason)
 
@@ -105,18 +105,29 @@ def checkpointed_backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: 
     return saved_inputs + one_block + rest
 
 
+# Eager bf16 autocast keeps more than the rule of thumb: each linear saves the bf16 copy of its input beside the fp32
+# tensor the previous op saved, and unfused elementwise ops save their own inputs. Measured on an H200 (BAR-B,
+# micro-batch 128, benchmarks/gpu/bar_b_step.py): 81.7 GiB peak eager, of which 74.7 GiB activations against the rule's
+# 52.6 (x1.42); compiled (torch.compile fuses and recomputes them): 49.6 GiB peak, under the rule.
+EAGER_AUTOCAST_ACTIVATIONS = 1.42
+
+
 def per_gpu_breakdown(model: nn.Module, micro_batch: int, *, checkpointing: bool = False,
-                      bytes_per_act: int = 2) -> dict[str, int]:
+                      bytes_per_act: int = 2, compiled: bool = True) -> dict[str, int]:
     """Bytes one data-parallel rank holds at the peak of a training step of `micro_batch` samples (a BARGenerator,
     possibly on the meta device): fp32 parameters, fp32 gradients, AdamW's two fp32 moments, under mixed precision
     (bytes_per_act < 4) autocast's cached low-precision copy of the weights, and the activations of one micro-batch
     (backbone: all blocks' saved tensors, or with `checkpointing` only block inputs + one block; head: as
     `TokenHead.activation_bytes`, not checkpointed). Gradient accumulation adds nothing: gradients are summed in
-    place."""
+    place. `compiled`: the step runs under torch.compile (the rule of thumb); an eager step under autocast holds
+    EAGER_AUTOCAST_ACTIVATIONS times its activations."""
     parts = train_memory_breakdown(model, micro_batch, bytes_per_param=4, bytes_per_act=bytes_per_act)
     parts["autocast_weights"] = _param_count(model) * bytes_per_act if bytes_per_act < 4 else 0
     if checkpointing:
         parts["backbone_activations"] = checkpointed_backbone_activation_bytes(model.cfg, micro_batch, bytes_per_act)
+    if not compiled and bytes_per_act < 4:
+        for part in ("backbone_activations", "head_activations"):
+            parts[part] = int(parts[part] * EAGER_AUTOCAST_ACTIVATIONS)
     return parts
 
 
@@ -142,7 +153,7 @@ def _divisors_desc(n: int) -> list[int]:
 
 def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: float, bytes_per_act: int = 2, *,
                 headroom: float = 0.05, reserve_gb: float = 1.0, min_micro_batch: int = 1,
-                micro_batch: int | None = None, checkpointing: bool | None = None) -> MemoryPlan:
+                micro_batch: int | None = None, checkpointing: bool | None = None, compiled: bool = True) -> MemoryPlan:
     """Largest micro-batch per GPU that fits `gpu_gb` GiB per GPU (less `headroom` of it for fragmentation and
     `reserve_gb` for the CUDA context, kernels' workspaces and communication buffers), with the gradient
     accumulation that keeps the global batch, and whether activation checkpointing is needed.
@@ -150,8 +161,9 @@ def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: fl
     The micro-batch is a divisor of the per-rank batch (global / world; so a power of two when that is one), or
     `micro_batch` when given. Without checkpointing if some micro-batch >= min_micro_batch fits (checkpointing
     recomputes the forward pass, ~1/3 more compute); else the largest micro-batch that fits with checkpointing;
-    `checkpointing` True / False forces it on / off. Infeasible only when no allowed setting fits; the plan then
-    reports the memory of the smallest one."""
+    `checkpointing` True / False forces it on / off; `compiled`: whether the step runs under torch.compile
+    (`per_gpu_breakdown`). Infeasible only when no allowed setting fits; the plan then reports the memory of the
+    smallest one."""
     if global_batch % world_size:
         raise UserError(f"global batch {global_batch} is not divisible by {world_size} GPUs: choose a global batch "
                         f"that is a multiple of the GPU count")
@@ -166,7 +178,8 @@ def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: fl
     modes = [False, True] if checkpointing is None else [checkpointing]
 
     def est(micro: int, ckpt: bool) -> int:
-        return sum(per_gpu_breakdown(model, micro, checkpointing=ckpt, bytes_per_act=bytes_per_act).values())
+        return sum(per_gpu_breakdown(model, micro, checkpointing=ckpt, bytes_per_act=bytes_per_act,
+                                     compiled=compiled).values())
 
     for ckpt in modes:
         for micro in micros:
@@ -179,7 +192,7 @@ def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: fl
                                   f"{global_batch}; {gib(nbytes):.3g} of {usable:.3g} GiB usable, {how}",
                                   world_size, global_batch, usable)
     smallest, ckpt = micros[-1], modes[-1]
-    parts = per_gpu_breakdown(model, smallest, checkpointing=ckpt, bytes_per_act=bytes_per_act)
+    parts = per_gpu_breakdown(model, smallest, checkpointing=ckpt, bytes_per_act=bytes_per_act, compiled=compiled)
     static = parts["params"] + parts["grads"] + parts["optimizer"] + parts["autocast_weights"]
     nbytes = sum(parts.values())
     how = "with" if ckpt else "without"

@@ -87,7 +87,8 @@ def memory_plan(cfg: DictConfig, world_size: int = 1) -> MemoryPlan | None:
     micro = t.micro_batch_size or (None if gpu else t.batch_size // max(1, world_size))
     margins = {} if gpu else {"headroom": 0.0, "reserve_gb": 0.0}
     return plan_memory(model, t.batch_size, world_size, memory_budget_gb(cfg), 2 if gpu and t.bf16 else 4,
-                       micro_batch=micro, checkpointing=t.activation_checkpointing, **margins)
+                       micro_batch=micro, checkpointing=t.activation_checkpointing, compiled=cfg.model.compile,
+                       **margins)
 
 
 def try_lock(folder: Path):

@@ -3,7 +3,7 @@
     python benchmarks/bench_fast_paths.py [--grids 4,8,16] [--threads 2] [--repeats 3] [--sections train,sample]
                                           [--out benchmarks/results/fast_paths.csv]
     python benchmarks/bench_fast_paths.py --scale tiny          # the `make demo` tiny profile (1 thread)
-    python benchmarks/bench_fast_paths.py --scale bar_b         # GPU only: BAR-B, bf16 autocast, batch 256
+    python benchmarks/bench_fast_paths.py --scale bar_b         # GPU only: BAR-B, bf16 autocast, batch 128 train, 256 sample
     python benchmarks/bench_fast_paths.py --scale bar_b4        # GPU only: BAR-B/4
 
 Rows per grid and section:
@@ -23,7 +23,8 @@ classes, class repeat 32, CFG 3.0, temperature 1.0, allocation [4,4,4,4]; batch 
 at 8x8 and 16x16). tiny: dim 128, depth 2, 4 heads, head 128 x 2, class repeat 8, 4x4, batch 32 train / 250 sample,
 1 thread. bar_b / bar_b4: the release's sizes and sampling settings (D 768, depth 24, 12 heads, MBM 2048 x 3, class
 repeat 32, 1000 classes, 16x16 grid, 16 bits; bar_b: CFG 5.0, tau 2.5, allocation [2,2,5,7]; bar_b4: patch 4, CFG
-9.6, tau 1.4, allocation [64,64,64,64]), bf16 autocast, batch 256; they need CUDA.
+9.6, tau 1.4, allocation [64,64,64,64]), bf16 autocast, batch 128 train (the release's per-GPU batch; eager at 256
+ran out of an H200's 139 GiB) / 256 sample; they need CUDA.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class Scale:
 SCALES = {
     "small": Scale(256, 4, 4, 512, 3, 32, 10, 3.0, 1.0, [4, 4, 4, 4], {4: (64, 16), 8: (16, 16), 16: (16, 16)}),
     "tiny": Scale(128, 2, 4, 128, 2, 8, 10, 3.0, 1.0, [4, 4, 4, 4], {4: (32, 250)}, threads=1),
-    "bar_b": Scale(768, 24, 12, 2048, 3, 32, 1000, 5.0, 2.5, [2, 2, 5, 7], {16: (256, 256)}, gpu=True),
-    "bar_b4": Scale(768, 24, 12, 2048, 3, 32, 1000, 9.6, 1.4, [64, 64, 64, 64], {16: (256, 256)}, patch_size=4,
+    "bar_b": Scale(768, 24, 12, 2048, 3, 32, 1000, 5.0, 2.5, [2, 2, 5, 7], {16: (128, 256)}, gpu=True),
+    "bar_b4": Scale(768, 24, 12, 2048, 3, 32, 1000, 9.6, 1.4, [64, 64, 64, 64], {16: (128, 256)}, patch_size=4,
                     gpu=True),
 }
 
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
     if args.clock == "cpu" and sc.gpu:
         raise SystemExit("--clock cpu measures CPU work; GPU runs need the wall clock")
     if sc.gpu and not torch.cuda.is_available():
-        print(f"--scale {args.scale} is a GPU benchmark (bf16 autocast, batch 256) and needs CUDA; this machine has "
+        print(f"--scale {args.scale} is a GPU benchmark (bf16 autocast, batch 128 / 256) and needs CUDA; this machine has "
               f"none. Run it on a GPU machine, or use --scale small / tiny on CPU.", file=sys.stderr)
         return 2
     device = torch.device("cuda" if sc.gpu else "cpu")

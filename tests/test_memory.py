@@ -139,3 +139,18 @@ def test_plan_refuses_indivisible_batch(bar_b):
 
     with pytest.raises(UserError, match="global batch 2048 is not divisible by 24 GPUs"):
         plan_memory(bar_b, 2048, 24, 80)
+
+
+def test_an_eager_bf16_step_is_planned_with_the_memory_it_was_measured_to_take(bar_b):
+    """On an H200, BAR-B at micro-batch 128 took 81.7 GiB eager and 49.6 GiB compiled (bf16): the eager plan must not
+    put 128 on an 80 GB GPU, the compiled one (the release's) does."""
+    from bar.memory import per_gpu_breakdown, plan_memory
+
+    eager = sum(per_gpu_breakdown(bar_b, 128, compiled=False).values()) / 2 ** 30
+    compiled = sum(per_gpu_breakdown(bar_b, 128).values()) / 2 ** 30
+    assert 78 < eager < 86 and 49 < compiled < 65
+    assert plan_memory(bar_b, 2048, 8, 80).micro_batch == 128
+    plan = plan_memory(bar_b, 2048, 8, 80, compiled=False)
+    assert plan.feasible and (plan.micro_batch, plan.accum_steps) == (64, 4)
+    assert sum(per_gpu_breakdown(bar_b, 4, compiled=False, bytes_per_act=4).values()) == \
+        sum(per_gpu_breakdown(bar_b, 4, bytes_per_act=4).values())          # fp32 (CPU): no autocast copies
