@@ -23,7 +23,8 @@ def _popen(args, outputs):
     env = {**os.environ, "BAR_OUTPUTS": str(outputs), "MLFLOW_TRACKING_URI": f"sqlite:///{outputs}/mlflow.db",
            "PYTHONWARNINGS": "ignore"}
     # SIGINT at its default disposition in the sweep, as in a terminal: a test runner started in the background
-    # (nohup, `&`) ignores SIGINT, and an ignored signal stays ignored across exec
+    # (nohup, `&`) ignores SIGINT, and an ignored signal stays ignored across exec. Without this line, under
+    # `bash -c "trap '' INT; pytest ..."` the sweep finishes as if Ctrl-C never came (how this test once failed in CI)
     return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
