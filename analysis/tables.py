@@ -531,6 +531,7 @@ def testbed_lines(df: pd.DataFrame, claims: list, information: pd.DataFrame | No
         regime[(sweep, profile)] = (len(above), len(bits), info)
         lines.append(f"| {sweep} | {profile} | {data} {int(res)}x{int(res)} | {info:,.0f} | "
                      f"{', '.join(f'{b:,}' for b in bits)} | {', '.join(f'{b:,}' for b in above) or 'none'} |")
+    uses_bits = _tokenizer_lines(frame, lines)
     noes = [c for c in claims if c.verdict == "no" and (c.sweep, c.profile) in regime]
     if noes:
         lines += ["", "Each 'no' and its regime:", ""]
@@ -540,8 +541,50 @@ def testbed_lines(df: pd.DataFrame, claims: list, information: pd.DataFrame | No
                  "comparison there is not the one the paper makes" if n_above else
                  f"inside: every latent is below the data's {info:,.0f} bits per image, so this 'no' speaks to the "
                  "method at this scale (training budget and model size aside)")
+        rho = uses_bits.get((c.sweep, c.profile))
+        if rho is not None and c.key in BITS_CLAIMS and not rho <= USES_BITS_RHO:
+            where += (f"; but its binary tokenizers do not turn more bits into better reconstructions (Spearman "
+                      f"{rho:+.2f} between bits and recon MSE), so more bits gave the generator nothing to use: the "
+                      "tokenizers, not the heads, are what this 'no' measures")
         lines.append(f"- {c.statement} ({c.sweep}, {c.profile}): {where}.")
     return lines + [""]
+
+
+BITS_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous")   # claims that need tokenizers using their bits
+USES_BITS_RHO = -0.8     # recon MSE must fall with bits this consistently (rank correlation) to count as using them
+
+
+def _tokenizer_lines(frame: pd.DataFrame, lines: list[str]) -> dict[tuple[str, str], float]:
+    """The testbed's second table: per sweep, profile and tokenizer kind (one row per distinct latent), recon MSE and
+    rFID against total bits, with two rank correlations: does the tokenizer turn more bits into better reconstructions
+    (bits vs recon MSE, should be near -1), and does rFID agree with recon MSE (near +1, else the FID extractor is a
+    poor judge of reconstructions on this data). Returns the first correlation of the binary (fsq) tokenizers."""
+    frame = frame.assign(kind_=column(frame, "tokenizer.kind"), mse_=numeric(frame, "recon_mse"),
+                         rfid_=numeric(frame, "rfid"))
+    rows, uses_bits = [], {}
+    for (sweep, profile, kind), g in frame.groupby(["sweep_", "profile_", "kind_"], dropna=True):
+        per_latent = g.dropna(subset=["bits_", "mse_"]).groupby("bits_")[["mse_", "rfid_"]].mean().sort_index()
+        if len(per_latent) < 3:
+            continue
+        bits = pd.Series(per_latent.index, dtype=float)
+        mse, rfid = pd.Series(per_latent["mse_"].values), pd.Series(per_latent["rfid_"].values)
+        rho_bits = bits.rank().corr(mse.rank())
+        rho_rfid = mse.rank().corr(rfid.rank()) if rfid.notna().sum() >= 3 else float("nan")
+        if kind == "fsq":
+            uses_bits[(sweep, profile)] = rho_bits
+        values = ", ".join(f"{int(b):,}: {m:.4f} / {'-' if pd.isna(r) else _fmt(r)}"
+                           for b, m, r in zip(per_latent.index, mse, rfid))
+        rows.append(f"| {sweep} | {profile} | {kind} | {values} | {rho_bits:+.2f} | "
+                    f"{'-' if pd.isna(rho_rfid) else f'{rho_rfid:+.2f}'} |")
+    if rows:
+        lines += ["", "Tokenizers (one row per sweep, profile and kind; per latent, total bits: recon MSE / rFID). "
+                  f"The paper's bit-scaling claims assume tokenizers that turn more bits into better reconstructions: "
+                  f"Spearman between bits and recon MSE at or below {USES_BITS_RHO} counts as using them. A Spearman "
+                  "between recon MSE and rFID far below +1 says the FID features judge reconstructions poorly on this "
+                  "data.", "",
+                  "| sweep | profile | tokenizer | bits: recon MSE / rFID | bits vs MSE | MSE vs rFID |",
+                  "|---|---|---|---|---:|---:|", *rows]
+    return uses_bits
 
 
 def report_markdown(df: pd.DataFrame, figures=None, reported: pd.DataFrame | None = None,

@@ -697,3 +697,23 @@ def test_report_testbed_says_which_latents_exceed_the_data():
     assert "gFID falls (bits_vs_gfid, small): inside: every latent is below the data's 3,564" in text
     assert "memory flat" not in text                  # only the 'no's are placed
     assert tables.testbed_lines(df, claims, None) == []
+
+
+def test_report_testbed_asks_whether_the_tokenizers_use_their_bits():
+    bits, mse = [64, 128, 256, 512], {"tiny": [0.02, 0.01, 0.005, 0.002], "small": [0.015, 0.0106, 0.0105, 0.0095]}
+    rfid = {"tiny": [10, 6, 4, 3], "small": [438, 311, 936, 649]}
+    df = pd.DataFrame([{"sweep": "codebook_scaling", "profile": p, "data.name": "photo_crops", "data.resolution": 16,
+                        "tokenizer.kind": "fsq", "total_bits": b, "recon_mse": m, "rfid": r, "status": "finished"}
+                       for p in ("tiny", "small") for b, m, r in zip(bits, mse[p], rfid[p])])
+    info = pd.DataFrame({"dataset": ["photo_crops"], "resolution": [16], "estimate_bits": [3564]})
+    claims = [tables.Claim("gfid_falls", "gFID falls", "codebook_scaling", p, "no", "") for p in ("tiny", "small")]
+    text = "\n".join(tables.testbed_lines(df, claims, info))
+    assert "| codebook_scaling | tiny | fsq | 64: 0.0200 / 10, 128: 0.0100 / 6" in text and "| -1.00 | +1.00 |" in text
+    assert "| codebook_scaling | small | fsq |" in text and "| -1.00 | -0.60 |" in text
+    small = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, small)"))
+    tiny = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, tiny)"))
+    assert "do not turn more bits" not in small and "do not turn more bits" not in tiny    # both MSE curves fall
+    df.loc[(df["profile"] == "small") & (df["total_bits"] == 512), "recon_mse"] = 0.0108
+    text = "\n".join(tables.testbed_lines(df, claims, info))
+    small = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, small)"))
+    assert "do not turn more bits into better reconstructions (Spearman -0.40" in small
