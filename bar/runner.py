@@ -98,6 +98,18 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
 SUMMARY = ("gfid", "rfid", "sample_img_per_s")   # what the one-line summary of a finished point shows
 
 
+def record_infeasible_point(cfg: DictConfig, plan: Plan) -> dict:
+    """An infeasible point's run (params, config, the reason, the memory estimate), written by the sweep's driver
+    itself: there is nothing to run, so no job is launched for it (and none queues on SLURM)."""
+    lock = try_lock(plan.folder)
+    if lock is None:
+        return {"status": "skipped", "metric": math.nan}
+    try:
+        return _run_planned(cfg, plan, distributed.DistEnv(), time.time())
+    finally:
+        lock.close()
+
+
 def _fail(message: str, multirun: bool) -> None:
     print(f"error: {message}", file=sys.stderr)
     if not multirun:

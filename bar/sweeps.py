@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from bar import UserError, tracking
 from bar.build import build_generator, sampling_schedule
@@ -35,6 +35,7 @@ from bar.data import build_dataset
 from bar.paths import sqlite_path
 from bar.cache import is_locked, try_lock
 from bar.planner import Plan, plan_point, point_folder, recorded_run
+from bar.runner import record_infeasible_point
 from bar.validate import validate_config
 
 log = logging.getLogger("bar")
@@ -115,17 +116,25 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
     parent = tracking.start_parent_run(uri, cfg.experiment, cfg.profile.name, len(todo))
     alive = try_lock(_launch_lock(cfg, parent))   # held while this driver runs: a later launch can tell
     jobs = [list(points[i]) + [f"tracking.parent_run_id={parent}", f"point_label='{labels[i]}'"] for i in todo]
-    counts = {"finished": 0, "infeasible": 0, "failed": 0}
-    batch_size = sweeper.max_batch_size or len(jobs)
+    counts, total = {"finished": 0, "infeasible": 0, "failed": 0}, len(jobs)
     returns, interrupted = [], False
     try:
+        infeasible = [k for k, i in enumerate(todo) if plans[i].action == "infeasible"]
+        for k in infeasible:          # recorded here: nothing runs, so no job is launched (nor queued) for them
+            status = record_infeasible_point(_job_config(sweeper, jobs[k]), plans[todo[k]])["status"]
+            counts[status] = counts.get(status, 0) + 1
+        if infeasible:
+            _progress(cfg, counts, total, skipped)
+        todo = [i for k, i in enumerate(todo) if k not in infeasible]
+        jobs = [job for k, job in enumerate(jobs) if k not in infeasible]
+        batch_size = sweeper.max_batch_size or len(jobs)
         for start in range(0, len(jobs), batch_size):
             batch = [job + [f"launcher.submitted_at={time.time():.3f}"] for job in jobs[start:start + batch_size]]
             results = _launch_batch(sweeper, batch, start, [configs[i] for i in todo[start:start + batch_size]])
             for status in results:
                 counts[status] = counts.get(status, 0) + 1
             returns.append(results)
-            _progress(cfg, counts, len(jobs), skipped)
+            _progress(cfg, counts, total, skipped)
     except KeyboardInterrupt:
         interrupted = True
         print(f"sweep {cfg.experiment}: interrupted; launch the same command again to continue its unfinished points",
@@ -142,6 +151,14 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
     if counts["failed"]:
         raise SystemExit(1)
     return returns
+
+
+def _job_config(sweeper, job: list[str]) -> DictConfig:
+    """The config a launched job would get for these overrides (Hydra's own node removed, as its jobs see it)."""
+    cfg = _compose_point(sweeper, job)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def _launch_lock(cfg: DictConfig, parent_run_id: str) -> Path:

@@ -67,3 +67,17 @@ def test_dry_run_lists_points_and_submits_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "11 points" in proc.stdout and "fsq-32b" in proc.stdout and "ae-8c" in proc.stdout
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_infeasible_point_is_recorded_without_launching_a_job(tmp_path):
+    proc = run_cli(["-m", "profile=smoke", "experiment=wall", "head=softmax", "tokenizer.bits=24"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 finished, 1 infeasible, 0 failed" in proc.stderr and "Launching" not in proc.stderr + proc.stdout
+    client, points, parents = child_runs(tmp_path, "wall")
+    (run,) = points
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "infeasible"
+    assert "does not fit" in run.data.tags["infeasible_reason"] and run.data.metrics["mem_estimate_gb"] > 1
+    assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and run.data.params["head.name"] == "softmax"
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    again = run_cli(["-m", "profile=smoke", "experiment=wall", "head=softmax", "tokenizer.bits=24"], tmp_path)
+    assert "1 already done" in again.stderr and len(child_runs(tmp_path, "wall")[1]) == 1
