@@ -531,7 +531,7 @@ def testbed_lines(df: pd.DataFrame, claims: list, information: pd.DataFrame | No
         regime[(sweep, profile)] = (len(above), len(bits), info)
         lines.append(f"| {sweep} | {profile} | {data} {int(res)}x{int(res)} | {info:,.0f} | "
                      f"{', '.join(f'{b:,}' for b in bits)} | {', '.join(f'{b:,}' for b in above) or 'none'} |")
-    uses_bits = _tokenizer_lines(frame, lines)
+    uses_bits, fid_agrees = _tokenizer_lines(frame, lines)
     noes = [c for c in claims if c.verdict == "no" and (c.sweep, c.profile) in regime]
     if noes:
         lines += ["", "Each 'no' and its regime:", ""]
@@ -546,22 +546,29 @@ def testbed_lines(df: pd.DataFrame, claims: list, information: pd.DataFrame | No
             where += (f"; but its binary tokenizers do not turn more bits into better reconstructions (Spearman "
                       f"{rho:+.2f} between bits and recon MSE), so more bits gave the generator nothing to use: the "
                       "tokenizers, not the heads, are what this 'no' measures")
+        agree = fid_agrees.get((c.sweep, c.profile))
+        if agree is not None and c.key in FID_CLAIMS and not agree >= FID_AGREES_RHO:
+            where += (f"; and its rFID does not follow the tokenizers' recon MSE (Spearman {agree:+.2f}): on this data "
+                      "the FID features judge images poorly, so FID-based verdicts here say little either way")
         lines.append(f"- {c.statement} ({c.sweep}, {c.profile}): {where}.")
     return lines + [""]
 
 
 BITS_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous")   # claims that need tokenizers using their bits
 USES_BITS_RHO = -0.8     # recon MSE must fall with bits this consistently (rank correlation) to count as using them
+FID_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous", "mbm_beats_baselines", "converges_faster")
+FID_AGREES_RHO = 0.5     # rFID must rank reconstructions at least this much like recon MSE to be trusted as a judge
 
 
-def _tokenizer_lines(frame: pd.DataFrame, lines: list[str]) -> dict[tuple[str, str], float]:
+def _tokenizer_lines(frame: pd.DataFrame, lines: list[str]) -> tuple[dict, dict]:
     """The testbed's second table: per sweep, profile and tokenizer kind (one row per distinct latent), recon MSE and
     rFID against total bits, with two rank correlations: does the tokenizer turn more bits into better reconstructions
     (bits vs recon MSE, should be near -1), and does rFID agree with recon MSE (near +1, else the FID extractor is a
-    poor judge of reconstructions on this data). Returns the first correlation of the binary (fsq) tokenizers."""
+    poor judge of reconstructions on this data). Returns both correlations of the binary (fsq) tokenizers, each
+    {(sweep, profile): rho}."""
     frame = frame.assign(kind_=column(frame, "tokenizer.kind"), mse_=numeric(frame, "recon_mse"),
                          rfid_=numeric(frame, "rfid"))
-    rows, uses_bits = [], {}
+    rows, uses_bits, fid_agrees = [], {}, {}
     for (sweep, profile, kind), g in frame.groupby(["sweep_", "profile_", "kind_"], dropna=True):
         per_latent = g.dropna(subset=["bits_", "mse_"]).groupby("bits_")[["mse_", "rfid_"]].mean().sort_index()
         if len(per_latent) < 3:
@@ -572,6 +579,8 @@ def _tokenizer_lines(frame: pd.DataFrame, lines: list[str]) -> dict[tuple[str, s
         rho_rfid = mse.rank().corr(rfid.rank()) if rfid.notna().sum() >= 3 else float("nan")
         if kind == "fsq":
             uses_bits[(sweep, profile)] = rho_bits
+            if not pd.isna(rho_rfid):
+                fid_agrees[(sweep, profile)] = rho_rfid
         values = ", ".join(f"{int(b):,}: {m:.4f} / {'-' if pd.isna(r) else _fmt(r)}"
                            for b, m, r in zip(per_latent.index, mse, rfid))
         rows.append(f"| {sweep} | {profile} | {kind} | {values} | {rho_bits:+.2f} | "
@@ -584,7 +593,7 @@ def _tokenizer_lines(frame: pd.DataFrame, lines: list[str]) -> dict[tuple[str, s
                   "data.", "",
                   "| sweep | profile | tokenizer | bits: recon MSE / rFID | bits vs MSE | MSE vs rFID |",
                   "|---|---|---|---|---:|---:|", *rows]
-    return uses_bits
+    return uses_bits, fid_agrees
 
 
 def report_markdown(df: pd.DataFrame, figures=None, reported: pd.DataFrame | None = None,

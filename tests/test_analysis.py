@@ -713,6 +713,8 @@ def test_report_testbed_asks_whether_the_tokenizers_use_their_bits():
     small = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, small)"))
     tiny = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, tiny)"))
     assert "do not turn more bits" not in small and "do not turn more bits" not in tiny    # both MSE curves fall
+    assert "rFID does not follow the tokenizers' recon MSE (Spearman -0.60)" in small
+    assert "does not follow" not in tiny                                                  # tiny's rFID follows MSE
     df.loc[(df["profile"] == "small") & (df["total_bits"] == 512), "recon_mse"] = 0.0108
     text = "\n".join(tables.testbed_lines(df, claims, info))
     small = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, small)"))
