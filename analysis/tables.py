@@ -548,13 +548,13 @@ def testbed_lines(df: pd.DataFrame, claims: list, information: pd.DataFrame | No
                       "tokenizers, not the heads, are what this 'no' measures")
         agree = fid_agrees.get((c.sweep, c.profile))
         if agree is not None and c.key in FID_CLAIMS and not agree >= FID_AGREES_RHO:
-            where += (f"; and its rFID does not follow the tokenizers' recon MSE (Spearman {agree:+.2f}): on this data "
-                      "the FID features judge images poorly, so FID-based verdicts here say little either way")
+            where += (f"; and its rFID does not follow the tokenizers' recon MSE (Spearman {agree:+.2f}): on this "
+                      "data the FID features judge images poorly, so FID-based verdicts here say little either way")
         lines.append(f"- {c.statement} ({c.sweep}, {c.profile}): {where}.")
     return lines + [""]
 
 
-BITS_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous")   # claims that need tokenizers using their bits
+BITS_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous")  # need tokenizers that use their bits
 USES_BITS_RHO = -0.8     # recon MSE must fall with bits this consistently (rank correlation) to count as using them
 FID_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous", "mbm_beats_baselines", "converges_faster")
 FID_AGREES_RHO = 0.5     # rFID must rank reconstructions at least this much like recon MSE to be trusted as a judge

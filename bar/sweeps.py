@@ -115,18 +115,21 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
               file=sys.stderr)
     parent = tracking.start_parent_run(uri, cfg.experiment, cfg.profile.name, len(todo))
     alive = try_lock(_launch_lock(cfg, parent))   # held while this driver runs: a later launch can tell
-    jobs = [list(points[i]) + [f"tracking.parent_run_id={parent}", f"point_label='{labels[i]}'"] for i in todo]
-    counts, total = {"finished": 0, "infeasible": 0, "failed": 0}, len(jobs)
+
+    def job_overrides(i: int) -> list[str]:
+        return list(points[i]) + [f"tracking.parent_run_id={parent}", f"point_label='{labels[i]}'"]
+
+    counts, total = {"finished": 0, "infeasible": 0, "failed": 0}, len(todo)
     returns, interrupted = [], False
     try:
-        infeasible = [k for k, i in enumerate(todo) if plans[i].action == "infeasible"]
-        for k in infeasible:          # recorded here: nothing runs, so no job is launched (nor queued) for them
-            status = record_infeasible_point(_job_config(sweeper, jobs[k]), plans[todo[k]])["status"]
+        infeasible = [i for i in todo if plans[i].action == "infeasible"]
+        for i in infeasible:          # recorded here: nothing runs, so no job is launched (nor queued) for them
+            status = record_infeasible_point(_job_config(sweeper, job_overrides(i)), plans[i])["status"]
             counts[status] = counts.get(status, 0) + 1
         if infeasible:
             _progress(cfg, counts, total, skipped)
-        todo = [i for k, i in enumerate(todo) if k not in infeasible]
-        jobs = [job for k, job in enumerate(jobs) if k not in infeasible]
+        todo = [i for i in todo if plans[i].action != "infeasible"]
+        jobs = [job_overrides(i) for i in todo]
         batch_size = sweeper.max_batch_size or len(jobs)
         for start in range(0, len(jobs), batch_size):
             batch = [job + [f"launcher.submitted_at={time.time():.3f}"] for job in jobs[start:start + batch_size]]

@@ -3,7 +3,7 @@
     python benchmarks/bench_fast_paths.py [--grids 4,8,16] [--threads 2] [--repeats 3] [--sections train,sample]
                                           [--out benchmarks/results/fast_paths.csv]
     python benchmarks/bench_fast_paths.py --scale tiny          # the `make demo` tiny profile (1 thread)
-    python benchmarks/bench_fast_paths.py --scale bar_b         # GPU only: BAR-B, bf16 autocast, batch 128 train, 256 sample
+    python benchmarks/bench_fast_paths.py --scale bar_b         # GPU only: BAR-B, bf16, batch 128 train / 256 sample
     python benchmarks/bench_fast_paths.py --scale bar_b4        # GPU only: BAR-B/4
 
 Rows per grid and section:
@@ -275,8 +275,8 @@ def main(argv=None) -> int:
     if args.clock == "cpu" and sc.gpu:
         raise SystemExit("--clock cpu measures CPU work; GPU runs need the wall clock")
     if sc.gpu and not torch.cuda.is_available():
-        print(f"--scale {args.scale} is a GPU benchmark (bf16 autocast, batch 128 / 256) and needs CUDA; this machine has "
-              f"none. Run it on a GPU machine, or use --scale small / tiny on CPU.", file=sys.stderr)
+        print(f"--scale {args.scale} is a GPU benchmark (bf16 autocast, batch 128 / 256) and needs CUDA; this machine "
+              f"has none. Run it on a GPU machine, or use --scale small / tiny on CPU.", file=sys.stderr)
         return 2
     device = torch.device("cuda" if sc.gpu else "cpu")
     threads = args.threads or sc.threads or 2

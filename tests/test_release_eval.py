@@ -14,7 +14,8 @@ from bar.official import to_release_state_dict
 from conftest import child_runs, run_cli
 from test_release_tokenizer import release_state_dict
 
-SMALL = ["model.compile=false", "model.dim=32", "model.depth=1", "model.heads=2", "model.head_width=32", "model.head_depth=1"]
+SMALL = ["model.compile=false", "model.dim=32", "model.depth=1", "model.heads=2", "model.head_width=32",
+         "model.head_depth=1"]
 
 
 def test_release_eval_sweep_picks_each_preset_s_files():

@@ -24,7 +24,7 @@ check 90 "issue 12: BAR-B training step, micro-batch 128, bf16, eager" \
   python3 benchmarks/gpu/bar_b_step.py --micro 128 --steps 10
 check 150 "issue 13: release pipeline, 1000 samples" \
   python3 benchmarks/gpu/release_pipeline.py --samples 1000 --batch 250
-check 200 "issue 15: fast paths at BAR-B, bf16, batch 256" \
+check 200 "issue 15: fast paths at BAR-B, bf16, batch 128 train / 256 sample" \
   python3 benchmarks/bench_fast_paths.py --scale bar_b --repeats 3 --out "$OUT/fast_paths_bar_b.csv"
 check 100 "issue 12/15: BAR-B training step, micro-batch 128, bf16, compiled" \
   python3 benchmarks/gpu/bar_b_step.py --micro 128 --steps 10 --compile

@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     labels = torch.arange(args.batch, device=device) % sc.num_classes
     kw = dict(cfg_scale=sc.cfg_scale, temperature=sc.temperature, allocation=sc.allocation)
     paths = {"fast": dict(fast=True)} | ({} if args.no_compile else {"compiled": dict(compile=True)})
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     for precision in ("fp32", "bf16"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
 
         def run(opts):
