@@ -120,5 +120,17 @@ def sampling_schedule(cfg: DictConfig, model: BARGenerator) -> dict:
     return {"allocation": fit_allocation(s.allocation_shape, model.cfg.step_dim)}
 
 
+def sampling_temperature(cfg: DictConfig, model: BARGenerator, schedule: dict) -> float:
+    """The temperature the head's sampler is given. The MBM head anneals it linearly over its K unmasking steps
+    (the release: T at the first step, T/K at the last), so on average it samples at (K+1)/(2K) x T, colder than the
+    per-bit and softmax heads' exact sampling at T. generator.sample.temperature_is=mean asks for T on average: the
+    start becomes 2K/(K+1) x T (1.6 x T at K = 4)."""
+    s = cfg.generator.sample
+    if s.temperature_is == "start" or "allocation" not in schedule:
+        return float(s.temperature)
+    steps = model.head.num_steps(schedule["allocation"])
+    return float(s.temperature) * 2 * steps / (steps + 1)
+
+
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())

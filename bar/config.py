@@ -72,7 +72,9 @@ def tokenizer_signature(cfg: DictConfig) -> str:
     identity = {"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
                 "seed": cfg.seed}
     if cfg.eval.rfid_every:      # the cached tokenizer then carries its rFID history (same weights as without)
-        identity["rfid_every"] = cfg.eval.rfid_every
+        identity["rfid_every"] = cfg.eval.rfid_every   # ... measured by this judge
+        identity["rfid_judge"] = {"extractor": cfg.eval.extractor,
+                                  "classifier": OmegaConf.to_container(cfg.eval.classifier, resolve=True)}
     return signature(identity)
 
 

@@ -265,6 +265,10 @@ class MBMHead(TokenHead):
             raise UserError(f"MBM head got unknown sampling options {sorted(extra)}; it takes only 'allocation'")
         self._allocation(allocation)
 
+    def num_steps(self, allocation=None) -> int:
+        """K, the unmasking steps of `allocation` (the temperature anneals over them: T, T(K-1)/K, ..., T/K)."""
+        return len(self._allocation(allocation))
+
     def _allocation(self, allocation) -> list[int]:
         k = self.token_dim
         if allocation is None:

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError, adm, distributed, tracking
-from bar.build import build_generator, sampling_schedule
+from bar.build import build_generator, sampling_schedule, sampling_temperature
 from bar.checkpoint import CheckpointDir
 from bar.config import point_name, run_params, tokenizer_signature
 from bar.cost import TRAIN_FACTOR, generator_flops
@@ -304,7 +304,8 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     model = build_generator(cfg, checkpoint_blocks=memory.checkpointing)
     schedule = sampling_schedule(cfg, model)
     run.log_params({f"generator.resolved.{k}": v for k, v in schedule.items()}
-                   | {"generator.resolved.micro_batch": memory.micro_batch,
+                   | {"generator.resolved.temperature": sampling_temperature(cfg, model, schedule),
+                      "generator.resolved.micro_batch": memory.micro_batch,
                       "generator.resolved.accum_steps": memory.accum_steps,
                       "generator.resolved.activation_checkpointing": memory.checkpointing})
     metrics = {"mem_estimate_gb": plan.memory_gb, "generator_params": sum(p.numel() for p in model.parameters())}
@@ -340,9 +341,9 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     return metrics
 
 
-def _sampling_kwargs(cfg: DictConfig, schedule: dict, device) -> dict:
+def _sampling_kwargs(cfg: DictConfig, model, schedule: dict, device) -> dict:
     s = cfg.generator.sample
-    return dict(schedule=schedule, temperature=s.temperature, batch_size=s.batch_size, seed=s.seed,
+    return dict(schedule=schedule, temperature=sampling_temperature(cfg, model, schedule), batch_size=s.batch_size, seed=s.seed,
                 kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
 
 
@@ -355,7 +356,7 @@ def _periodic_gfid(cfg: DictConfig, tokenizer, schedule: dict, train_set, device
 
     def gfid_of(model, step: int) -> float | None:
         images, _ = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale,
-                                            **_sampling_kwargs(cfg, schedule, device))
+                                            **_sampling_kwargs(cfg, model, schedule, device))
         scores = evaluator().compare(images, train_set, "train")
         return scores["fid"] if scores is not None else None
 
@@ -370,7 +371,7 @@ def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_s
     """Every rank samples its shard of the class-balanced labels; features are gathered and scored on rank 0."""
     s = cfg.generator.sample
     labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
-    common = _sampling_kwargs(cfg, schedule, device)
+    common = _sampling_kwargs(cfg, model, schedule, device)
     images, per_s = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale, **common)
     plain = None
     if s.nocfg and s.cfg_scale != 1.0:
@@ -394,8 +395,9 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[st
     s = cfg.generator.sample
     labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
     folder = plan.folder / "samples"
-    result = samples.generate_batches(model, tokenizer, labels, folder, schedule=sampling_schedule(cfg, model),
-                                      temperature=s.temperature, cfg_scale=s.cfg_scale, batch_size=s.batch_size,
+    schedule = sampling_schedule(cfg, model)
+    result = samples.generate_batches(model, tokenizer, labels, folder, schedule=schedule,
+                                      temperature=sampling_temperature(cfg, model, schedule), cfg_scale=s.cfg_scale, batch_size=s.batch_size,
                                       seed=s.seed, kv_cache=s.kv_cache, device=device, bf16=s.bf16,
                                       compile=cfg.model.compile)
     distributed.barrier()

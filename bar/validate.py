@@ -24,6 +24,8 @@ from bar.tokenizer import stride, validate_tokenizer_config
 STAGES = ("tokenizer", "all", "sample")
 EXTRACTORS = ("classifier", "inception")
 PROTOCOLS = ("fidelity", "adm")
+TEMPERATURE_MEANINGS = ("start", "mean")
+CLASSIFIER_FEATURES = ("penultimate", "random_multiscale")
 # counts that must be at least 1, and values that must not be negative
 AT_LEAST_ONE = ("data.resolution", "data.num_classes", "tokenizer.train.steps", "tokenizer.train.batch_size",
                 "model.dim", "model.depth", "model.heads", "model.head_width", "model.head_depth", "model.patch_size",
@@ -84,7 +86,9 @@ def _check_interpolations(cfg: DictConfig) -> None:
 
 
 def _check_choices(cfg: DictConfig, runs_here: bool) -> None:
-    for key, allowed in (("stage", STAGES), ("eval.extractor", EXTRACTORS), ("eval.protocol", PROTOCOLS)):
+    for key, allowed in (("stage", STAGES), ("eval.extractor", EXTRACTORS), ("eval.protocol", PROTOCOLS),
+                         ("generator.sample.temperature_is", TEMPERATURE_MEANINGS),
+                         ("eval.classifier.features", CLASSIFIER_FEATURES)):
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
