@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml | $(PY)
 
 # The default sweep (codebook scaling: three heads x bits per token), then bits vs rFID (reuses its tokenizers),
 # then every figure, table and REPORT.md into paper_figs/.
-# Points run two at a time (one thread each: `profile=tiny` models are too small for more); DEMO_LAUNCHER=local runs
-# them one after another.
-DEMO_LAUNCHER ?= local_parallel
+# Points run two at a time (one thread each: `profile=tiny` models are too small for more), each forked from one
+# process that imported the project once (launcher=local); DEMO_JOBS=1 runs them one after another.
+DEMO_LAUNCHER ?= local
+DEMO_JOBS ?= 2
 demo: install
-	$(PY) run.py -m sweep=codebook_scaling launcher=$(DEMO_LAUNCHER)
-	$(PY) run.py -m sweep=bits_vs_rfid launcher=$(DEMO_LAUNCHER)
+	$(PY) run.py -m sweep=codebook_scaling launcher=$(DEMO_LAUNCHER) hydra.sweeper.max_batch_size=$(DEMO_JOBS)
+	$(PY) run.py -m sweep=bits_vs_rfid launcher=$(DEMO_LAUNCHER) hydra.sweeper.max_batch_size=$(DEMO_JOBS)
 	$(PY) analysis/make_figures.py --out paper_figs
 
 # Layers first (a lower layer importing a higher one fails the build), then the main suite; `test-all` adds the slow

@@ -10,6 +10,7 @@ rank 0 plans and logs, the others follow (bar.tracking.NullRun)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -53,7 +54,8 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
     if not multirun and cfg.launcher.name != "local":
         _fail(f"launcher={cfg.launcher.name} launches sweeps: add -m (one point is a sweep of one)", multirun)
     if multirun and cfg.launcher.name == "local" and not os.environ.get(CHILD_ENV):
-        return run_in_child_process(cfg)
+        point = PointProcess(cfg)
+        return point if _start_only else point.wait()
     started = time.time()
     if os.environ.get("SLURM_JOB_ID"):
         install_stop_handlers()   # checkpoint at the end of the step, then submitit requeues the job
@@ -117,37 +119,78 @@ def _fail(message: str, multirun: bool) -> None:
 
 
 def run_in_child_process(cfg: DictConfig) -> dict:
-    """Run the point in a child process (forked from a clean server process that has imported the project, not from
-    this one, which holds MLflow connections) and return what it returns. When the child dies without returning
-    (SIGKILL, the out-of-memory killer, a crash in native code) its MLflow run is marked failed here, not left
-    RUNNING; Ctrl-C reaches the child too, which marks its run interrupted."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["bar.runner"])   # imported once by the server: each point forks in milliseconds
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(OmegaConf.to_container(cfg, resolve=True), send))
-    os.environ[CHILD_ENV] = "1"          # the spawned child inherits the environment at start
+    """Run the point in a child process and return what it returns (see PointProcess)."""
+    return PointProcess(cfg).wait()
+
+
+class PointProcess:
+    """One point running in a child process, forked from a clean server process that has imported the project (not
+    from this one, which holds MLflow connections). When the child dies without returning (SIGKILL, the
+    out-of-memory killer, a crash in native code) its MLflow run is marked failed by `wait`, not left RUNNING; Ctrl-C
+    reaches the child too, which marks its run interrupted."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["bar.runner"])   # imported once by the server: each point forks in milliseconds
+        self.receive, send = context.Pipe(duplex=False)
+        self.child = context.Process(target=_child_main, args=(OmegaConf.to_container(cfg, resolve=True), send))
+        os.environ[CHILD_ENV] = "1"          # the spawned child inherits the environment at start
+        try:
+            self.child.start()
+        finally:
+            del os.environ[CHILD_ENV]
+        send.close()
+
+    def wait(self) -> dict:
+        try:
+            self.child.join()
+        except KeyboardInterrupt:
+            self.child.join(60)              # let it record its run as interrupted
+            raise
+        try:
+            if self.receive.poll():          # also true at end of file, when the child died before sending
+                return self.receive.recv()
+        except EOFError:
+            pass
+        reason = f"its process died ({describe_exit(self.child.exitcode)})"
+        folder = point_folder(self.cfg)
+        run_id = recorded_run(folder)
+        if run_id is not None:
+            tracking.record_dead_point(self.cfg.tracking.uri, run_id,
+                                       f"point process died: {describe_exit(self.child.exitcode)}")
+        print(f"{point_name(self.cfg)}: failed, {reason}" + (f" (run {run_id})" if run_id else ""), file=sys.stderr)
+        return {"status": "failed", "metric": math.nan}
+
+
+_start_only = False   # true while the bar_local launcher starts a batch's points (started_not_awaited)
+
+
+@contextlib.contextmanager
+def started_not_awaited():
+    """Inside, a local point's execute() starts its process and returns it at once (so a launcher can start a whole
+    batch); `await_points` then collects what each returns."""
+    global _start_only
+    _start_only = True
     try:
-        child.start()
+        yield
     finally:
-        del os.environ[CHILD_ENV]
-    send.close()
+        _start_only = False
+
+
+def await_points(returns: list) -> list:
+    """Hydra JobReturns whose value is a started PointProcess get what the point returned. On Ctrl-C every started
+    point is given time to record its run as interrupted."""
+    pending = [r for r in returns if isinstance(getattr(r, "_return_value", None), PointProcess)]
     try:
-        child.join()
+        for r in pending:
+            r.return_value = r._return_value.wait()
     except KeyboardInterrupt:
-        child.join(60)                   # let it record its run as interrupted
+        for r in pending:
+            if isinstance(r._return_value, PointProcess):
+                r._return_value.child.join(60)
         raise
-    try:
-        if receive.poll():             # also true at end of file, when the child died before sending
-            return receive.recv()
-    except EOFError:
-        pass
-    reason = f"its process died ({describe_exit(child.exitcode)})"
-    folder = point_folder(cfg)
-    run_id = recorded_run(folder)
-    if run_id is not None:
-        tracking.record_dead_point(cfg.tracking.uri, run_id, f"point process died: {describe_exit(child.exitcode)}")
-    print(f"{point_name(cfg)}: failed, {reason}" + (f" (run {run_id})" if run_id else ""), file=sys.stderr)
-    return {"status": "failed", "metric": math.nan}
+    return returns
 
 
 def _child_main(container: dict, send) -> None:

@@ -50,6 +50,19 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert parents[0].info.status == "FAILED"
 
 
+def test_local_points_of_a_batch_run_at_the_same_time(tmp_path):
+    """launcher=local with hydra.sweeper.max_batch_size=2 (what make demo runs): both points' processes, forked from
+    the one preloaded server, run together; the sweep counts them once, after the batch."""
+    proc = run_cli(["-m", "profile=smoke", "experiment=together", "stage=tokenizer", "tokenizer.bits=4,8",
+                    "hydra.sweeper.max_batch_size=2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, points, _ = child_runs(tmp_path, "together")
+    first, second = sorted(points, key=lambda r: r.info.start_time)
+    assert first.info.status == second.info.status == "FINISHED"
+    assert second.info.start_time < first.info.end_time       # the second started before the first ended
+    assert "2/2 points done" in proc.stderr and "1/2 points done" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_second_run_with_same_tokenizer_trains_nothing(tmp_path):
     first = run_cli(["profile=smoke", "tokenizer.bits=4"], tmp_path)
