@@ -15,6 +15,12 @@ The verdict rule (fixed before any data was seen; `convergence_verdict`):
    evaluations) is <= T, in optimizer steps, and in training compute (train_tflop) when both log it.
 5. "yes" when BAR reaches T in fewer steps and, where compute is logged for both, with less compute; otherwise
    "no" (a tie is a "no"). "not measured" when either side has no run with a gFID history.
+
+Whether a run was trained long enough (`training_budget`; also fixed before the curves it judges were seen): compare
+its final gFID with its gFID at the last evaluation at or before two thirds of its steps. "still improving" when the
+last third of training lowered gFID by more than FLAT_GAIN (10%); otherwise "flat" (more steps of the same schedule are
+unlikely to help much). One curve per run, so noise between evaluations can call either way: the table shows both
+values.
 """
 
 from __future__ import annotations
@@ -167,6 +173,28 @@ def series_summary(conv: pd.DataFrame, target: float | None = None) -> pd.DataFr
             tflop = g["train_tflop"].to_numpy(dtype=float)
             row["tflop_to_target"] = reach(tflop, g["gfid"], target) if np.isfinite(tflop).all() else math.nan
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+FLAT_GAIN = 0.10   # the last third of training must lower gFID by more than this fraction to count as still improving
+
+
+def training_budget(conv: pd.DataFrame) -> pd.DataFrame:
+    """One row per run with a gFID history: series, sweep, profile, step and gFID two thirds in, final step and gFID,
+    and `state` (still improving / flat) by the rule in the module docstring."""
+    rows = []
+    for run_id, g in conv.groupby("run_id", sort=False):
+        g = g.sort_values("step")
+        final_step = int(g["step"].iloc[-1])
+        earlier = g[g["step"] <= final_step * 2 / 3]
+        if earlier.empty or len(g) < 2:
+            continue
+        mid, final = earlier.iloc[-1], g.iloc[-1]
+        improving = float(final["gfid"]) < (1 - FLAT_GAIN) * float(mid["gfid"])
+        rows.append({"run_id": run_id, "series": g["series"].iloc[0], "sweep": g["sweep"].iloc[0],
+                     "profile": g["profile"].iloc[0], "mid_step": int(mid["step"]), "mid_gfid": float(mid["gfid"]),
+                     "final_step": final_step, "final_gfid": float(final["gfid"]),
+                     "state": "still improving" if improving else "flat"})
     return pd.DataFrame(rows)
 
 

@@ -596,6 +596,27 @@ def _tokenizer_lines(frame: pd.DataFrame, lines: list[str]) -> tuple[dict, dict]
     return uses_bits, fid_agrees
 
 
+def budget_lines(conv: pd.DataFrame | None) -> list[str]:
+    """REPORT.md's 'Training budget' section: per run with a gFID history, is it still improving at the end?"""
+    budget = conv_mod.training_budget(conv) if conv is not None and not conv.empty else pd.DataFrame()
+    if budget.empty:
+        return []
+    lines = ["## Training budget", "",
+             f"Are the generators trained to convergence? Rule (analysis/convergence.py, fixed before the curves it "
+             f"judges): a run is 'still improving' when its last third of training lowered gFID by more than "
+             f"{conv_mod.FLAT_GAIN:.0%} (final gFID vs the last evaluation at or before two thirds of the steps); "
+             f"otherwise 'flat'.", "",
+             "| sweep | profile | run | gFID two thirds in (step) | final gFID (step) | state |",
+             "|---|---|---|---|---|---|"]
+    for r in budget.sort_values(["sweep", "profile", "series"]).itertuples():
+        lines.append(f"| {r.sweep} | {r.profile} | {r.series} | {_fmt(r.mid_gfid)} ({r.mid_step}) | "
+                     f"{_fmt(r.final_gfid)} ({r.final_step}) | {r.state} |")
+    counts = budget["state"].value_counts()
+    lines += ["", f"{counts.get('flat', 0)} of {len(budget)} runs flat, {counts.get('still improving', 0)} still "
+                  "improving.", ""]
+    return lines
+
+
 def report_markdown(df: pd.DataFrame, figures=None, reported: pd.DataFrame | None = None,
                     match_tol: float = 0.05, flat_ratio: float = 1.5, history: pd.DataFrame | None = None,
                     information: pd.DataFrame | None = None) -> str:
@@ -632,6 +653,7 @@ def report_markdown(df: pd.DataFrame, figures=None, reported: pd.DataFrame | Non
     for c in claims:
         lines.append(f"| {c.statement} | {c.sweep} | {c.profile} | **{c.verdict}** | {c.evidence.replace('|', '/')} |")
     lines += [""] + testbed_lines(df, claims, information)
+    lines += budget_lines(conv_mod.convergence_frame(history, df) if history is not None and not df.empty else None)
     lines += ["## Main results", "", to_markdown(main_results_table(df, reported)).rstrip(), ""]
     if figures:
         lines += ["## Figures", "",

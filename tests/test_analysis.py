@@ -507,6 +507,25 @@ def test_convergence_frame(conv_runs, conv_history):
     assert list(rfid["step"].unique()) == [50, 100, 150] and set(rfid["size_label"]) == {"16 b", "8 b", "1 ch"}
 
 
+def test_training_budget_says_which_runs_still_improve(conv_runs, conv_history):
+    conv = convergence.convergence_frame(conv_history, conv_runs)
+    budget = convergence.training_budget(conv).set_index("series")
+    # two thirds of 800 steps: the evaluation at step 400; every curve of the store gains > 10% after it
+    mbm = budget.loc["MBM (BAR), 16 b"]
+    assert (mbm["mid_step"], mbm["mid_gfid"], mbm["final_step"], mbm["final_gfid"]) == (400, 20.0, 800, 15.0)
+    assert set(budget["state"]) == {"still improving"}
+    # a curve that gains 5% over its last third is flat, one that gets worse too
+    flat = conv.copy()
+    last = flat["step"] == 800
+    flat.loc[last & (flat["run_name"] == "mbm-16b"), "gfid"] = 19.0
+    flat.loc[last & (flat["run_name"] == "mbm-8b"), "gfid"] = 30.0
+    states = convergence.training_budget(flat).set_index("series")["state"]
+    assert states["MBM (BAR), 16 b"] == "flat" and states["MBM (BAR), 8 b"] == "flat"
+    assert states["diffusion, 1 ch"] == "still improving"
+    text = "\n".join(tables.budget_lines(flat))
+    assert "## Training budget" in text and "2 of 5 runs flat, 3 still improving." in text
+
+
 def test_convergence_figure(conv_runs, conv_history, tmp_path):
     res = figures.convergence(conv_runs, conv_history, tmp_path)
     assert res and _files(res)
