@@ -143,5 +143,6 @@ def train_classifier(dataset, in_channels: int, resolution: int, num_classes: in
         random.fit_scales(_to_input(images, in_channels, resolution))
     save_atomic({"state_dict": model.state_dict(), "in_channels": in_channels, "resolution": resolution,
                  "width": ccfg.width, "num_classes": num_classes, "features": ccfg.features,
-                 "random_width": ccfg.random_width, "random_state_dict": None if random is None else random.state_dict()},
+                 "random_width": ccfg.random_width,
+                 "random_state_dict": None if random is None else random.state_dict()},
                 folder / "classifier.pt")

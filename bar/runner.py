@@ -386,8 +386,8 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
 
 def _sampling_kwargs(cfg: DictConfig, model, schedule: dict, device) -> dict:
     s = cfg.generator.sample
-    return dict(schedule=schedule, temperature=sampling_temperature(cfg, model, schedule), batch_size=s.batch_size, seed=s.seed,
-                kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
+    return dict(schedule=schedule, temperature=sampling_temperature(cfg, model, schedule), batch_size=s.batch_size,
+                seed=s.seed, kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
 
 
 def _periodic_gfid(cfg: DictConfig, tokenizer, schedule: dict, train_set, device, run, evaluator,
@@ -440,9 +440,9 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[st
     folder = plan.folder / "samples"
     schedule = sampling_schedule(cfg, model)
     result = samples.generate_batches(model, tokenizer, labels, folder, schedule=schedule,
-                                      temperature=sampling_temperature(cfg, model, schedule), cfg_scale=s.cfg_scale, batch_size=s.batch_size,
-                                      seed=s.seed, kv_cache=s.kv_cache, device=device, bf16=s.bf16,
-                                      compile=cfg.model.compile)
+                                      temperature=sampling_temperature(cfg, model, schedule), cfg_scale=s.cfg_scale,
+                                      batch_size=s.batch_size, seed=s.seed, kv_cache=s.kv_cache, device=device,
+                                      bf16=s.bf16, compile=cfg.model.compile)
     distributed.barrier()
     run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)})
     metrics = {"sample_img_per_s": samples.throughput(result), "samples_generated": result["generated"],

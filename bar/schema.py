@@ -168,7 +168,7 @@ class GeneratorSample:
     batch_size: int = MISSING
     cfg_scale: float = MISSING
     temperature: float = MISSING
-    temperature_is: str = "start"                  # MBM: start (the release: annealed from T to T/K) | mean (T on average)
+    temperature_is: str = "start"                  # MBM: start (release: anneals T..T/K) | mean (T on average)
     allocation_shape: Optional[List[int]] = None   # the preset's MBM schedule, fitted to other bits per AR step
     allocation: Optional[List[int]] = None         # an explicit schedule (sums to bits per AR step); wins when set
     kv_cache: bool = True
@@ -190,7 +190,7 @@ class ClassifierConf:
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
-    features: str = "penultimate"          # FID / precision-recall features: penultimate | random_multiscale (bar.classifier)
+    features: str = "penultimate"          # FID and precision/recall: penultimate | random_multiscale (bar.classifier)
     random_width: int = 64                 # random_multiscale: the random network's width
     random_seed: int = 0
 
