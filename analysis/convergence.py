@@ -137,9 +137,9 @@ def rfid_frame(history: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.concat(rows, ignore_index=True)[cols]
-    # tokenizers are shared between points: one curve per tokenizer (kind, size)
-    out = out.drop_duplicates(["tokenizer.kind", "size", "step"], keep="first")
-    return out.sort_values(["tokenizer.kind", "size", "step"], ascending=[False, True, True],
+    # tokenizers are shared between the points of a profile: one curve per tokenizer (profile, kind, size)
+    out = out.drop_duplicates(["profile", "tokenizer.kind", "size", "step"], keep="first")
+    return out.sort_values(["profile", "tokenizer.kind", "size", "step"], ascending=[True, False, True, True],
                            kind="mergesort").reset_index(drop=True)
 
 

@@ -586,7 +586,10 @@ def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats
     rfid = conv_mod.rfid_frame(history, df)
     has_compute = conv["train_tflop"].notna().any()
     panels = ["step"] + (["train_tflop"] if has_compute else []) + (["rfid"] if not rfid.empty else [])
-    target = conv_mod.convergence_threshold(conv)
+    # a sweep run at two profiles: its curves (and claim thresholds) are per profile, named as such
+    profiles = list(dict.fromkeys(conv["profile"].astype(str)))
+    tag = (lambda p: f" [{p}]") if len(profiles) > 1 else (lambda p: "")
+    targets = {p: conv_mod.convergence_threshold(conv[conv["profile"].astype(str) == p]) for p in profiles}
     heads = _ordered(conv["head.name"], conv_mod.HEAD_ORDER)
     palette = dict(zip(heads, sns.color_palette("deep", len(heads))))
     sizes = [s for s in dict.fromkeys(conv.sort_values(["tokenizer.kind", "size"], ascending=[False, True])
@@ -597,9 +600,9 @@ def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats
         fig, axes = _new_figure(len(panels))
         for ax, panel in zip(axes, panels):
             if panel == "rfid":
-                for (kind, label), g in rfid.groupby(["tokenizer.kind", "size_label"], sort=False):
+                for (prof, kind, label), g in rfid.groupby(["profile", "tokenizer.kind", "size_label"], sort=False):
                     ax.plot(g["step"], g["rfid"], marker=markers.get(label, "o"), ms=4, color="0.35",
-                            ls="--" if kind == "ae" else "-", lw=1.2, label=f"tokenizer {kind} {label}")
+                            ls="--" if kind == "ae" else "-", lw=1.2, label=f"tokenizer {kind} {label}{tag(prof)}")
                 _log_if_wide(ax, rfid["step"], "x")
                 _log_if_wide(ax, rfid["rfid"], "y")
                 ax.set_xlabel("tokenizer training step")
@@ -613,9 +616,11 @@ def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats
                 head = g["head.name"].iloc[0]
                 ax.plot(g[panel], g["gfid"], marker=markers.get(g["size_label"].iloc[0], "o"), ms=4, lw=1.4,
                         color=palette.get(head, "0.3"), ls="--" if g["tokenizer.kind"].iloc[0] == "ae" else "-",
-                        label=g["series"].iloc[0])
-            if target is not None:
-                ax.axhline(target, color="0.5", lw=0.8, ls=":", label=f"claim threshold: gFID {_fmt(target)}")
+                        label=g["series"].iloc[0] + tag(g["profile"].iloc[0]))
+            for i, (prof, target) in enumerate(targets.items()):
+                if target is not None:
+                    ax.axhline(target, color="0.5", lw=0.8, ls=(":", "-.")[i % 2],
+                               label=f"claim threshold{tag(prof)}: gFID {_fmt(target)}")
             _log_if_wide(ax, conv[panel], "x")
             _log_if_wide(ax, conv["gfid"], "y")
             ax.set_xlabel("optimizer step" if panel == "step" else "training compute (TFLOP, estimated)")
@@ -625,23 +630,26 @@ def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats
         return fig
 
     fig = _draw(draw)
-    summary = conv_mod.series_summary(conv, target)
+    summary = pd.concat([conv_mod.series_summary(conv[conv["profile"].astype(str) == p], t).assign(_tag=tag(p))
+                         for p, t in targets.items()], ignore_index=True)
     considered = df[column(df, "head.name").notna()]
     drawn = set(conv["run_id"])
     missing = [n for n in _describe_missing(considered[~considered["run_id"].isin(drawn)], ["gfid"])]
     no_history = sorted(considered[~considered["run_id"].isin(drawn) & (column(considered, "status") == "finished")]
                         ["run_name"].astype(str))
-    finals = "; ".join(f"{r['series']} {_fmt(r['final_gfid'])} at step {r['final_step']}"
+    finals = "; ".join(f"{r['series']}{r['_tag']} {_fmt(r['final_gfid'])} at step {r['final_step']}"
                        + (f" ({_fmt(r['final_tflop'])} TFLOP)" if pd.notna(r["final_tflop"]) else "")
                        for _, r in summary.iterrows())
     caption = ("Convergence: gFID measured during generator training, against optimizer steps"
                + (" and against cumulative estimated training compute (train_tflop)" if has_compute else
                   " (no train_tflop history: no compute panel)")
                + (", and rFID against tokenizer training steps" if not rfid.empty else "")
-               + f"; one line per head and codebook size (solid: discrete, dashed: continuous). Final gFID: {finals}. "
-               + (f"Dotted: gFID {_fmt(target)}, the threshold of the convergence claim (the worse of the best "
-                  "final gFIDs of BAR and of the continuous runs; see REPORT.md). " if target is not None else
-                  "No convergence threshold (BAR or continuous runs without gFID history). ")
+               + "; one line per head and codebook size" + (" and profile" if len(profiles) > 1 else "")
+               + f" (solid: discrete, dashed: continuous). Final gFID: {finals}. "
+               + ("".join(f"Threshold of the convergence claim{tag(p)}: gFID {_fmt(t)} (the worse of the best final "
+                          "gFIDs of BAR and of the continuous runs; see REPORT.md). " for p, t in targets.items()
+                          if t is not None)
+                  or "No convergence threshold (BAR or continuous runs without gFID history). ")
                + _profiles_text(conv)
                + (f" Without a gFID history: {', '.join(no_history)}." if no_history else "")
                + (f" Missing or incomplete: {'; '.join(missing)}." if missing else ""))

@@ -526,6 +526,18 @@ def test_training_budget_says_which_runs_still_improve(conv_runs, conv_history):
     assert "## Training budget" in text and "2 of 5 runs flat, 3 still improving." in text
 
 
+def test_a_convergence_sweep_at_two_profiles_draws_each_profile_s_curves_apart(conv_runs, conv_history, tmp_path):
+    small = conv_runs.assign(run_id=conv_runs["run_id"] + "-small", profile="small")
+    history = pd.concat([conv_history, conv_history.assign(run_id=conv_history["run_id"] + "-small")])
+    runs = pd.concat([conv_runs, small], ignore_index=True)
+    rfid = convergence.rfid_frame(history, runs)
+    assert set(rfid["profile"]) == {"tiny", "small"} and len(rfid) == 2 * 3 * 3   # 3 tokenizers x 3 steps each
+    res = figures.convergence(runs, history, tmp_path)
+    assert "MBM (BAR), 16 b [tiny] 15 at step 800" in res.caption
+    assert "MBM (BAR), 16 b [small] 15 at step 800" in res.caption
+    assert "Threshold of the convergence claim [small]: gFID 20" in res.caption
+
+
 def test_convergence_figure(conv_runs, conv_history, tmp_path):
     res = figures.convergence(conv_runs, conv_history, tmp_path)
     assert res and _files(res)
@@ -533,7 +545,7 @@ def test_convergence_figure(conv_runs, conv_history, tmp_path):
     assert titles == ["gFID vs training steps", "gFID vs training compute", "rFID during tokenizer training"]
     csv = pd.read_csv(tmp_path / "convergence.csv")
     assert len(csv) == 5 * len(CONV_STEPS) and set(csv["series"]) >= {"MBM (BAR), 16 b", "diffusion, 1 ch"}
-    assert "gFID 20, the threshold of the convergence claim" in res.caption
+    assert "Threshold of the convergence claim: gFID 20 " in res.caption
     assert "MBM (BAR), 16 b 15 at step 800 (8 TFLOP)" in res.caption
     assert "mbm-32b (running)" in res.caption
     legend = [t.get_text() for t in res.figure.legends[0].get_texts()]
