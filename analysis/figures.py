@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Annotation, Text
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis import convergence as conv_mod
 from analysis.runs import column, numeric
@@ -567,6 +568,11 @@ def _log_if_wide(ax, values, axis: str, ratio: float = 10.0) -> bool:
     v = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
     if len(v) and (v > 0).all() and v.max() / v.min() >= ratio:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        # ticks at 1, 2, 5 x 10^k written plainly; unlabelled minor ticks (their labels collide on short spans)
+        scale_axis = ax.xaxis if axis == "x" else ax.yaxis
+        scale_axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        scale_axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        scale_axis.set_minor_formatter(NullFormatter())
         return True
     return False
 
