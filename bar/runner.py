@@ -33,7 +33,7 @@ from bar.config import point_name, run_params, tokenizer_signature
 from bar.cost import TRAIN_FACTOR, generator_flops
 from bar.evaluate import ADMEvaluator, generation_evaluator, reconstruction_evaluator
 from bar.planner import Plan, plan_point, point_folder, record_run, recorded_run, try_lock
-from bar.signals import install_stop_handlers, stop_requested
+from bar.signals import before_acting_on_stop, install_stop_handlers, stop_requested
 from bar.stages import generator as gen_stage
 from bar.stages import samples
 from bar.stages import tokenizer as tok_stage
@@ -241,7 +241,8 @@ def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
         run.log_params(run_params(cfg))
         _log_text(run, "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         try:
-            metrics = run_stages(cfg, run, plan)
+            with before_acting_on_stop(run.keep_running):   # tagged before submitit requeues the job
+                metrics = run_stages(cfg, run, plan)
         except BaseException:
             if stop_requested():   # SLURM timeout / preemption: checkpointed; the requeued job resumes this run
                 run.keep_running(stop_requested())

@@ -19,6 +19,7 @@ log = logging.getLogger("bar")
 _requested: int = 0           # signal number of a pending stop request, 0 when none
 _original: dict[int, object] = {}
 _training_depth = 0
+_before_acting: list = []    # callbacks(signum) run before a stop is acted on (bar.runner: tag the run)
 
 
 def submitit_signal() -> signal.Signals:
@@ -63,10 +64,22 @@ def act_on_stop(signum: int | None = None):
     """What the stop request asked for, once the state is safe on disk: submitit's requeue for its signal (it exits
     the process on rank 0), else exit. Never returns."""
     signum = int(signum or _requested or signal.SIGTERM)
+    for callback in list(_before_acting):   # now: submitit's requeue makes SLURM SIGTERM this job within moments
+        callback(signum)
     original = _original.get(signum)
     if signum == submitit_signal() and callable(original):
         original(signum, None)   # submitit: checkpoint the submission, requeue the job, exit
     raise SystemExit(128 + signum)
+
+
+@contextmanager
+def before_acting_on_stop(callback):
+    """While inside, `callback(signum)` runs when a stop is acted on, before submitit's requeue or the exit."""
+    _before_acting.append(callback)
+    try:
+        yield
+    finally:
+        _before_acting.remove(callback)
 
 
 @contextmanager

@@ -328,12 +328,14 @@ class PointRun:
 
     def keep_running(self, signum: int) -> None:
         """Leave the run RUNNING when the context exits: the job was stopped by signal `signum` to be requeued
-        (SLURM timeout, preemption) and the next attempt resumes this run."""
+        (SLURM timeout, preemption) and the next attempt resumes this run. Tagged at once: the requeue's SIGTERM may
+        end the process before the context exits."""
+        if not self._kept_running:
+            self.client.set_tag(self.run_id, "stopped_by_signal", str(signum))
         self._kept_running = signum
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._kept_running:
-            self.client.set_tag(self.run_id, "stopped_by_signal", str(self._kept_running))
             return False
         if exc is None:
             self.client.set_tag(self.run_id, "status", self.status)
