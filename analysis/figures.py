@@ -593,9 +593,10 @@ def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats
     has_compute = conv["train_tflop"].notna().any()
     panels = ["step"] + (["train_tflop"] if has_compute else []) + (["rfid"] if not rfid.empty else [])
     # a sweep run at two profiles: its curves (and claim thresholds) are per profile, named as such
-    profiles = list(dict.fromkeys(conv["profile"].astype(str)))
+    by_profile = dict(tuple(conv.groupby(conv["profile"].astype(str), sort=False)))
+    profiles = list(by_profile)
     tag = (lambda p: f" [{p}]") if len(profiles) > 1 else (lambda p: "")
-    targets = {p: conv_mod.convergence_threshold(conv[conv["profile"].astype(str) == p]) for p in profiles}
+    targets = {p: conv_mod.convergence_threshold(runs) for p, runs in by_profile.items()}
     heads = _ordered(conv["head.name"], conv_mod.HEAD_ORDER)
     palette = dict(zip(heads, sns.color_palette("deep", len(heads))))
     sizes = [s for s in dict.fromkeys(conv.sort_values(["tokenizer.kind", "size"], ascending=[False, True])
@@ -636,8 +637,8 @@ def convergence(df: pd.DataFrame, history: pd.DataFrame | None, out_dir, formats
         return fig
 
     fig = _draw(draw)
-    summary = pd.concat([conv_mod.series_summary(conv[conv["profile"].astype(str) == p], t).assign(_tag=tag(p))
-                         for p, t in targets.items()], ignore_index=True)
+    summary = pd.concat([conv_mod.series_summary(by_profile[p], t).assign(_tag=tag(p)) for p, t in targets.items()],
+                        ignore_index=True)
     considered = df[column(df, "head.name").notna()]
     drawn = set(conv["run_id"])
     missing = [n for n in _describe_missing(considered[~considered["run_id"].isin(drawn)], ["gfid"])]

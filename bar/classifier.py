@@ -80,6 +80,13 @@ def _to_input(images_uint8: torch.Tensor, in_channels: int, resolution: int) -> 
     return x
 
 
+def classifier_from_checkpoint(ckpt: dict) -> DigitClassifier:
+    """The trained classifier of a checkpoint written by train_classifier, in eval mode."""
+    model = DigitClassifier(ckpt["in_channels"], ckpt["width"], ckpt["num_classes"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
 class ClassifierExtractor(FeatureExtractorBase):
     """torch-fidelity wrapper of a cached DigitClassifier checkpoint (passed as feature_extractor_weights_path)."""
 
@@ -89,8 +96,7 @@ class ClassifierExtractor(FeatureExtractorBase):
             raise UserError(f"classifier checkpoint {feature_extractor_weights_path!r} not found")
         ckpt = load_verified(feature_extractor_weights_path)
         self.in_channels, self.resolution = ckpt["in_channels"], ckpt["resolution"]
-        self.model = DigitClassifier(ckpt["in_channels"], ckpt["width"], ckpt["num_classes"])
-        self.model.load_state_dict(ckpt["state_dict"])
+        self.model = classifier_from_checkpoint(ckpt)
         self.random = None
         if ckpt.get("random_state_dict") is not None:
             self.random = RandomMultiscale(ckpt["in_channels"], ckpt["random_width"])
@@ -115,7 +121,7 @@ class ClassifierExtractor(FeatureExtractorBase):
     def forward(self, images_uint8):
         x = _to_input(images_uint8, self.in_channels, self.resolution).to(next(self.model.parameters()).device)
         feats = self.model.features(x)
-        out = {"features": feats if self.random is None else self.random.to(x.device)(x),
+        out = {"features": feats if self.random is None else self.random(x),   # a submodule: on the model's device
                "logits": self.model.head(feats)}
         return tuple(out[name] for name in self.features_list)
 

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bar.build import build_tokenizer  # noqa: E402
 from bar.checkpoint import load_verified  # noqa: E402
-from bar.classifier import DigitClassifier, RandomMultiscale, _to_input, train_classifier  # noqa: E402
+from bar.classifier import (DigitClassifier, RandomMultiscale, _to_input, classifier_from_checkpoint,  # noqa: E402
+                            train_classifier)
 from bar.config import compose, tokenizer_signature  # noqa: E402
 from bar.data import TensorImages, build_dataset, photo_crop_boxes, photo_regions  # noqa: E402
 from bar.tokenizer import float_to_images, images_to_float  # noqa: E402
@@ -96,13 +97,13 @@ def extractor_features(name: str, cfg, cache: Path):
         tmp.mkdir(parents=True, exist_ok=True)
         if not (tmp / "classifier.pt").is_file():
             train_classifier(build_dataset(d, "train"), d.in_channels, d.resolution, d.num_classes, ccfg, tmp)
-        model = _load(tmp / "classifier.pt")
+        model = classifier_from_checkpoint(load_verified(tmp / "classifier.pt"))
     elif name == "fine":
         tmp = cache / "judge" / "fine"
         tmp.mkdir(parents=True, exist_ok=True)
         if not (tmp / "classifier.pt").is_file():
             train_classifier(fine_labels(cfg), d.in_channels, d.resolution, 40, ccfg, tmp)
-        model = _load(tmp / "classifier.pt")
+        model = classifier_from_checkpoint(load_verified(tmp / "classifier.pt"))
     else:
         torch.manual_seed(0)
         if name == "random_ms":     # what eval.classifier.features=random_multiscale builds
@@ -117,13 +118,6 @@ def extractor_features(name: str, cfg, cache: Path):
         return torch.cat([model.features(x[i:i + 500]) for i in range(0, len(x), 500)]).double()
     scale = raw(build_dataset(d, "train").images).std()   # one constant: FID in readable units, ranks unchanged
     return lambda images: raw(images) / scale
-
-
-def _load(path: Path) -> DigitClassifier:
-    ckpt = load_verified(path)
-    model = DigitClassifier(ckpt["in_channels"], ckpt["width"], ckpt["num_classes"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
 
 
 def fid(a: torch.Tensor, b: torch.Tensor) -> float:
