@@ -105,3 +105,9 @@ def test_cfg_job_shows_every_release_value():
     for line in ("dim: 768", "depth: 24", "head_width: 2048", "steps: 250000", "batch_size: 2048", "lr: 0.0004",
                  "warmup: 62500", "weight_decay: 0.03", "cfg_scale: 5.0", "temperature: 2.5", "- 125000", "- 7"):
         assert line in out, line
+
+
+def test_small_profile_anneals_order_at_the_release_fractions_of_its_steps():
+    """profile=small places its random-order anneal as the release does (1/2 -> 3/4 of training, raster after)."""
+    small, b = compose(["profile=small"]).generator.train, release_cfg("bar_b").generator.train
+    assert [s / small.steps for s in small.order_anneal] == [s / b.steps for s in b.order_anneal] == [0.5, 0.75]

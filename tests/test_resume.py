@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from bar.checkpoint import CheckpointDir, CorruptCheckpoint, load_verified, save_atomic, read_generator_checkpoint
-from bar.signals import clear_stop, request_stop
+from bar import signals
+from bar.signals import act_on_stop, before_acting_on_stop, clear_stop, request_stop, submitit_signal
+from bar.tracking import PointRun
 from bar.train import Checkpointing, Recipe, infinite_batches, train
 
 from conftest import ROOT, child_runs
@@ -155,3 +157,23 @@ def test_killed_point_resumes_its_own_run(tmp_path):
                for r in (run, ref_points[0])]
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_a_stop_runs_its_callbacks_before_submitit_requeues(monkeypatch):
+    """The run is tagged before submitit's handler asks SLURM to requeue (whose SIGTERM can end the process first)."""
+    order = []
+    sig = int(submitit_signal())
+    monkeypatch.setitem(signals._original, sig, lambda signum, frame: order.append("requeue"))
+    with before_acting_on_stop(lambda signum: order.append(("tag", signum))):
+        with pytest.raises(SystemExit):
+            act_on_stop(sig)
+    with pytest.raises(SystemExit):   # outside the context the callback is gone
+        act_on_stop(sig)
+    assert order == [("tag", sig), "requeue", "requeue"]
+
+
+def test_keep_running_tags_the_run_at_once(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run = PointRun(uri, "signals", "p", {})
+    run.keep_running(int(signal.SIGUSR2))   # before the context exits: the process may not get that far
+    assert run.client.get_run(run.run_id).data.tags["stopped_by_signal"] == str(int(signal.SIGUSR2))
