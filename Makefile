@@ -45,7 +45,7 @@ figures: install
 	$(PY) analysis/make_figures.py
 
 dashboard: install
-	$(PY) -m bar.mlflow_server ui
+	$(PY) -m bar.orchestration.mlflow_server ui
 
 bench: install
 	$(PY) benchmarks/bench_sweep.py bits_vs_rfid
@@ -65,4 +65,4 @@ slurm-up:
 HOST ?= 127.0.0.1
 PORT ?= 5000
 mlflow-server: install
-	$(PY) -m bar.mlflow_server serve --host $(HOST) --port $(PORT)
+	$(PY) -m bar.orchestration.mlflow_server serve --host $(HOST) --port $(PORT)

@@ -10,17 +10,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import bar
-from bar.config import describe_config_error, is_config_error, register
+from bar.orchestration import register_resolvers
+from bar.orchestration.config import describe_config_error, is_config_error, register
 
 
 @hydra.main(config_path="bar/conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    # `bar` is referenced here so that a submitit job, which unpickles this function, imports the package (and its
-    # config resolvers) before composing its config; the runner itself is imported only when a point runs.
-    from bar.runner import execute
+    # Referenced here so that a submitit job, which unpickles this function, imports bar.orchestration (registering
+    # the config's resolvers) before composing its config; the runner itself is imported only when a point runs.
+    register_resolvers()
+    from bar.orchestration.runner import execute
 
-    assert bar.PROJECT_ROOT
     return execute(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
 
 

@@ -3,8 +3,8 @@
     python analysis/information.py [--out paper_figs] [--profile tiny] [--max-images N]
 
 writes data_information.md and data_information.csv (one row per dataset, one per sweep point's latent). Every number
-is computed here: dataset rows by `bar.data.information_bits`, latent rows by composing each sweep point as `run.py`
-would and counting its bits (`bar.bits.latent_bits`). A latent larger than a dataset's estimate has nothing left to
+is computed here: dataset rows by `bar.data.datasets.information_bits`, latent rows by composing each sweep point as `run.py`
+would and counting its bits (`bar.core.bits.latent_bits`). A latent larger than a dataset's estimate has nothing left to
 encode on that dataset.
 """
 
@@ -26,9 +26,9 @@ LATENT_SWEEPS = ("bits_vs_rfid", "bits_vs_gfid", "codebook_scaling")
 
 def dataset_information(datasets=DATASETS, split: str = "train", max_images: int | None = None) -> pd.DataFrame:
     """One row per (data config, resolution): images, values per image, raw_bits, png_bits, lzma_bits, estimate_bits,
-    estimate_from (see `bar.data.information_bits`)."""
-    from bar.config import compose
-    from bar.data import build_dataset, information_bits
+    estimate_from (see `bar.data.datasets.information_bits`)."""
+    from bar.orchestration.config import compose
+    from bar.data.datasets import build_dataset, information_bits
 
     rows = []
     for name, resolution in datasets:
@@ -45,10 +45,10 @@ def latent_sizes(sweeps=LATENT_SWEEPS, profile: str = "tiny", resolution: int | 
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from bar.bits import latent_bits
-    from bar.build import latent_shape
-    from bar.config import SWEEPS_DIR, compose
-    from bar.sweeps import expand_points
+    from bar.core.bits import latent_bits
+    from bar.orchestration.build import latent_shape
+    from bar.orchestration.config import SWEEPS_DIR, compose
+    from bar.orchestration.sweeps import expand_points
 
     parser = OverridesParser.create()
     wanted = ("tokenizer", "tokenizer.bits", "tokenizer.channels")

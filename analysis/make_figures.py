@@ -5,7 +5,7 @@
 Layout of the output folder: the paper's main figures OUT/<figure>.{png,pdf,txt,csv}, each drawn from one sweep
 (`analysis.figures.MAIN_FIGURES`); every sweep's own figure set in OUT/<sweep>/ (including its training curves);
 tables and REPORT.md in OUT/. No figure mixes points of different sweeps.
-Tracking URI: --tracking-uri, else the project default (bar.paths: MLFLOW_TRACKING_URI, else the sqlite store under
+Tracking URI: --tracking-uri, else the project default (bar.core.paths: MLFLOW_TRACKING_URI, else the sqlite store under
 BAR_OUTPUTS or <project root>/outputs), the same store `run.py` writes to.
 A sweep's own figures, the tables and the report are also logged to the sweep's latest parent run (tag role=parent)
 under `figures/` (--no-log to skip). Exit code 2 with a one-line message when the store is missing or empty or a sweep
@@ -81,7 +81,7 @@ def _information_of(df):
     """Information per image of the embedded datasets the runs used (computed here, from the data)."""
     from analysis.information import dataset_information
     from analysis.runs import column, numeric
-    from bar.data import EMBEDDED_DATASETS
+    from bar.data.datasets import EMBEDDED_DATASETS
 
     used = {(d, int(r)) for d, r in zip(column(df, "data.name"), numeric(df, "data.resolution"))
             if d in EMBEDDED_DATASETS and r == r}

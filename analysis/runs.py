@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from bar import UserError
-from bar.paths import default_tracking_uri, sqlite_path
-from bar.tracking import check_store
+from bar.core.paths import default_tracking_uri, sqlite_path
+from bar.orchestration.tracking import check_store
 
 
 STATUSES = ("finished", "failed", "infeasible", "running", "interrupted")

@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.adm import (InceptionADM, compute_features, feature_statistics, fid_from_stats,  # noqa: E402
-                     inception_score, iter_npz_images, precision_recall, write_samples_npz)
+from bar.eval.adm import (InceptionADM, compute_features, feature_statistics, fid_from_stats, inception_score,
+    iter_npz_images, precision_recall, write_samples_npz)
 
 FIELDS = ["stage", "n", "seconds", "ms_per_image", "threads", "note"]
 

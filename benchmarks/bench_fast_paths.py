@@ -1,4 +1,4 @@
-"""Fast-path benchmark (not a test): eager (today's path) vs the fast paths of bar.fast, side by side in one run.
+"""Fast-path benchmark (not a test): eager (today's path) vs the fast paths of bar.model.fast, side by side in one run.
 
     python benchmarks/bench_fast_paths.py [--grids 4,8,16] [--threads 2] [--repeats 3] [--sections train,sample]
                                           [--out benchmarks/results/fast_paths.csv]
@@ -8,7 +8,7 @@
 
 Rows per grid and section:
   train   eager  `model.training_loss` + backward + AdamW step
-          compiled `bar.fast.compile_training(model)` + backward + AdamW step
+          compiled `bar.model.fast.compile_training(model)` + backward + AdamW step
   sample  eager  `generate(..., kv_cache=True)`  (CFG, KV cache)
           fast   `generate(..., fast=True)`      static cache, uncompiled
           compiled `generate(..., compile=True)`  static cache, compiled decode step (CUDA graphs on GPU)
@@ -42,11 +42,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.fast import compile_training  # noqa: E402
-from bar.generator import BARGenerator, GeneratorConfig  # noqa: E402
-from bar.heads import build_head  # noqa: E402
-from bar.memory import fmt_bytes, measure_peak_train_memory  # noqa: E402
-from bar.sampling import generate  # noqa: E402
+from bar.model.fast import compile_training  # noqa: E402
+from bar.model.generator import BARGenerator, GeneratorConfig  # noqa: E402
+from bar.model.heads import build_head  # noqa: E402
+from bar.orchestration.memory import fmt_bytes, measure_peak_train_memory  # noqa: E402
+from bar.model.sampling import generate  # noqa: E402
 
 FIELDS = ["scale", "grid", "section", "path", "batch", "img_per_s", "seconds", "min_seconds", "cpu_seconds",
           "speedup", "speedup_min", "compile_s", "compile_cpu_s", "peak_mem_bytes", "same_tokens", "threads", "clock", "device",

@@ -6,7 +6,7 @@
 The backbone is the composed config's (`--profile` plus Hydra overrides, e.g. `model.head_width=256`, as in the
 earlier figures of this benchmark). Sections (all at the same backbone; CPU):
   train     one AdamW training step per head (mbm, softmax, bitwise at 8/16/24 bits per token; diffusion at 16
-            channels): measured peak memory (bar.memory.measure_train_step), the estimate (bar.memory
+            channels): measured peak memory (bar.orchestration.memory.measure_train_step), the estimate (bar.orchestration.memory
             .estimate_train_memory) and step time (median of 3 steps after a warm-up). A point whose estimate exceeds
             --mem-budget-gib is not run: estimate only (the softmax head at 24 bits needs ~2^24 logits per position).
   mbm_bits  MBM peak memory at 8, 16, 32, 64 bits per token (should stay nearly flat).
@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.build import build_generator, sampling_schedule  # noqa: E402
-from bar.config import compose  # noqa: E402
-from bar.heads import HEADS  # noqa: E402
-from bar.memory import estimate_train_memory, fmt_bytes, measure_train_step  # noqa: E402
-from bar.sampling import generate  # noqa: E402
+from bar.orchestration.build import build_generator, sampling_schedule  # noqa: E402
+from bar.orchestration.config import compose  # noqa: E402
+from bar.model.heads import HEADS  # noqa: E402
+from bar.orchestration.memory import estimate_train_memory, fmt_bytes, measure_train_step  # noqa: E402
+from bar.model.sampling import generate  # noqa: E402
 
 FIELDS = ["section", "head", "bits", "batch", "peak_mem_bytes", "mem_estimate_bytes", "measured", "step_s",
           "train_img_per_s", "sample_img_per_s", "kv_cache", "note"]

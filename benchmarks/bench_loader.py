@@ -4,16 +4,16 @@
                                       [--out benchmarks/results/loader.csv] [--sections images,pretok,rss]
 
 Sections:
-  images  images/s of bar.loader.image_loader over an ImageNet-style folder of JPEGs that the script writes (several
-          classes, smooth random content plus noise): bar.data.ImageFolderImages (RGB, ADM's center_crop_arr to 256,
+  images  images/s of bar.data.loader.image_loader over an ImageNet-style folder of JPEGs that the script writes (several
+          classes, smooth random content plus noise): bar.data.datasets.ImageFolderImages (RGB, ADM's center_crop_arr to 256,
           uint8 CHW), random flip, global batch 64, with 0 and 2 DataLoader workers. One epoch; the first batch
           (worker start) is timed separately. Folders of 256x256 JPEGs (as asked) and of 500x375 (a typical
           ImageNet size, so the bicubic resize does work).
-  pretok  images/s of bar.codes_store.pretokenize (image + horizontal flip encoded, packed into a shard) with a
+  pretok  images/s of bar.data.codes.pretokenize (image + horizontal flip encoded, packed into a shard) with a
           small conv BAR-FSQ tokenizer (16 bits, 4 downsamplings: 16x16 grid at 256 px, width 32), 0 workers; and
           the encoder alone on the same images, to separate its cost from loading and packing.
   rss     host memory of one rank reading 16-bit codes of N images (16x16 grid, image + flip, packed: 1 KiB per
-          item) through bar.loader.codes_loader (global batch 256, one epoch, 0 workers), in a fresh process:
+          item) through bar.data.loader.codes_loader (global batch 256, one epoch, 0 workers), in a fresh process:
           RSS (VmRSS, and its anonymous / file-backed parts) before the first batch and after the epoch, against
           the store's file size; at N/10 and N items with positional reads (the default), and at N through
           np.memmap (access="mmap").
@@ -38,9 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bar.codes_store import CodesStore, ShardWriter, pretokenize  # noqa: E402
-from bar.data import ImageFolderImages  # noqa: E402
-from bar.loader import codes_loader, image_loader  # noqa: E402
+from bar.data.codes import CodesStore, ShardWriter, pretokenize  # noqa: E402
+from bar.data.datasets import ImageFolderImages  # noqa: E402
+from bar.data.loader import codes_loader, image_loader  # noqa: E402
 
 FIELDS = ["section", "setting", "workers", "items", "seconds", "items_per_s", "first_batch_s", "rss_before_mib",
           "rss_after_mib", "rss_anon_after_mib", "rss_file_after_mib", "file_mib", "note"]
@@ -86,7 +86,7 @@ def bench_images(workdir: Path, n: int, rows: list) -> None:
 def bench_pretok(workdir: Path, n: int, rows: list) -> None:
     from omegaconf import OmegaConf
 
-    from bar.tokenizer import Tokenizer
+    from bar.tokenizers.tokenizer import Tokenizer
 
     root = workdir / "jpegs_500x375"
     if not root.exists():
@@ -107,7 +107,7 @@ def bench_pretok(workdir: Path, n: int, rows: list) -> None:
                  "note": f"{sum(p.numel() for p in tokenizer.encoder.parameters()) / 1e6:.2f}M encoder params; "
                          f"2 encodes per image; torch threads {torch.get_num_threads()}"})
     # the encoder alone on the same images (already decoded): what pretokenization costs beyond it is loading + packing
-    from bar.tokenizer import images_to_float
+    from bar.data.images import images_to_float
 
     x = images_to_float(torch.stack([ds[i][0] for i in range(min(n, 32))]))
     start = time.perf_counter()

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.release_tokenizer import FULL, ReleaseTokenizer  # noqa: E402
+from bar.tokenizers.release import FULL, ReleaseTokenizer  # noqa: E402
 
 FIELDS = ["section", "resolution", "bits", "batch", "threads", "iters", "sec_per_batch", "img_per_s", "params",
           "gflop_per_img", "note"]

@@ -7,7 +7,7 @@ encoder copy, Gram, hinge GAN past its start step), random weights, fp32 on this
 
 Per micro-batch: resident bytes (trainable and frozen parameters, buffers, AdamW state), the activations the forward
 pass keeps for backward (the peak of the forward alone, graph held), and the measured peak of one whole AdamW step
-above the resident bytes (torch profiler allocation events, bar.memory; at small micro-batches the optimizer's
+above the resident bytes (torch profiler allocation events, bar.orchestration.memory; at small micro-batches the optimizer's
 gradients and temporaries set it, not the activations). Activation bytes per image are the slope between two
 micro-batches; the micro-batch that fits `--gpu-gb` is the largest with resident + gradients + activations inside it,
 in fp32 (measured) and for bf16 autocast (activations halved: an estimate, not measured here). The
@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.config import compose  # noqa: E402
-from bar.losses.recipe import build_tokenizer_loss  # noqa: E402
-from bar.memory import _bytes, gib, measure_peak_train_memory  # noqa: E402
-from bar.stages.tokenizer import new_tokenizer, training_loss_fn  # noqa: E402
-from bar.tokenizer_recipe import tokenizer_param_groups  # noqa: E402
+from bar.orchestration.config import compose  # noqa: E402
+from bar.tokenizers.losses.combined import build_tokenizer_loss  # noqa: E402
+from bar.orchestration.memory import _bytes, gib, measure_peak_train_memory  # noqa: E402
+from bar.orchestration.stages.tokenizer import new_tokenizer, training_loss_fn  # noqa: E402
+from bar.training.tokenizer_hooks import tokenizer_param_groups  # noqa: E402
 
 FIELDS = ["micro_batch", "trainable_params", "frozen_params", "resident_gib", "activations_gib", "step_peak_gib",
           "total_gib", "seconds", "bits", "resolution"]

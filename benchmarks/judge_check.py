@@ -28,13 +28,13 @@ from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.build import build_tokenizer  # noqa: E402
-from bar.checkpoint import load_verified  # noqa: E402
-from bar.classifier import (DigitClassifier, RandomMultiscale, _to_input, classifier_from_checkpoint,  # noqa: E402
-                            train_classifier)
-from bar.config import compose, tokenizer_signature  # noqa: E402
-from bar.data import TensorImages, build_dataset, photo_crop_boxes, photo_regions  # noqa: E402
-from bar.tokenizer import float_to_images, images_to_float  # noqa: E402
+from bar.orchestration.build import build_tokenizer  # noqa: E402
+from bar.core.files import load_verified  # noqa: E402
+from bar.eval.features import DigitClassifier, RandomMultiscale, to_input, classifier_from_checkpoint
+from bar.training.classifier import train_classifier
+from bar.orchestration.config import compose, tokenizer_signature  # noqa: E402
+from bar.data.datasets import TensorImages, build_dataset, photo_crop_boxes, photo_regions  # noqa: E402
+from bar.data.images import float_to_images, images_to_float  # noqa: E402
 
 FSQ_BITS = (4, 8, 12, 16, 24, 32, 64, 128)
 AE_CHANNELS = (1, 2, 4, 8)
@@ -108,13 +108,13 @@ def extractor_features(name: str, cfg, cache: Path):
         torch.manual_seed(0)
         if name == "random_ms":     # what eval.classifier.features=random_multiscale builds
             net = RandomMultiscale(d.in_channels, 64).eval()
-            net.fit_scales(_to_input(build_dataset(d, "train").images, d.in_channels, d.resolution))
-            return torch.no_grad()(lambda images: net(_to_input(images, d.in_channels, d.resolution)).double())
+            net.fit_scales(to_input(build_dataset(d, "train").images, d.in_channels, d.resolution))
+            return torch.no_grad()(lambda images: net(to_input(images, d.in_channels, d.resolution)).double())
         model = DigitClassifier(d.in_channels, 64, 10).eval()
 
     @torch.no_grad()
     def raw(images: torch.Tensor) -> torch.Tensor:
-        x = _to_input(images, d.in_channels, d.resolution)
+        x = to_input(images, d.in_channels, d.resolution)
         return torch.cat([model.features(x[i:i + 500]) for i in range(0, len(x), 500)]).double()
     scale = raw(build_dataset(d, "train").images).std()   # one constant: FID in readable units, ranks unchanged
     return lambda images: raw(images) / scale

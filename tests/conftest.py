@@ -47,8 +47,8 @@ def build_model(*overrides: str, meta: bool = False):
     """The generator a run with these overrides would train (composed like run.py; on the meta device if asked)."""
     import torch
 
-    from bar.build import build_generator
-    from bar.config import compose
+    from bar.orchestration.build import build_generator
+    from bar.orchestration.config import compose
 
     cfg = compose(list(overrides))
     if meta:

@@ -10,9 +10,9 @@ from scipy import linalg
 from scipy.special import softmax
 
 from bar import UserError
-from bar.adm import (InceptionADM, SampleNpzWriter, adm_spatial, compute_features, evaluate_adm, feature_statistics,
-                     fid_from_stats, inception_score, iter_npz_images, manifold_radii, precision_recall,
-                     read_reference, read_samples_npz, squared_distances, write_samples_npz)
+from bar.eval.adm import (InceptionADM, SampleNpzWriter, adm_spatial, compute_features, evaluate_adm,
+    feature_statistics, fid_from_stats, inception_score, iter_npz_images, manifold_radii, precision_recall,
+    read_reference, read_samples_npz, squared_distances, write_samples_npz)
 
 RNG = np.random.default_rng(0)
 

@@ -262,10 +262,10 @@ def test_default_uri_uses_env(monkeypatch, store, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("BAR_OUTPUTS", raising=False)
     assert default_tracking_uri() == f"sqlite:///{PROJECT_ROOT / 'outputs' / 'mlflow.db'}"
-    # BAR_OUTPUTS moves the store for analysis/ exactly as for run.py (one function decides: bar.paths)
+    # BAR_OUTPUTS moves the store for analysis/ exactly as for run.py (one function decides: bar.core.paths)
     monkeypatch.setenv("BAR_OUTPUTS", str(tmp_path / "elsewhere"))
     assert default_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
-    from bar.config import compose
+    from bar.orchestration.config import compose
     assert compose([]).tracking.uri == default_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert len(load_runs(sweep="patch_size")) == 3

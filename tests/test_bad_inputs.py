@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from bar import UserError
-from bar.config import compose
-from bar.planner import plan_point
+from bar.orchestration.config import compose
+from bar.orchestration.planner import plan_point
 from conftest import ROOT, run_cli
 
 # (id, overrides, what the one line must say)
@@ -77,8 +77,8 @@ def _generator_checkpoint(tmp_path, preset_overrides=()) -> Path:
     """A real checkpoint of this project's format (as the generator stage writes it), no training needed."""
     from omegaconf import OmegaConf
 
-    from bar.build import build_generator
-    from bar.stages.generator import save_generator
+    from bar.orchestration.build import build_generator
+    from bar.orchestration.stages.generator import save_generator
 
     cfg = compose(["profile=smoke", *preset_overrides])
     return save_generator(build_generator(cfg), OmegaConf.to_container(cfg, resolve=True), tmp_path / "g.pt")
@@ -195,7 +195,7 @@ def test_file_and_store_cases_through_the_cli(case, tmp_path):
 
 
 def test_store_checks_in_process(tmp_path):
-    from bar import tracking
+    from bar.orchestration import tracking
 
     for case in ("store-under-a-file", "store-corrupt", "server-down"):
         (tmp_path / case).mkdir()

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from bar import UserError
-from bar.heads import (HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead, build_head, cosine_alpha_bar,
-                       cosine_schedule, respaced_timesteps)
-from bar.build import count_params
+from bar.model.heads import (HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead, build_head, cosine_alpha_bar,
+    cosine_schedule, respaced_timesteps)
+from bar.orchestration.build import count_params
 from conftest import build_model
-from bar.sampling import generate
-from bar.bits import bits_to_index, index_to_bits
+from bar.model.sampling import generate
+from bar.core.bits import bits_to_index, index_to_bits
 
 
 

@@ -8,9 +8,9 @@ import torch
 from omegaconf import OmegaConf
 
 from bar import UserError
-from bar.codes_store import (CodesStore, ShardWriter, is_complete, pack_bits, pretokenize, read_meta, shard_range,
-                             unpack_bits)
-from bar.data import TensorImages
+from bar.data.codes import (CodesStore, ShardWriter, is_complete, pack_bits, pretokenize, read_meta, shard_range,
+    unpack_bits)
+from bar.data.datasets import TensorImages
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (4, 4), (16, 16), (7, 5)])
@@ -147,7 +147,7 @@ def test_truncated_file_is_an_error(tmp_path):
 
 
 def _tiny_tokenizer(bits=6):
-    from bar.tokenizer import Tokenizer
+    from bar.tokenizers.tokenizer import Tokenizer
 
     tok = OmegaConf.create({"kind": "fsq", "bits": bits, "channels": None, "kl": False, "arch": "conv", "width": 8,
                             "num_down": 2, "patch": 4, "vit": None})
@@ -156,7 +156,7 @@ def _tiny_tokenizer(bits=6):
 
 
 def test_pretokenize_two_ranks_equals_one_and_keeps_the_flip(tmp_path):
-    from bar.tokenizer import images_to_float
+    from bar.data.images import images_to_float
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (9, 3, 16, 16), generator=g, dtype=torch.uint8)

@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
 from bar import UserError
-from bar.config import available_sweeps, compose, point_signature, tokenizer_signature
-from bar.validate import validate_config
+from bar.orchestration.config import available_sweeps, compose, point_signature, tokenizer_signature
+from bar.orchestration.validate import validate_config
 from conftest import ROOT
 
 PROFILES = ["tiny", "smoke", "paper", "small"]

@@ -8,8 +8,8 @@ import torch
 
 from analysis.convergence import CONVERGENCE_KEYS, convergence_frame, rfid_frame
 from analysis.runs import load_metric_history, load_runs
-from bar.checkpoint import load_verified
-from bar.train import PeriodicEval, Recipe, train
+from bar.core.files import load_verified
+from bar.training.loop import PeriodicEval, Recipe, train
 from conftest import child_runs, run_cli
 
 

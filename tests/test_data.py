@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bar import UserError
-from bar.data import ImageFolderImages, build_dataset, center_crop_arr, load_digits_split
+from bar.data.datasets import ImageFolderImages, build_dataset, center_crop_arr, load_digits_split
 
 
 def test_digits_split_is_fixed_and_real():

@@ -8,7 +8,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from bar.train import Checkpointing, Recipe, infinite_batches, train
+from bar.training.loop import Checkpointing, Recipe, infinite_batches, train
 
 
 def _free_port() -> int:
@@ -38,7 +38,7 @@ def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from bar import distributed
+    from bar.core import distributed
 
     env = distributed.setup("cpu")
     assert env.world_size == world and env.rank == rank and env.backend == "gloo"
@@ -69,7 +69,7 @@ def test_two_gloo_ranks_stay_in_sync_and_match_one_process(tmp_path):
 
 
 def test_single_process_is_world_size_one():
-    from bar import distributed
+    from bar.core import distributed
 
     env = distributed.setup("cpu")
     assert (env.world_size, env.rank, env.is_main) == (1, 0, True)

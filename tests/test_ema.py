@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bar.ema import EMA, EMAHook
+from bar.training.ema import EMA, EMAHook
 
 
 class Scalar(nn.Module):

@@ -5,10 +5,10 @@ import torch
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bar import UserError
-from bar.config import compose
-from bar.data import TensorImages, load_digits_split
-from bar.classifier import CLASSIFIER_EXTRACTOR
-from bar.evaluate import FidelityEvaluator as Evaluator
+from bar.orchestration.config import compose
+from bar.data.datasets import TensorImages, load_digits_split
+from bar.eval.features import CLASSIFIER_EXTRACTOR
+from bar.orchestration.evaluators import fidelity_evaluator as Evaluator
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,9 @@ def test_reference_features_are_cached(evaluator, monkeypatch):
 
 def test_classifier_is_cached_by_signature(evaluator, monkeypatch):
     cfg, ev = evaluator
-    import bar.evaluate as evaluate
+    import bar.orchestration.evaluators as evaluators
 
-    monkeypatch.setattr(evaluate, "train_classifier", lambda *a, **k: pytest.fail("classifier retrained"))
+    monkeypatch.setattr(evaluators, "train_classifier", lambda *a, **k: pytest.fail("classifier retrained"))
     again = Evaluator(cfg, load_digits_split("train"), torch.device("cpu"))
     assert again.tag == ev.tag
 
@@ -68,7 +68,7 @@ def test_missing_inception_weights_is_one_line(tmp_path):
 def test_random_multiscale_features_rank_known_degradations_of_photo_crops(tmp_path):
     """profile=small's judge: FID 0 for a set against itself, growing with the strength of blur and of noise, IS from
     the trained classifier's logits; rebuilt from its cached checkpoint it gives the same numbers."""
-    from bar.data import build_dataset
+    from bar.data.datasets import build_dataset
     cfg = compose(["profile=small", f"paths.outputs={tmp_path}", "eval.classifier.steps=30", "data.train_size=600",
                    "data.val_size=200"])
     assert cfg.eval.classifier.features == "random_multiscale"

@@ -1,14 +1,14 @@
-"""Fast paths (bar.fast) against the eager reference: static KV cache, the static decode step (eager and compiled),
+"""Fast paths (bar.model.fast) against the eager reference: static KV cache, the static decode step (eager and compiled),
 the heads' static samplers, and the compiled training loss. Same seed -> same tokens; compiled loss within 1e-5."""
 
 import pytest
 import torch
 
 from bar import UserError
-from bar.fast import FastDecoder, compile_training, decoder_for, release_decoders
-from bar.generator import BARGenerator, GeneratorConfig
-from bar.heads import build_head
-from bar.sampling import generate
+from bar.model.fast import FastDecoder, compile_training, decoder_for, release_decoders
+from bar.model.generator import BARGenerator, GeneratorConfig
+from bar.model.heads import build_head
+from bar.model.sampling import generate
 
 HEADS = {  # head -> (head options, sampling schedule)
     "mbm": ({"depth": 1}, {"allocation": [1, 1, 2]}),
@@ -232,7 +232,7 @@ def test_fast_path_under_bf16_autocast():
 def test_model_compile_in_the_training_loop():
     """model.compile=true: the training loop compiles the module; the stage draws the randomness eagerly and passes
     it in (bar/stages/generator.py), so the compiled run follows the eager one step for step."""
-    from bar.train import Recipe, train
+    from bar.training.loop import Recipe, train
 
     tokens, labels = _batch("mbm")
     weights = []

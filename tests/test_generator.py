@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from bar import UserError
-from bar.generator import (BARGenerator, GeneratorConfig, group_tokens, order_probability, rope_tables,
-                           sample_orders, ungroup_tokens)
-from bar.heads import TokenHead, build_head
+from bar.model.generator import (BARGenerator, GeneratorConfig, group_tokens, order_probability, rope_tables,
+    sample_orders, ungroup_tokens)
+from bar.model.heads import TokenHead, build_head
 
 
 

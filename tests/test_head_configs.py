@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bar.build import build_generator
-from bar.config import compose
+from bar.orchestration.build import build_generator
+from bar.orchestration.config import compose
 
 MAR_HEADS = {"mar_b": dict(depth=6, width=1024), "mar_l": dict(depth=8, width=1280),
              "mar_h": dict(depth=12, width=1536)}   # MAR's diffusion heads (paper baselines)

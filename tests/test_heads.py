@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bar import UserError
-from bar.heads import HEADS, MASK, MBMHead, TokenHead, build_head, even_allocation
+from bar.model.heads import HEADS, MASK, MBMHead, TokenHead, build_head, even_allocation
 
 
 

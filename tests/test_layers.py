@@ -32,10 +32,10 @@ def test_a_lower_layer_importing_a_higher_one_breaks_the_build(tmp_path):
     shutil.copytree(ROOT / "bar", tmp_path / "bar", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
     with open(tmp_path / "bar" / "layers.py", "a") as handle:
-        handle.write("\nimport bar.runner  # planted violation\n")
+        handle.write("\nimport bar.orchestration.runner  # planted violation\n")
     proc = _lint(tmp_path)
     assert proc.returncode != 0
-    assert "bar.layers is not allowed to import bar.runner" in proc.stdout
+    assert "bar.model.layers is not allowed to import bar.orchestration.runner" in proc.stdout
 
 
 def _functions(path: Path):

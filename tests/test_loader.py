@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from bar import UserError
-from bar.codes_store import CodesStore, ShardWriter
-from bar.data import TensorImages
-from bar.loader import ShardedBatchSampler, codes_loader, image_loader
+from bar.data.codes import CodesStore, ShardWriter
+from bar.data.datasets import TensorImages
+from bar.data.loader import ShardedBatchSampler, codes_loader, image_loader
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bar.heads import build_head
-from bar.memory import (estimate_train_memory, measure_peak_train_memory, measure_train_step,
-                        train_memory_breakdown)
+from bar.model.heads import build_head
+from bar.orchestration.memory import (estimate_train_memory, measure_peak_train_memory, measure_train_step,
+    train_memory_breakdown)
 from conftest import build_model
 
 
@@ -64,7 +64,7 @@ def test_bare_head_estimate_needs_steps():
 
 # ----------------------------------------------------------------------------------------------------- per-rank plans
 def _paper_model(dim, depth, heads, head="mbm", k=16, **cfg):
-    from bar.generator import BARGenerator, GeneratorConfig
+    from bar.model.generator import BARGenerator, GeneratorConfig
 
     with torch.device("meta"):
         config = GeneratorConfig(dim=dim, depth=depth, heads=heads, num_classes=1000, class_repeat=32, grid=(16, 16),
@@ -84,7 +84,7 @@ def bar_l():
 
 
 def test_plan_bar_b_and_bar_l_at_paper_scale(bar_b, bar_l):
-    from bar.memory import per_gpu_breakdown, plan_memory
+    from bar.orchestration.memory import per_gpu_breakdown, plan_memory
 
     for world, accum_b, accum_l in ((8, 2, 4), (16, 1, 2)):
         b = plan_memory(bar_b, 2048, world, 80)
@@ -103,7 +103,7 @@ def test_plan_bar_b_and_bar_l_at_paper_scale(bar_b, bar_l):
 
 
 def test_plan_checkpointing_when_needed(bar_l):
-    from bar.memory import per_gpu_breakdown, plan_memory
+    from bar.orchestration.memory import per_gpu_breakdown, plan_memory
 
     plain = sum(per_gpu_breakdown(bar_l, 1).values()) / 2 ** 30
     ckpt = sum(per_gpu_breakdown(bar_l, 1, checkpointing=True).values()) / 2 ** 30
@@ -124,7 +124,7 @@ def test_plan_checkpointing_when_needed(bar_l):
 
 @pytest.mark.parametrize("k", [24, 32])
 def test_plan_softmax_head_infeasible(k):
-    from bar.memory import plan_memory
+    from bar.orchestration.memory import plan_memory
 
     model = _paper_model(768, 24, 12, head="softmax", k=k)
     p = plan_memory(model, 2048, 16, 80)
@@ -135,7 +135,7 @@ def test_plan_softmax_head_infeasible(k):
 
 def test_plan_refuses_indivisible_batch(bar_b):
     from bar import UserError
-    from bar.memory import plan_memory
+    from bar.orchestration.memory import plan_memory
 
     with pytest.raises(UserError, match="global batch 2048 is not divisible by 24 GPUs"):
         plan_memory(bar_b, 2048, 24, 80)
@@ -144,7 +144,7 @@ def test_plan_refuses_indivisible_batch(bar_b):
 def test_an_eager_bf16_step_is_planned_with_the_memory_it_was_measured_to_take(bar_b):
     """On an H200, BAR-B at micro-batch 128 took 81.7 GiB eager and 49.6 GiB compiled (bf16): the eager plan must not
     put 128 on an 80 GB GPU, the compiled one (the release's) does."""
-    from bar.memory import per_gpu_breakdown, plan_memory
+    from bar.orchestration.memory import per_gpu_breakdown, plan_memory
 
     eager = sum(per_gpu_breakdown(bar_b, 128, compiled=False).values()) / 2 ** 30
     compiled = sum(per_gpu_breakdown(bar_b, 128).values()) / 2 ** 30

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hydra.errors import HydraException
 
-from bar.build import build_generator, count_params, fit_allocation, sampling_schedule
-from bar.config import compose
-from bar.sampling import generate
+from bar.orchestration.build import build_generator, count_params, fit_allocation, sampling_schedule
+from bar.orchestration.config import compose
+from bar.model.sampling import generate
 from conftest import ROOT, build_model
 
 RELEASE = {"bar_b": (415e6, 0.01, []), "bar_b2": (415e6, 0.01, []), "bar_b4": (416e6, 0.01, []),

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from bar import UserError
-from bar.generator import BARGenerator, GeneratorConfig
-from bar.heads import build_head
-from bar.official import convert_official_state_dict, load_official, map_official_key
-from bar.sampling import generate
+from bar.model.generator import BARGenerator, GeneratorConfig
+from bar.model.heads import build_head
+from bar.model.release_keys import convert_official_state_dict, load_official, map_official_key
+from bar.model.sampling import generate
 
 D, DEPTH, HEADS, K, GRID, W, HEAD_DEPTH, N, REPEAT = 32, 2, 2, 8, (4, 4), 48, 2, 7, 32
 L = GRID[0] * GRID[1]

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from bar.generator import BARGenerator, GeneratorConfig
-from bar.heads import build_head
-from bar.official import map_official_key
-from bar.optim import decay_report, decay_split, param_groups, release_name, release_no_decay
+from bar.model.generator import BARGenerator, GeneratorConfig
+from bar.model.heads import build_head
+from bar.model.release_keys import map_official_key
+from bar.training.optim import decay_report, decay_split, param_groups, release_name, release_no_decay
 
 D, DEPTH, HEADS, K, W, HEAD_DEPTH, N, REPEAT, L = 768, 24, 12, 16, 2048, 3, 1000, 32, 256
 
@@ -91,7 +91,7 @@ def test_decayed_set_is_the_releases():
     report = decay_report(model)
     total = sum(p.numel() for p in ours.values())
     assert report["decayed"] + report["exempt"] == total == 415_122_222
-    # the release's tables hold rows that are never read (bar.official): 3 x 95 + ... rows more, all exempt
+    # the release's tables hold rows that are never read (bar.model.release_keys): 3 x 95 + ... rows more, all exempt
     release_exempt = sum(math.prod(s) for n, s, grad in release if grad and release_no_decay(n, len(s)))
     release_decayed = sum(math.prod(s) for n, s, grad in release if grad and not release_no_decay(n, len(s)))
     assert release_decayed == report["decayed"]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bar.checkpoint import read_generator_checkpoint
+from bar.core.files import read_generator_checkpoint
 from conftest import ROOT, child_runs
 
 pytestmark = pytest.mark.slow

@@ -9,18 +9,9 @@ import pytest
 import torch
 
 from bar import UserError
-from bar.config import compose
-from bar.data import (
-    EMBEDDED_DATASETS,
-    build_dataset,
-    information_bits,
-    load_digits_split,
-    load_photo_crops,
-    photo_crop_boxes,
-    photo_regions,
-    sample_photos,
-    validate_data_config,
-)
+from bar.orchestration.config import compose
+from bar.data.datasets import (EMBEDDED_DATASETS, build_dataset, information_bits, load_digits_split,
+    load_photo_crops, photo_crop_boxes, photo_regions, sample_photos, validate_data_config)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +142,7 @@ def test_information_bits():
 
 
 def test_config_checked_without_loading(monkeypatch):
-    monkeypatch.setattr("bar.data.sample_photos", lambda: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr("bar.data.datasets.sample_photos", lambda: (_ for _ in ()).throw(AssertionError("loaded")))
     assert "photo_crops" in EMBEDDED_DATASETS
     validate_data_config(compose(["data=photo_crops"]).data)
     validate_data_config(compose(["data=photo_crops", "data.resolution=32"]).data)

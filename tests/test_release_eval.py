@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from bar.adm import InceptionADM
-from bar.build import build_generator
-from bar.config import compose
-from bar.official import to_release_state_dict
+from bar.eval.adm import InceptionADM
+from bar.orchestration.build import build_generator
+from bar.orchestration.config import compose
+from bar.model.release_keys import to_release_state_dict
 from conftest import child_runs, run_cli
 from test_release_tokenizer import release_state_dict
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from bar import UserError
-from bar.release_tokenizer import (FULL, TINY, ReleaseTokenizer, Unpatchify, load_release_checkpoint, parameter_count,
-                                   patchify, release_to_uint8)
+from bar.tokenizers.release import (FULL, TINY, ReleaseTokenizer, Unpatchify, load_release_checkpoint,
+    parameter_count, patchify, release_to_uint8)
 
 BITS, RES = 16, 256
 

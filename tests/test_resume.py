@@ -10,11 +10,12 @@ import time
 import pytest
 import torch
 
-from bar.checkpoint import CheckpointDir, CorruptCheckpoint, load_verified, save_atomic, read_generator_checkpoint
-from bar import signals
-from bar.signals import act_on_stop, before_acting_on_stop, clear_stop, request_stop, submitit_signal
-from bar.tracking import PointRun
-from bar.train import Checkpointing, Recipe, infinite_batches, train
+from bar.training.checkpoints import CheckpointDir
+from bar.core.files import CorruptCheckpoint, load_verified, save_atomic, read_generator_checkpoint
+from bar.training import signals
+from bar.training.signals import act_on_stop, before_acting_on_stop, clear_stop, request_stop, submitit_signal
+from bar.orchestration.tracking import PointRun
+from bar.training.loop import Checkpointing, Recipe, infinite_batches, train
 
 from conftest import ROOT, child_runs
 

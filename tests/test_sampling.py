@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from bar import UserError
-from bar.generator import BARGenerator, GeneratorConfig
-from bar.heads import build_head
-from bar.sampling import cfg_scale_at, generate
+from bar.model.generator import BARGenerator, GeneratorConfig
+from bar.model.heads import build_head
+from bar.model.sampling import cfg_scale_at, generate
 
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from bar.checkpoint import read_generator_checkpoint
+from bar.core.files import read_generator_checkpoint
 from conftest import ROOT, child_runs, run_cli
 
 pytestmark = pytest.mark.slurm

@@ -3,9 +3,9 @@
 import pytest
 
 from bar import UserError
-from bar.build import build_generator, sampling_schedule, sampling_temperature
-from bar.config import compose
-from bar.validate import validate_config
+from bar.orchestration.build import build_generator, sampling_schedule, sampling_temperature
+from bar.orchestration.config import compose
+from bar.orchestration.validate import validate_config
 
 
 def _temperature(*overrides):

@@ -3,9 +3,9 @@ import torch
 from omegaconf import OmegaConf
 
 from bar import UserError
-from bar.config import compose
-from bar.bits import bits_to_codes, bits_to_index, codes_to_bits, index_to_bits, latent_bits
-from bar.tokenizer import BinaryFSQ, Tokenizer, validate_tokenizer_config
+from bar.orchestration.config import compose
+from bar.core.bits import bits_to_codes, bits_to_index, codes_to_bits, index_to_bits, latent_bits
+from bar.tokenizers.tokenizer import BinaryFSQ, Tokenizer, validate_tokenizer_config
 
 
 @pytest.mark.parametrize("bits", [1, 16, 64, 256])

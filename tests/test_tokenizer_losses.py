@@ -10,16 +10,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bar import UserError
-from bar.losses.distillation import FeatureProjector, distillation_loss
-from bar.losses.frozen import IMAGENET_MEAN, IMAGENET_STD, vgg16_features
-from bar.losses.gan import (BatchNormLocal, DinoDiscriminator, DiscriminatorTrainer, hinge_d_loss, hinge_g_loss,
-                            release_cosine_lr, to_uint8_levels)
-from bar.losses.gram import GramLoss, gram_matrix
-from bar.losses.perceptual import LPIPS, FeatureTaps, LogitsDistance, PerceptualLoss
-from bar.losses.recipe import (RELEASE_WEIGHTS, LossWeights, TokenizerLoss, build_tokenizer_loss,
-                               needed_weight_keys)
-from bar.losses.reconstruction import l1_loss, l2_loss
-from bar.losses.weights import check_weight_files, default_lpips_path
+from bar.tokenizers.losses.distillation import FeatureProjector, distillation_loss
+from bar.tokenizers.losses.frozen import IMAGENET_MEAN, IMAGENET_STD, vgg16_features
+from bar.tokenizers.losses.gan import BatchNormLocal, DinoDiscriminator, hinge_d_loss, hinge_g_loss, to_uint8_levels
+from bar.training.discriminator import DiscriminatorTrainer, release_cosine_lr
+from bar.tokenizers.losses.gram import GramLoss, gram_matrix
+from bar.tokenizers.losses.perceptual import LPIPS, FeatureTaps, LogitsDistance, PerceptualLoss
+from bar.tokenizers.losses.combined import (RELEASE_WEIGHTS, LossWeights, TokenizerLoss, build_tokenizer_loss,
+    needed_weight_keys)
+from bar.tokenizers.losses.reconstruction import l1_loss, l2_loss
+from bar.tokenizers.losses.weights import check_weight_files, default_lpips_path
 
 
 def imagenet(x_pm1):
@@ -320,7 +320,7 @@ def test_pixel_only_recipe_needs_no_files():
 
 
 def test_dino_backbone_from_a_file_zeroes_k_biases_and_keeps_the_logits(tmp_path):
-    from bar.losses.gan import dino_vit_small
+    from bar.tokenizers.losses.gan import dino_vit_small
 
     vit = tiny_vit()
     with torch.no_grad():

@@ -1,16 +1,17 @@
 """The training-loop side of the release's tokenizer recipe (bar/tokenizer_recipe.py): encoder LR groups, crop + flip
-augmentation, and the discriminator and EMA hooks inside bar.train's loop, including an exact resume."""
+augmentation, and the discriminator and EMA hooks inside bar.training.loop's loop, including an exact resume."""
 
 import pytest
 import torch
 import torch.nn as nn
 
-from bar.ema import EMA, EMAHook
-from bar.losses.gan import DinoDiscriminator, DiscriminatorTrainer
-from bar.losses.recipe import LossWeights, TokenizerLoss
-from bar.tokenizer_recipe import (CheckpointingWithExtras, DiscriminatorHook, augment, resized_shape,
-                                  tokenizer_param_groups)
-from bar.train import Recipe, TrainHook, infinite_batches, train
+from bar.training.ema import EMA, EMAHook
+from bar.tokenizers.losses.gan import DinoDiscriminator
+from bar.training.discriminator import DiscriminatorTrainer
+from bar.tokenizers.losses.combined import LossWeights, TokenizerLoss
+from bar.training.tokenizer_hooks import CheckpointingWithExtras, DiscriminatorHook, tokenizer_param_groups
+from bar.tokenizers.augment import augment, resized_shape
+from bar.training.loop import Recipe, TrainHook, infinite_batches, train
 
 
 class TinyTokenizer(nn.Module):

@@ -3,11 +3,11 @@ SigLIP2 initialised from a release-format checkpoint, the continuous twin of BAR
 
 import torch
 
-from bar.build import build_tokenizer
-from bar.config import compose
-from bar.release_tokenizer import ReleaseTokenizer
-from bar.stages.tokenizer import new_tokenizer, tokenizer_recipe
-from bar.train import TrainHook, train
+from bar.orchestration.build import build_tokenizer
+from bar.orchestration.config import compose
+from bar.tokenizers.release import ReleaseTokenizer
+from bar.orchestration.stages.tokenizer import new_tokenizer, tokenizer_recipe
+from bar.training.loop import TrainHook, train
 from test_release_tokenizer import release_state_dict
 
 PAPER_TINY = ["profile=paper", "data.root=/unused", "device=cpu", "tokenizer.size=tiny", "tokenizer.loss.perceptual=0",

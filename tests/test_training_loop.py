@@ -3,8 +3,8 @@ groups reach the optimizer, per-micro-batch random streams depend on where sampl
 
 import torch
 
-from bar.optim import decay_split, decays
-from bar.train import Recipe, _optimizer, infinite_batches, micro_generator, split_batch, train
+from bar.training.optim import decay_split, decays
+from bar.training.loop import Recipe, _optimizer, infinite_batches, micro_generator, split_batch, train
 from conftest import build_model
 
 

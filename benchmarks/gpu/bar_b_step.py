@@ -17,12 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bar.build import build_generator  # noqa: E402
-from bar.config import compose  # noqa: E402
-from bar.distributed import configure_device  # noqa: E402
-from bar.memory import per_gpu_breakdown  # noqa: E402
-from bar.optim import decays  # noqa: E402
-from bar.train import Recipe, _optimizer, micro_generator  # noqa: E402
+from bar.orchestration.build import build_generator  # noqa: E402
+from bar.orchestration.config import compose  # noqa: E402
+from bar.core.distributed import configure_device  # noqa: E402
+from bar.orchestration.memory import per_gpu_breakdown  # noqa: E402
+from bar.training.optim import decays  # noqa: E402
+from bar.training.loop import Recipe, _optimizer, micro_generator  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench_fast_paths import SCALES, build  # noqa: E402
 
-from bar.sampling import generate  # noqa: E402
+from bar.model.sampling import generate  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -19,13 +19,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bar import adm  # noqa: E402
-from bar.build import build_generator, sampling_schedule  # noqa: E402
-from bar.config import compose  # noqa: E402
-from bar.distributed import configure_device  # noqa: E402
-from bar.release_tokenizer import ReleaseTokenizer  # noqa: E402
-from bar.sampling import generate  # noqa: E402
-from bar.tokenizer import float_to_images  # noqa: E402
+from bar.eval import adm  # noqa: E402
+from bar.orchestration.build import build_generator, sampling_schedule  # noqa: E402
+from bar.orchestration.config import compose  # noqa: E402
+from bar.core.distributed import configure_device  # noqa: E402
+from bar.tokenizers.release import ReleaseTokenizer  # noqa: E402
+from bar.model.sampling import generate  # noqa: E402
+from bar.data.images import float_to_images  # noqa: E402
 
 
 def timed(label: str, fn):

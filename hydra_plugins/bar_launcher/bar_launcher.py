@@ -1,5 +1,5 @@
 """Hydra launcher `bar_local` (launcher=local): Hydra's basic launcher, except that the points of a batch run at the
-same time. Each point is its own process forked from one server that imported the project once (bar.runner), so
+same time. Each point is its own process forked from one server that imported the project once (bar.orchestration.runner), so
 a point starts in milliseconds where a fresh interpreter (submitit's local launcher) spends seconds importing torch,
 torch-fidelity and MLflow. `hydra.sweeper.max_batch_size` points run at once (launcher=local: 1, one after
 another; `make demo`: 2).
@@ -24,7 +24,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="bar_local", node=BarL
 
 class BarLocalLauncher(BasicLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from bar import runner  # plugin discovery imports this module: keep it free of torch
+        from bar.orchestration import runner  # plugin discovery imports this module: keep it free of torch
 
         with runner.started_not_awaited():   # each job's task starts its point's process and returns it
             returns = super().launch(job_overrides, initial_job_idx)

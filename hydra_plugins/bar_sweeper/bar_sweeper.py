@@ -1,4 +1,4 @@
-"""Hydra sweeper `bar`: Hydra's basic sweeper plus what stock Hydra cannot do (logic in bar.sweeps):
+"""Hydra sweeper `bar`: Hydra's basic sweeper plus what stock Hydra cannot do (logic in bar.orchestration.sweeps):
 - `hydra.sweeper.grids`: a union of Cartesian grids (discrete bits and continuous channels in one sweep);
 - every point composed, validated and planned before the first job is submitted: finished points are skipped
   (no job), a bad point is one line, `dry_run=true` prints the plan and submits nothing;
@@ -32,6 +32,6 @@ class BarSweeper(BasicSweeper):
         self.grids = list(grids or [])
 
     def sweep(self, arguments: List[str]) -> Any:
-        from bar.sweeps import run_sweep  # plugin discovery imports this module: keep it free of torch
+        from bar.orchestration.sweeps import run_sweep  # plugin discovery imports this module: keep it free of torch
 
         return run_sweep(self, arguments)

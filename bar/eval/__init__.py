@@ -1,0 +1,2 @@
+"""Evaluation: FID / IS / precision-recall with torch-fidelity or the ADM protocol, and the offline feature
+networks."""

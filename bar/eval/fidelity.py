@@ -1,0 +1,159 @@
+"""Evaluation: features of generated (or reconstructed) images, each rank extracting its own shard, gathered in
+order on rank 0 and scored there against a reference. Only features travel between ranks, never images.
+
+Two protocols (`eval.protocol`):
+  fidelity  torch-fidelity's FID, IS and precision/recall with one extractor (`eval.extractor`): `classifier`, a
+            small net trained on the dataset itself (bar.eval.features; offline), or `inception`, torch-fidelity's
+            `inception-v3-compat` from a local weights file. The reference is a dataset split; its features are
+            computed once and cached by (data, split, extractor).
+  adm       the paper's (bar.eval.adm): guided-diffusion's evaluator against an ADM reference batch (`eval.reference`):
+            FID and sFID from its stored statistics, IS, k=3 precision/recall against its 10,000 images (their
+            features cached once per reference file). Needs the Inception weights.
+
+    scores = evaluator.compare(images_shard, reference, "train", isc=True, prc=True)   # dict on rank 0, None else
+Keys: fid, inception_score, precision, recall (+ sfid for adm). The evaluators are built from a point's config by
+bar.orchestration.evaluators (which also trains the classifier extractor once per signature)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_fidelity.metric_fid as tf_fid
+import torch_fidelity.metric_isc as tf_isc
+import torch_fidelity.metric_prc as tf_prc
+from torch.utils.data import Dataset
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from bar.eval import adm
+from bar.core import distributed
+from bar.core.files import load_verified, save_atomic
+from bar.core.hashing import stable_hash
+from bar.data.cache import get_or_build, load_or_rebuild
+from bar.eval.features import CLASSIFIER_EXTRACTOR
+
+INCEPTION_EXTRACTOR = "inception-v3-compat"
+_LAYERS = {CLASSIFIER_EXTRACTOR: {"fid": "features", "isc": "logits", "prc": "features"},
+           INCEPTION_EXTRACTOR: {"fid": "2048", "isc": "logits_unbiased", "prc": "2048"}}
+
+
+class _Images(Dataset):
+    """uint8 (N, C, H, W) images as torch-fidelity wants them: one CHW tensor per item, 3 channels for Inception."""
+
+    def __init__(self, images, rgb: bool):
+        self.images, self.rgb = images, rgb
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        x = x[0] if isinstance(x, tuple) else x
+        return x.expand(3, -1, -1).contiguous() if self.rgb and x.shape[0] == 1 else x
+
+
+class FidelityEvaluator:
+    """torch-fidelity metrics with one fixed extractor, against cached reference features."""
+
+    def __init__(self, extractor: str, weights: str, extractor_sig: str, data_sig: str, *, cache_root: str | Path,
+                 batch_size: int, device: torch.device):
+        """`extractor`: CLASSIFIER_EXTRACTOR or INCEPTION_EXTRACTOR, loaded from `weights`; `extractor_sig` and
+        `data_sig` key the cached reference features (under `cache_root`)."""
+        self.name, self.extractor_sig, self.data_sig = extractor, extractor_sig, data_sig
+        self.cache_root, self.batch_size, self.device = cache_root, batch_size, device
+        self.extractor = create_feature_extractor(self.name, sorted(set(_LAYERS[self.name].values())),
+                                                  cuda=device.type == "cuda", feature_extractor_weights_path=weights,
+                                                  verbose=False)
+
+    @property
+    def tag(self) -> str:
+        """What the metrics came from; never compare numbers across different tags."""
+        return f"{self.name}:{self.extractor_sig}"
+
+    def features(self, images) -> dict[str, torch.Tensor]:
+        """Features of uint8 images ((N, C, H, W) tensor, or a dataset of images or (image, label) items)."""
+        return get_featuresdict_from_dataset(_Images(images, self.name == INCEPTION_EXTRACTOR), self.extractor,
+                                             self.batch_size, self.device.type == "cuda", True, False)
+
+    def reference_features(self, reference: Dataset, name: str) -> dict[str, torch.Tensor]:
+        """Features of a reference split, computed once (cache entry per data set, split and extractor)."""
+        key = f"{self.data_sig}-{name}-{self.extractor_sig}"
+        features, _ = load_or_rebuild(self.cache_root, "fidelity", key,
+                                      lambda f: save_atomic(self.features(reference), f / "features.pt"),
+                                      lambda f: load_verified(f / "features.pt"))
+        return features
+
+    def compare(self, images_shard, reference: Dataset, reference_name: str, *, isc: bool = False,
+                prc: bool = False) -> dict[str, float] | None:
+        """FID (and optionally IS, precision/recall) of the images of all ranks (this rank holds items rank::world)
+        against `reference`: the scores on rank 0, None on the others."""
+        feats = gather_features(self.features(images_shard), len(images_shard))
+        if feats is None:
+            return None
+        layers = _LAYERS[self.name]
+        ref = self.reference_features(reference, reference_name)
+        stats = [tf_fid.fid_featuresdict_to_statistics(f, layers["fid"]) for f in (feats, ref)]
+        out = {"fid": float(tf_fid.fid_statistics_to_metric(*stats, False)[tf_fid.KEY_METRIC_FID])}
+        if isc:
+            out["inception_score"] = float(tf_isc.isc_featuresdict_to_metric(feats, layers["isc"], verbose=False)[
+                tf_isc.KEY_METRIC_ISC_MEAN])
+        if prc:
+            scores = tf_prc.prc_featuresdict_to_metric(feats, ref, layers["prc"], verbose=False)
+            out["precision"] = float(scores[tf_prc.KEY_METRIC_PRECISION])
+            out["recall"] = float(scores[tf_prc.KEY_METRIC_RECALL])
+        return out
+
+
+class ADMEvaluator:
+    """The paper's protocol: guided-diffusion's evaluator (bar.eval.adm) against the ADM reference batch."""
+
+    def __init__(self, reference_path: str | Path, inception_weights: str, *, cache_root: str | Path, batch_size: int,
+                 device: torch.device):
+        self.cache_root, self.batch_size, self.device = cache_root, batch_size, device
+        self.reference = adm.read_reference(reference_path)
+        self.extractor = adm.InceptionADM.from_weights(inception_weights).to(device)
+
+    @property
+    def tag(self) -> str:
+        return f"adm:{Path(str(self.reference.path)).name}"
+
+    def features(self, images_NCHW: torch.Tensor) -> adm.Features:
+        batches = (images_NCHW[i:i + self.batch_size].permute(0, 2, 3, 1)
+                   for i in range(0, len(images_NCHW), self.batch_size))
+        return adm.compute_features(batches, self.extractor, self.device)
+
+    def reference_features(self) -> adm.Features:
+        key = stable_hash({"reference": str(Path(str(self.reference.path)).resolve()),
+                         "bytes": Path(str(self.reference.path)).stat().st_size})
+
+        def build(folder: Path):
+            f = adm.compute_features(adm.iter_npz_images(self.reference.path, self.batch_size),
+                                     self.extractor, self.device)
+            np.savez(folder / "features.npz", pool=f.pool, spatial=f.spatial, logits=f.logits)
+
+        folder, _ = get_or_build(self.cache_root, "adm-reference", key, build)
+        saved = np.load(folder / "features.npz")
+        return adm.Features(saved["pool"], saved["spatial"], saved["logits"])
+
+    def compare(self, images_shard: torch.Tensor, reference=None, reference_name: str = "", *, isc: bool = True,
+                prc: bool = True) -> dict[str, float] | None:
+        f = self.features(images_shard)
+        parts = gather_features({"pool": torch.from_numpy(f.pool), "spatial": torch.from_numpy(f.spatial),
+                                 "logits": torch.from_numpy(f.logits)}, len(images_shard))
+        if parts is None:
+            return None
+        sample = adm.Features(*(parts[k].numpy() for k in ("pool", "spatial", "logits")))
+        scores = adm.adm_scores(sample, self.reference, self.reference_features(), device=self.device)
+        return {"fid": scores["gfid"], "sfid": scores["sfid"], "inception_score": scores["inception_score"],
+                "precision": scores["precision"], "recall": scores["recall"]}
+
+
+def gather_features(local: dict[str, torch.Tensor], local_count: int) -> dict[str, torch.Tensor] | None:
+    """Every rank's features (rank r holds items r::world) in the original item order, on rank 0; None on others."""
+    if distributed.world_size() == 1:
+        return local
+    counts = distributed.all_gather_objects(local_count)
+    total = sum(counts)
+    out = {k: distributed.gather_shards(v, total) for k, v in local.items()}
+    return out if distributed.is_main() else None

@@ -1,0 +1,159 @@
+"""The dry run's cost model: accelerator-hours of a sweep, each distinct piece of work counted once.
+
+FLOPs come from counting the models' own forward passes on the meta device (torch's FlopCounterMode: nothing is
+allocated, a 2^32-way softmax included) and are turned into hours at `launcher.gpu_tflops` x `launcher.utilization`
+(training, tokenizer work) or x `launcher.sample_utilization` (AR sampling: one small step per token, latency-bound;
+the default 0.025 gives BAR-B 26 img/s, BAR-L 14, BAR-B/4 276 on a 989-TFLOP/s GPU, against the release's
+measured 24.33, 10.65 and 445):
+
+    tokenizer   training 3 x forward x steps x batch; pretokenization (encoder, image + flip); rFID reconstructions.
+                Counted once per tokenizer signature, and not at all when already in the cache.
+    generator   training 3 x forward x steps x global batch (x 4/3 with activation checkpointing).
+    sampling    per image: the backbone over its sequence + the head's unmasking steps (one head pass per step),
+                x 2 with CFG, for every sampling run (guided, and unguided when gfid_nocfg is measured), plus decoding.
+Infeasible points and points already done cost nothing and are listed apart by the dry run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from bar.orchestration.build import build_generator, build_tokenizer
+from bar.orchestration.config import data_identity, signature, tokenizer_signature
+
+TRAIN_FACTOR = 3.0              # forward + backward ~ 3 forward passes
+CHECKPOINTING_FACTOR = 4 / 3    # activation checkpointing repeats the forward pass
+
+
+def _forward_flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+_COUNTED: dict[str, dict[str, float]] = {}   # FLOP counts by what determines them (a sweep repeats architectures)
+
+
+@torch.no_grad()
+def tokenizer_flops(cfg: DictConfig) -> dict[str, float]:
+    """Forward FLOPs of one image through the whole tokenizer and through its encoder and decoder."""
+    key = signature({"tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True), "data": data_identity(cfg)})
+    if key not in _COUNTED:
+        _COUNTED[key] = _count_tokenizer(cfg)
+    return _COUNTED[key]
+
+
+def _count_tokenizer(cfg: DictConfig) -> dict[str, float]:
+    r, c = cfg.data.resolution, cfg.data.in_channels
+    with torch.device("meta"):
+        tok = build_tokenizer(cfg)
+        if cfg.tokenizer.arch == "release":    # transformers' SigLIP2 reads a tensor value: it cannot run on meta
+            return _release_tokenizer_flops(tok)
+        x = torch.zeros(1, c, r, r)
+        forward, encode = _forward_flops(lambda: tok(x)), _forward_flops(lambda: tok.encode(x))
+        return {"forward": forward, "encode": encode, "decode": forward - encode}
+
+
+def _release_tokenizer_flops(tok) -> dict[str, float]:
+    """2 x parameters x tokens per pass (transformer layers dominate): the trainable encoder copy and the decoder in
+    training, plus the frozen SigLIP2 tower's forward for the distillation targets."""
+    tokens = tok.grid ** 2
+    count = lambda module: sum(p.numel() for p in module.parameters())   # noqa: E731
+    encoder = count(tok.encoder.trainable_encoder) + count(tok.quantize.in_proj)
+    decoder = count(tok.decoder) - count(tok.decoder.clip_projector) + count(tok.quantize.out_proj)
+    frozen = count(tok.encoder.siglip.encoder)
+    return {"forward": 2 * tokens * (encoder + decoder + frozen / TRAIN_FACTOR), "encode": 2 * tokens * encoder,
+            "decode": 2 * tokens * decoder}
+
+
+@torch.no_grad()
+def generator_flops(cfg: DictConfig) -> dict[str, float]:
+    """Forward FLOPs per image of teacher-forced training (backbone + head on every AR step) and of the head alone."""
+    key = signature({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "head", "tokenizer", "data")})
+    if key not in _COUNTED:
+        _COUNTED[key] = _count_generator(cfg)
+    return _COUNTED[key]
+
+
+@torch.no_grad()
+def _count_generator(cfg: DictConfig) -> dict[str, float]:
+    with torch.device("meta"):
+        model = build_generator(cfg)
+        g = model.cfg
+        tokens = torch.zeros(1, g.grid[0] * g.grid[1], g.token_dim, dtype=torch.uint8 if g.token_kind == "bits"
+                             else torch.float32)
+        labels = torch.zeros(1, dtype=torch.long)
+        forward = _forward_flops(lambda: model.training_loss(tokens, labels, None))
+        cond = torch.zeros(1, g.steps, model.head.width)
+        head = _forward_flops(lambda: model.head.loss(cond, model.group(tokens)))
+    return {"forward": forward, "head": head, "params": float(sum(p.numel() for p in model.parameters()))}
+
+
+def unmasking_steps(cfg: DictConfig, schedule: dict) -> int:
+    """Head passes per AR step when sampling: MBM's allocation length, the diffusion head's denoising steps, else 1."""
+    if schedule.get("allocation"):
+        return len(schedule["allocation"])
+    if cfg.head.name == "diffusion":
+        return int(cfg.head.sampling_steps)
+    return 1
+
+
+@dataclass
+class PointCost:
+    tokenizer_key: str                                     # tokenizer signature: its work is shared
+    tokenizer: dict[str, float] = field(default_factory=dict)   # FLOPs: train, pretokenize, reconstruct
+    generator: dict[str, float] = field(default_factory=dict)   # FLOPs: train, sample
+
+    @property
+    def generator_flops(self) -> float:
+        return sum(self.generator.values())
+
+
+def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpointing: bool = False,
+               schedule: dict | None = None) -> PointCost:
+    tok = tokenizer_flops(cfg)
+    t = cfg.tokenizer.train
+    cost = PointCost(tokenizer_signature(cfg), {
+        "train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size,
+        "reconstruct": tok["forward"] * val_images * (1 + evaluations_during(t.steps, cfg.eval.rfid_every))})
+    if cfg.stage != "all":
+        return cost
+    cost.tokenizer["pretokenize"] = tok["encode"] * train_images * 2
+    gen, g, s = generator_flops(cfg), cfg.generator.train, cfg.generator.sample
+    factor = TRAIN_FACTOR * (CHECKPOINTING_FACTOR if checkpointing else 1.0)
+    per_image = gen["forward"] + (unmasking_steps(cfg, schedule or {}) - 1) * gen["head"]
+    guided = 2 if s.cfg_scale != 1.0 else 1
+    runs = guided + (1 if s.nocfg and s.cfg_scale != 1.0 else 0)
+    periodic = evaluations_during(g.steps, cfg.eval.gfid_every)        # guided samples only
+    cost.generator = {"train": factor * gen["forward"] * g.steps * g.batch_size,
+                      "sample": (per_image * (runs + periodic * guided)
+                                 + tok["decode"] * ((2 if runs > guided else 1) + periodic)) * s.num_samples}
+    return cost
+
+
+def evaluations_during(steps: int, every: int) -> int:
+    """Evaluations a PeriodicEval makes before the last step (the final evaluation is counted on its own)."""
+    return (int(steps) - 1) // int(every) if every else 0
+
+
+def gpu_hours(flops: float, cfg: DictConfig, sampling: bool = False) -> float:
+    utilization = cfg.launcher.sample_utilization if sampling else cfg.launcher.utilization
+    return flops / (float(cfg.launcher.gpu_tflops) * 1e12 * float(utilization)) / 3600
+
+
+def point_hours(cost: PointCost, cfg: DictConfig) -> float:
+    """The generator's share of a point (its tokenizer is shared: counted by `sweep_hours`)."""
+    return gpu_hours(cost.generator.get("train", 0.0), cfg) + gpu_hours(cost.generator.get("sample", 0.0), cfg, True)
+
+
+def sweep_hours(costs: list[PointCost], cfg: DictConfig, cached_tokenizers: set[str]) -> dict[str, float]:
+    """GPU-hours of the points to run: each distinct tokenizer once (none if already cached), every generator."""
+    tokenizers = {c.tokenizer_key: c.tokenizer for c in costs if c.tokenizer_key not in cached_tokenizers}
+    tok = gpu_hours(sum(sum(parts.values()) for parts in tokenizers.values()), cfg)
+    train = gpu_hours(sum(c.generator.get("train", 0.0) for c in costs), cfg)
+    sample = gpu_hours(sum(c.generator.get("sample", 0.0) for c in costs), cfg, sampling=True)
+    return {"tokenizers": tok, "distinct_tokenizers": len(tokenizers), "generator_training": train,
+            "sampling": sample, "total": tok + train + sample}

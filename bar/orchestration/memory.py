@@ -1,0 +1,283 @@
+"""Training-memory estimate and measurement for a generator (backbone + head).
+
+    estimate_train_memory(model, batch_size, *, steps=None, bytes_per_param=4, bytes_per_act=4,
+                          optimizer_states=2) -> int bytes
+    train_memory_breakdown(...)  -> {"params", "grads", "optimizer", "backbone_activations", "head_activations"}
+    measure_peak_train_memory(fn, device="cpu") -> int bytes
+    measure_train_step(model, tokens_BLk, labels_B, lr=1e-4) -> int bytes
+    per_gpu_breakdown(model, micro_batch, *, checkpointing, bytes_per_act=2, compiled=True) -> {part: bytes}
+    plan_memory(model, global_batch, world_size, gpu_gb, bytes_per_act=2, ...) -> MemoryPlan
+        (micro_batch, accum_steps, checkpointing, est_gb_per_gpu, feasible, reason)
+
+The estimate is what one steady-state AdamW training step holds at its peak: parameters, their gradients, the AdamW
+moments (two fp32 tensors per parameter) and the activations saved for backward of one batch. Activations are
+counted per token position: the backbone's (a rule of thumb per transformer layer, below) and the head's own
+(`TokenHead.activation_bytes`): for the softmax head three fp32 rows of C = 2^k values per position (log-probabilities,
+their gradient and the logits' gradient are alive together in backward), which dominate everything else at large k.
+`model` may live on the meta device (`with torch.device("meta"): build_generator(...)`), so a point that would not
+fit is estimated without allocating it.
+
+The measurement (`measure_peak_train_memory`) reports the peak, above the level at entry, of bytes held by torch
+tensors while `fn` runs. On CUDA it is torch.cuda.max_memory_allocated. On CPU it replays, in time order, every
+allocation and free that torch's CPU allocator reports to torch.profiler (profile_memory=True; the raw allocation
+events of its event tree); memory outside torch's allocator (Python objects, the interpreter, library scratch
+buffers) is not seen. `measure_train_step` adds the resident
+parameters and AdamW state to the measured peak of a second (steady-state) training step, which is what
+`estimate_train_memory` estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+from bar import UserError
+from bar.model.heads import TokenHead
+from bar.model.layers import swiglu_hidden
+
+
+def _param_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: int = 4) -> int:
+    """Saved activations of BARGenerator's backbone for one batch (rule of thumb). Per layer and position: ~18 D for
+    norms, modulations, q/k/v with QK-norm and RoPE, the attention output and residuals, 6 D for the per-position
+    AdaLN, 4 H for the SwiGLU (H = 2/3 * 4 * D); attention weights (B * heads * S^2) only when attention dropout
+    forces the unfused path. Plus ~8 D + W per position for the embeddings, final norm and condition."""
+    D, S = cfg.dim, cfg.prefix + cfg.steps - 1
+    H = swiglu_hidden(D, cfg.mlp_ratio)
+    per_layer = batch_size * S * (24 * D + 4 * H)
+    if cfg.attn_dropout > 0:
+        per_layer += 2 * batch_size * cfg.heads * S * S
+    return (cfg.depth * per_layer + batch_size * S * (8 * D + cfg.cond_width)) * bytes_per_act
+
+
+def train_memory_breakdown(model: nn.Module, batch_size: int, *, steps: int | None = None, bytes_per_param: int = 4,
+                           bytes_per_act: int = 4, optimizer_states: int = 2) -> dict[str, int]:
+    """The parts of `estimate_train_memory`, in bytes. `model` is a BARGenerator (AR steps from its config) or a bare
+    TokenHead (then `steps`, the AR steps per sample, is required)."""
+    if isinstance(model, TokenHead):
+        if steps is None:
+            raise ValueError("a bare head needs steps= (AR steps per sample)")
+        head, backbone = model, 0
+    else:
+        head = model.head
+        steps = model.cfg.steps if steps is None else steps
+        backbone = backbone_activation_bytes(model.cfg, batch_size, bytes_per_act)
+    n = _param_count(model)
+    return {
+        "params": n * bytes_per_param,
+        "grads": n * bytes_per_param,
+        "optimizer": n * 4 * optimizer_states,          # AdamW moments stay fp32
+        "backbone_activations": backbone,
+        "head_activations": head.activation_bytes(batch_size * steps, bytes_per_act),
+    }
+
+
+def estimate_train_memory(model: nn.Module, batch_size: int, *, steps: int | None = None, bytes_per_param: int = 4,
+                          bytes_per_act: int = 4, optimizer_states: int = 2) -> int:
+    """Peak bytes of one AdamW training step of `model` at `batch_size` (see the module docstring). Use
+    bytes_per_act=2 for bf16 autocast (the softmax loss still upcasts its logits to fp32)."""
+    return sum(train_memory_breakdown(model, batch_size, steps=steps, bytes_per_param=bytes_per_param,
+                                      bytes_per_act=bytes_per_act, optimizer_states=optimizer_states).values())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-rank planning: micro-batch, gradient accumulation, activation checkpointing
+# ---------------------------------------------------------------------------------------------------------------------
+
+def checkpointed_backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: int = 2,
+                                           residual_bytes: int = 4) -> int:
+    """Backbone activations with activation checkpointing of every block: the input of each block is saved (the
+    residual stream, fp32 here even under bf16 autocast: `residual_bytes`), plus one block's activations while it is
+    recomputed in backward, plus the per-position AdaLN condition, embeddings, final norm and condition (as in
+    `backbone_activation_bytes`)."""
+    D, S = cfg.dim, cfg.prefix + cfg.steps - 1        # positions fed in training
+    rest = batch_size * S * (8 * D + cfg.cond_width) * bytes_per_act
+    one_block = (backbone_activation_bytes(cfg, batch_size, bytes_per_act) - rest) // cfg.depth
+    saved_inputs = cfg.depth * batch_size * S * D * residual_bytes
+    return saved_inputs + one_block + rest
+
+
+# Eager bf16 autocast keeps more than the rule of thumb: each linear saves the bf16 copy of its input beside the fp32
+# tensor the previous op saved, and unfused elementwise ops save their own inputs. Measured on an H200 (BAR-B,
+# micro-batch 128, benchmarks/gpu/bar_b_step.py): 81.7 GiB peak eager, of which 74.7 GiB activations against the rule's
+# 52.6 (x1.42); compiled (torch.compile fuses and recomputes them): 49.6 GiB peak, under the rule.
+EAGER_AUTOCAST_ACTIVATIONS = 1.42
+
+
+def per_gpu_breakdown(model: nn.Module, micro_batch: int, *, checkpointing: bool = False,
+                      bytes_per_act: int = 2, compiled: bool = True) -> dict[str, int]:
+    """Bytes one data-parallel rank holds at the peak of a training step of `micro_batch` samples (a BARGenerator,
+    possibly on the meta device): fp32 parameters, fp32 gradients, AdamW's two fp32 moments, under mixed precision
+    (bytes_per_act < 4) autocast's cached low-precision copy of the weights, and the activations of one micro-batch
+    (backbone: all blocks' saved tensors, or with `checkpointing` only block inputs + one block; head: as
+    `TokenHead.activation_bytes`, not checkpointed). Gradient accumulation adds nothing: gradients are summed in
+    place. `compiled`: the step runs under torch.compile (the rule of thumb); an eager step under autocast holds
+    EAGER_AUTOCAST_ACTIVATIONS times its activations."""
+    parts = train_memory_breakdown(model, micro_batch, bytes_per_param=4, bytes_per_act=bytes_per_act)
+    parts["autocast_weights"] = _param_count(model) * bytes_per_act if bytes_per_act < 4 else 0
+    if checkpointing:
+        parts["backbone_activations"] = checkpointed_backbone_activation_bytes(model.cfg, micro_batch, bytes_per_act)
+    if not compiled and bytes_per_act < 4:
+        for part in ("backbone_activations", "head_activations"):
+            parts[part] = int(parts[part] * EAGER_AUTOCAST_ACTIVATIONS)
+    return parts
+
+
+@dataclass
+class MemoryPlan:
+    micro_batch: int              # samples per GPU per forward/backward
+    accum_steps: int              # micro-batches per optimizer step: global = micro * accum * world
+    checkpointing: bool           # activation checkpointing of the backbone blocks
+    est_gb_per_gpu: float         # GiB at the peak of a step, for the chosen (or, infeasible: the smallest) setting
+    feasible: bool
+    reason: str                   # one line
+    world_size: int = 1
+    global_batch: int = 0
+    usable_gb: float = 0.0        # the budget after headroom
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return sorted((d for d in range(1, n + 1) if n % d == 0), reverse=True)
+
+
+def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: float, bytes_per_act: int = 2, *,
+                headroom: float = 0.05, reserve_gb: float = 1.0, min_micro_batch: int = 1,
+                micro_batch: int | None = None, checkpointing: bool | None = None, compiled: bool = True) -> MemoryPlan:
+    """Largest micro-batch per GPU that fits `gpu_gb` GiB per GPU (less `headroom` of it for fragmentation and
+    `reserve_gb` for the CUDA context, kernels' workspaces and communication buffers), with the gradient
+    accumulation that keeps the global batch, and whether activation checkpointing is needed.
+
+    The micro-batch is a divisor of the per-rank batch (global / world; so a power of two when that is one), or
+    `micro_batch` when given. Without checkpointing if some micro-batch >= min_micro_batch fits (checkpointing
+    recomputes the forward pass, ~1/3 more compute); else the largest micro-batch that fits with checkpointing;
+    `checkpointing` True / False forces it on / off; `compiled`: whether the step runs under torch.compile
+    (`per_gpu_breakdown`). Infeasible only when no allowed setting fits; the plan then reports the memory of the
+    smallest one."""
+    if global_batch % world_size:
+        raise UserError(f"global batch {global_batch} is not divisible by {world_size} GPUs: choose a global batch "
+                        f"that is a multiple of the GPU count")
+    per_rank = global_batch // world_size
+    if micro_batch is not None and (micro_batch < 1 or per_rank % micro_batch):
+        raise UserError(f"generator.train.micro_batch_size={micro_batch} does not divide the per-GPU batch "
+                        f"{per_rank} (global {global_batch} / {world_size} GPUs)")
+    usable = gpu_gb * (1 - headroom) - reserve_gb
+    cap = usable * 2 ** 30
+    micros = [micro_batch] if micro_batch else [m for m in _divisors_desc(per_rank) if m >= min(min_micro_batch,
+                                                                                                per_rank)]
+    modes = [False, True] if checkpointing is None else [checkpointing]
+
+    def est(micro: int, ckpt: bool) -> int:
+        return sum(per_gpu_breakdown(model, micro, checkpointing=ckpt, bytes_per_act=bytes_per_act,
+                                     compiled=compiled).values())
+
+    for ckpt in modes:
+        for micro in micros:
+            nbytes = est(micro, ckpt)
+            if nbytes <= cap:
+                accum = per_rank // micro
+                how = "with activation checkpointing" if ckpt else "no activation checkpointing"
+                return MemoryPlan(micro, accum, ckpt, gib(nbytes), True,
+                                  f"micro-batch {micro} x {accum} accumulation step(s) x {world_size} device(s) = "
+                                  f"{global_batch}; {gib(nbytes):.3g} of {usable:.3g} GiB usable, {how}",
+                                  world_size, global_batch, usable)
+    smallest, ckpt = micros[-1], modes[-1]
+    parts = per_gpu_breakdown(model, smallest, checkpointing=ckpt, bytes_per_act=bytes_per_act, compiled=compiled)
+    static = parts["params"] + parts["grads"] + parts["optimizer"] + parts["autocast_weights"]
+    nbytes = sum(parts.values())
+    how = "with" if ckpt else "without"
+    return MemoryPlan(smallest, per_rank // smallest, ckpt, gib(nbytes), False,
+                      f"does not fit: micro-batch {smallest} {how} activation checkpointing needs {gib(nbytes):.3g} "
+                      f"GiB per device ({gib(static):.3g} GiB parameters, gradients and AdamW state; "
+                      f"{gib(parts['head_activations']):.3g} GiB head activations), {usable:.3g} GiB usable",
+                      world_size, global_batch, usable)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------------------------------
+
+def measure_peak_train_memory(fn: Callable[[], object], device: str | torch.device = "cpu") -> int:
+    """Peak bytes held by torch tensors while `fn()` runs, above the level at entry (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return max(0, torch.cuda.max_memory_allocated(device) - base)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    changes = _allocation_events(prof)
+    live = peak = 0
+    for _, delta in changes:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def _allocation_events(prof) -> list[tuple[int, int]]:
+    """(time, +bytes allocated / -bytes freed) for every allocator event the profiler recorded, in time order. Reads
+    the raw allocation events of the profiler's event tree; if this torch lacks that (experimental) API, falls back to
+    each operator's net memory change at its start (coarser: it can miss a peak inside an autograd node)."""
+    try:
+        events = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if type(node.extra_fields).__name__ == "_ExtraFields_Allocation":
+                events.append((node.start_time_ns, int(node.extra_fields.alloc_size)))
+            stack.extend(node.children)
+        return sorted(events)
+    except AttributeError:
+        return sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def measure_train_step(model: nn.Module, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, lr: float = 1e-4,
+                       step: int | None = None) -> int:
+    """Peak bytes of one steady-state AdamW step of `model.training_loss(tokens, labels, step)`: one step first (so the
+    optimizer state exists, gradients are then set to None), then params + AdamW state + the measured peak of a second
+    step (gradients, activations, temporaries)."""
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+
+    def one_step():
+        opt.zero_grad(set_to_none=True)
+        loss = model.training_loss(tokens_BLk, labels_B, step)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    one_step()
+    resident = _bytes(model.parameters()) + sum(_bytes(s.values()) for s in opt.state.values())
+    resident += _bytes(model.buffers())
+    return resident + measure_peak_train_memory(one_step, device)
+
+
+def gib(n_bytes: float) -> float:
+    return n_bytes / 2 ** 30
+
+
+def fmt_bytes(n_bytes: float) -> str:
+    if not math.isfinite(n_bytes):
+        return "-"
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} B"

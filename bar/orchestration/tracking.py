@@ -1,0 +1,370 @@
+"""MLflow conventions (see CONVENTIONS.md): experiment = sweep, one parent run per launch, one child run per point.
+
+Stage code never touches MLflow: it hands metrics and files to a `PointRun`."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from bar import PROJECT_ROOT, UserError
+from bar.data.cache import file_lock
+from bar.core.paths import sqlite_path
+
+PARAM_BATCH = 100  # MLflow's per-request limit
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "fuse.sshfs",
+                       "fuse.glusterfs", "glusterfs", "9p", "afs", "panfs", "wekafs", "fuse.s3fs", "fuse.gcsfuse"}
+_warned: set[str] = set()
+
+
+def filesystem_type(path: str | Path) -> str:
+    """The type of the filesystem holding `path` (longest matching mount point in /proc/mounts), '' if unknown."""
+    target = Path(path).resolve()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    best, kind = "", ""
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mount = fields[1].replace("\\040", " ")
+            if (str(target) == mount or str(target).startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                best, kind = mount, fields[2]
+    except OSError:
+        return ""
+    return kind
+
+
+def warn_if_network_sqlite(uri: str) -> bool:
+    """sqlite locking is unreliable on network filesystems: warn (once per file) and suggest tracking=server."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = uri[len("sqlite:///"):]
+    kind = filesystem_type(path)
+    if kind in NETWORK_FILESYSTEMS or kind.startswith("nfs"):
+        if path not in _warned:
+            _warned.add(path)
+            print(f"warning: the MLflow sqlite store {path} is on a network filesystem ({kind}); many jobs writing "
+                  "to it can corrupt or lock it. Start `make mlflow-server HOST=0.0.0.0` on one machine and use "
+                  "tracking=server", file=sys.stderr)
+        return True
+    return False
+
+
+_ready: set[str] = set()   # stores this process has checked or created
+
+
+def check_store(uri: str) -> None:
+    """A one-line UserError naming the URI and the cause when the store cannot be used, found in seconds and before
+    anything is trained or logged (MLflow itself retries for minutes). Creates nothing."""
+    if uri in _ready:
+        return
+    database = sqlite_path(uri)
+    if database is not None:
+        _check_sqlite(uri, database)
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
+                reply.read()
+        except (OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise UserError(f"MLflow server {uri} does not answer ({reason}): start it (make mlflow-server) or use "
+                            "tracking=local") from None
+
+
+def _check_sqlite(uri: str, database: Path) -> None:
+    probe = database.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"MLflow store {uri}: cannot create it, {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"MLflow store {uri}: {probe} is not writable (set MLFLOW_TRACKING_URI or BAR_OUTPUTS)")
+    if database.exists():
+        if not database.is_file():
+            raise UserError(f"MLflow store {uri}: {database} is not a file")
+        try:
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+                conn.execute("select name from sqlite_master limit 1").fetchall()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"MLflow store {uri}: {database} is not an sqlite database ({err}): move it away or "
+                            "point MLFLOW_TRACKING_URI elsewhere") from None
+
+
+def client_for(uri: str):
+    """An MlflowClient for `uri`, the store checked first. An sqlite store is created (folder, tables) under a file
+    lock the first time this process uses it: launches that start together on a fresh store would otherwise race
+    in MLflow's schema migration."""
+    database = sqlite_path(uri)
+    if database is not None and uri not in _ready:
+        check_store(uri)
+        database.parent.mkdir(parents=True, exist_ok=True)
+        warn_if_network_sqlite(uri)
+        with file_lock(database.with_name(database.name + ".lock")):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    _ready.add(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+DONE_STATUSES = ("finished", "infeasible")
+# a point whose run ended without finishing and whose process is gone: the next attempt continues that run
+RESUMABLE_STATUSES = ("running", "interrupted")
+
+
+def done_points(uri: str, experiment: str, signature: str | None = None) -> dict[str, dict]:
+    """{signature: {"run_id", "status", "metric"}} of the points of `experiment` that ended finished or infeasible
+    (only those with `signature` when given)."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    out, token = {}, None
+    while True:
+        query = "tags.role = 'point' and attributes.status = 'FINISHED'"
+        if signature:
+            query += f" and tags.signature = '{signature}'"
+        page = client.search_runs([exp.experiment_id], query,
+                                  max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if tags.get("status") in DONE_STATUSES and tags.get("signature"):
+                metrics = run.data.metrics
+                out.setdefault(tags["signature"], {
+                    "run_id": run.info.run_id, "status": tags["status"], "name": run.info.run_name,
+                    "metric": metrics.get("gfid", metrics.get("rfid", math.nan))})
+        token = page.token
+        if not token:
+            return out
+
+
+def run_state(uri: str, run_id: str) -> tuple[str, str] | None:
+    """(MLflow status, `status` tag) of a run, None if it does not exist (or was deleted)."""
+    try:
+        run = client_for(uri).get_run(run_id)
+    except Exception:
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    return run.info.status, run.data.tags.get("status", "")
+
+
+def experiment_id(client, name: str, uri: str) -> str:
+    """Get or create the experiment; with an sqlite store, artifacts go beside the database, not under the cwd."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if sqlite_path(uri) is not None:
+        location = (sqlite_path(uri).parent / "mlartifacts" / name).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another job created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def start_parent_run(uri: str, experiment: str, profile: str, num_points: int) -> str:
+    client = client_for(uri)
+    run = client.create_run(experiment_id(client, experiment, uri), run_name=time.strftime("launch-%Y%m%d-%H%M%S"),
+                            tags={"role": "parent", "sweep": experiment, "profile": profile, "git_sha": git_sha(),
+                                  "num_points": str(num_points), "driver": f"{socket.gethostname()}:{os.getpid()}"})
+    return run.info.run_id
+
+
+def end_parent_run(uri: str, run_id: str, counts: dict[str, int], interrupted: bool = False) -> None:
+    client = client_for(uri)
+    client.log_batch(run_id, metrics=[Metric(f"points_{status}", n, int(time.time() * 1000), 0)
+                                      for status, n in counts.items()])
+    if interrupted:
+        client.set_tag(run_id, "interrupted", "Ctrl-C or a stop signal ended the launch")
+    client.set_terminated(run_id, "KILLED" if interrupted else "FAILED" if counts.get("failed") else "FINISHED")
+
+
+def close_stale_parents(uri: str, experiment: str, alive) -> list[str]:
+    """Parent runs of `experiment` left RUNNING by a launch whose driver is gone (`alive(run_id)` is False): ended
+    KILLED with a tag saying so. Returns their ids."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    stale = [r.info.run_id for r in client.search_runs([exp.experiment_id],
+                                                       "tags.role = 'parent' and attributes.status = 'RUNNING'")
+             if not alive(r.info.run_id)]
+    for run_id in stale:
+        client.set_tag(run_id, "interrupted", "its driver stopped without closing it (found by a later launch)")
+        client.set_terminated(run_id, "KILLED")
+    return stale
+
+
+def record_dead_point(uri: str, run_id: str, reason: str) -> bool:
+    """A point's run whose process died (killed, out of memory, crashed) without ending it: FAILED, with the reason.
+    False when the run had already ended."""
+    state = run_state(uri, run_id)
+    if state is None or state[0] != "RUNNING":
+        return False
+    client = client_for(uri)
+    client.set_tag(run_id, "status", "failed")
+    client.set_tag(run_id, "error", reason[:500])
+    client.set_terminated(run_id, "FAILED")
+    return True
+
+
+def _one_line(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:500]
+
+
+class PointRun:
+    """The MLflow run of one sweep point. As a context manager it ends the run FINISHED, or FAILED with the error
+    as a tag when the body raises (the exception still propagates)."""
+
+    def __init__(self, uri: str, experiment: str, name: str, tags: dict[str, str], parent_run_id: str | None = None,
+                 resume_run_id: str | None = None):
+        self.uri = uri
+        self.client = client_for(uri)
+        all_tags = {"role": "point", "point": name, "status": "running", "git_sha": git_sha(), **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if os.environ.get("SLURM_JOB_ID"):
+            all_tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        self._logged_steps: dict[str, int] = {}   # metric -> last logged step (resumed runs)
+        self._logged_keys: set[str] = set()
+        self.resumed = False
+        if resume_run_id:  # the same point again after a requeue or a relaunch: continue its run
+            run = self.client.get_run(resume_run_id)
+            self.run_id, self.resumed = resume_run_id, True
+            self._logged_keys = {k for k in run.data.metrics   # metrics it already has at step 0
+                                 if any(m.step == 0 for m in self.client.get_metric_history(self.run_id, k))}
+            all_tags.pop("mlflow.parentRunId", None)     # it stays under the launch that started it
+            all_tags["resumes"] = str(int(run.data.tags.get("resumes", "0")) + 1)
+            self.client.update_run(self.run_id, status="RUNNING")
+            for key in ("error",):
+                if key in run.data.tags:
+                    self.client.delete_tag(self.run_id, key)
+            self.set_tags(all_tags)
+        else:
+            self.run_id = self.client.create_run(experiment_id(self.client, experiment, uri), run_name=name,
+                                                 tags=all_tags).info.run_id
+        self.status = "finished"
+        self._kept_running = 0
+
+    # -- logging
+    def log_params(self, params: dict[str, object]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + PARAM_BATCH])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        """Metrics at `step`; in a resumed run, step-0 metrics it already has are not logged twice."""
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+                 and not (self.resumed and step == 0 and k in self._logged_keys)]
+        self._logged_keys |= {m.key for m in items}
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_history(self, name: str, history: list[tuple[int, float]]) -> None:
+        """A metric's whole history in batched requests (per-step requests are slow with many writers). In a resumed
+        run, steps it already has are not logged again."""
+        if self.resumed:
+            self.append_history(name, history)
+            return
+        self._write_history(name, history)
+
+    def _write_history(self, name: str, history: list[tuple[int, float]]) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(name, float(v), now, int(s)) for s, v in history if math.isfinite(float(v))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def append_history(self, name: str, history: list[tuple[int, float]]) -> None:
+        """Log only the steps of `history` after the last one this run already has: flushing the history at every
+        checkpoint, and again after a resume, leaves it without gaps or duplicated steps."""
+        if name not in self._logged_steps:
+            logged = self.client.get_metric_history(self.run_id, name)
+            self._logged_steps[name] = max((m.step for m in logged), default=-1)
+        last = self._logged_steps[name]
+        new = [(s, v) for s, v in history if int(s) > last]
+        if new:
+            self._write_history(name, new)
+            self._logged_steps[name] = max(int(s) for s, _ in new)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for i in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i:i + PARAM_BATCH])
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def mark(self, status: str) -> None:
+        """finished / infeasible: how the point ended when it did not raise."""
+        self.status = status
+
+    # -- lifecycle
+    def __enter__(self) -> "PointRun":
+        return self
+
+    def keep_running(self, signum: int) -> None:
+        """Leave the run RUNNING when the context exits: the job was stopped by signal `signum` to be requeued
+        (SLURM timeout, preemption) and the next attempt resumes this run. Tagged at once: the requeue's SIGTERM may
+        end the process before the context exits."""
+        if not self._kept_running:
+            self.client.set_tag(self.run_id, "stopped_by_signal", str(signum))
+        self._kept_running = signum
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._kept_running:
+            return False
+        if exc is None:
+            self.client.set_tag(self.run_id, "status", self.status)
+            self.client.set_terminated(self.run_id, "FINISHED")
+        elif isinstance(exc, KeyboardInterrupt):   # Ctrl-C: the next launch continues this run
+            self.client.set_tag(self.run_id, "status", "interrupted")
+            self.client.set_terminated(self.run_id, "KILLED")
+        else:
+            self.client.set_tag(self.run_id, "status", "failed")
+            self.client.set_tag(self.run_id, "error", _one_line(exc))
+            self.client.set_terminated(self.run_id, "FAILED")
+        return False
+
+
+class NullRun:
+    """What ranks other than 0 log through: nothing. Same interface as PointRun; `run_id` is rank 0's."""
+
+    resumed = False
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.status = "finished"
+
+    def log_params(self, params) -> None: ...
+    def log_metrics(self, metrics, step: int = 0) -> None: ...
+    def log_history(self, name, history) -> None: ...
+    def append_history(self, name, history) -> None: ...
+    def set_tags(self, tags) -> None: ...
+    def log_artifact(self, path, folder=None) -> None: ...
+
+    def mark(self, status: str) -> None:
+        self.status = status

@@ -1,0 +1,2 @@
+"""Tokenizers: binary FSQ and continuous autoencoders (conv / ViT), the release's BAR-FSQ, their training losses and
+augmentation."""
