@@ -30,19 +30,25 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.runs import column, numeric
+from analysis.formatting import fmt, head_label
+from analysis.runs import BITS_PER_TOKEN, CHANNELS, column, latent_size
+from bar.core.vocabulary import (
+    AE,
+    EVALUATION_HISTORIES,
+    FINISHED,
+    GFID,
+    GFID_NOCFG,
+    HEAD_NAME,
+    HEAD_ORDER,
+    MBM,
+    RFID,
+    TOKENIZER_KIND,
+    TRAIN_TFLOP,
+)
 
-CONVERGENCE_KEYS = ("gfid", "gfid_nocfg", "train_tflop", "rfid")
-HEAD_LABEL = {"mbm": "MBM (BAR)", "softmax": "softmax", "bitwise": "per-bit", "diffusion": "diffusion"}
-HEAD_ORDER = ("mbm", "softmax", "bitwise", "diffusion")
-COLUMNS = ["run_id", "run_name", "sweep", "profile", "status", "head.name", "tokenizer.kind", "size", "size_label",
-           "series", "step", "gfid", "gfid_nocfg", "train_tflop"]
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+CONVERGENCE_KEYS = EVALUATION_HISTORIES
+COLUMNS = ["run_id", "run_name", "sweep", "profile", "status", HEAD_NAME, TOKENIZER_KIND, "size", "size_label",
+           "series", "step", GFID, GFID_NOCFG, TRAIN_TFLOP]
 
 
 def _without_final_summary(points: pd.DataFrame) -> pd.DataFrame:
@@ -58,18 +64,17 @@ def _without_final_summary(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def _run_info(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: head, tokenizer kind, size (bits per token, or channels for ae), its label and the series label."""
     info = pd.DataFrame({"run_id": runs["run_id"]})
-    info["head.name"] = column(runs, "head.name").astype(object).values
-    kind = column(runs, "tokenizer.kind").astype(object)
-    info["tokenizer.kind"] = kind.values
-    bits = numeric(runs, "tokenizer.bits", "bits_per_token", "codebook_log2")
-    channels = numeric(runs, "tokenizer.channels", "channels")
-    size = np.where(kind == "ae", channels, bits)
+    info[HEAD_NAME] = column(runs, HEAD_NAME).astype(object).values
+    kind = column(runs, TOKENIZER_KIND).astype(object)
+    info[TOKENIZER_KIND] = kind.values
+    latent = latent_size(runs)
+    size = np.where(kind == AE, latent[CHANNELS], latent[BITS_PER_TOKEN])
     info["size"] = size
-    info["size_label"] = [("n/a" if pd.isna(s) else f"{int(s)} {'ch' if k == 'ae' else 'b'}")
+    info["size_label"] = [("n/a" if pd.isna(s) else f"{int(s)} {'ch' if k == AE else 'b'}")
                           for s, k in zip(size, kind)]
-    head = info["head.name"].map(lambda h: HEAD_LABEL.get(h, str(h)) if isinstance(h, str) else "?")
-    info["series"] = head + ", " + info["size_label"]
+    info["series"] = info[HEAD_NAME].map(head_label) + ", " + info["size_label"]
     for col in ("run_name", "sweep", "profile", "status"):
         values = column(runs, col).astype(object)
         if col == "sweep":
@@ -89,21 +94,21 @@ def convergence_frame(history: pd.DataFrame | None, runs: pd.DataFrame) -> pd.Da
     info = _run_info(runs).set_index("run_id")
     rows = []
     for run_id, h in hist.groupby("run_id", sort=True):
-        g = _without_final_summary(h[h["key"] == "gfid"].sort_values(["step", "timestamp"]))
+        g = _without_final_summary(h[h["key"] == GFID].sort_values(["step", "timestamp"]))
         if g["step"].nunique() < 2:
             continue
-        frame = pd.DataFrame({"step": g["step"].to_numpy(), "gfid": g["value"].to_numpy()})
-        nocfg = h[h["key"] == "gfid_nocfg"].set_index("step")["value"]
-        frame["gfid_nocfg"] = frame["step"].map(nocfg[~nocfg.index.duplicated(keep="last")])
-        tf = h[h["key"] == "train_tflop"].sort_values("step")
+        frame = pd.DataFrame({"step": g["step"].to_numpy(), GFID: g["value"].to_numpy()})
+        nocfg = h[h["key"] == GFID_NOCFG].set_index("step")["value"]
+        frame[GFID_NOCFG] = frame["step"].map(nocfg[~nocfg.index.duplicated(keep="last")])
+        tf = h[h["key"] == TRAIN_TFLOP].sort_values("step")
         if len(tf):
             xs, ys = tf["step"].to_numpy(dtype=float), tf["value"].to_numpy(dtype=float)
-            frame["train_tflop"] = [float(np.interp(s, xs, ys)) if xs[0] <= s <= xs[-1] else np.nan
-                                    for s in frame["step"]]
+            frame[TRAIN_TFLOP] = [float(np.interp(s, xs, ys)) if xs[0] <= s <= xs[-1] else np.nan
+                                  for s in frame["step"]]
         else:
-            frame["train_tflop"] = np.nan
+            frame[TRAIN_TFLOP] = np.nan
         meta = info.loc[run_id]
-        for col in ("run_name", "sweep", "profile", "status", "head.name", "tokenizer.kind", "size", "size_label",
+        for col in ("run_name", "sweep", "profile", "status", HEAD_NAME, TOKENIZER_KIND, "size", "size_label",
                     "series"):
             frame[col] = meta[col]
         frame["run_id"] = run_id
@@ -112,25 +117,25 @@ def convergence_frame(history: pd.DataFrame | None, runs: pd.DataFrame) -> pd.Da
         return pd.DataFrame(columns=COLUMNS)
     out = pd.concat(rows, ignore_index=True)[COLUMNS]
     order = {h: i for i, h in enumerate(HEAD_ORDER)}
-    out = out.assign(_h=out["head.name"].map(lambda h: order.get(h, len(order))))
-    out = out.sort_values(["_h", "tokenizer.kind", "size", "run_name", "run_id", "step"], kind="mergesort")
+    out = out.assign(_h=out[HEAD_NAME].map(lambda h: order.get(h, len(order))))
+    out = out.sort_values(["_h", TOKENIZER_KIND, "size", "run_name", "run_id", "step"], kind="mergesort")
     return out.drop(columns="_h").reset_index(drop=True)
 
 
 def rfid_frame(history: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame:
     """rFID against tokenizer training step, for runs of `runs` with two or more rFID evaluations."""
-    cols = ["run_id", "run_name", "sweep", "profile", "status", "tokenizer.kind", "size", "size_label", "step", "rfid"]
+    cols = ["run_id", "run_name", "sweep", "profile", "status", TOKENIZER_KIND, "size", "size_label", "step", RFID]
     if history is None or history.empty or runs is None or runs.empty:
         return pd.DataFrame(columns=cols)
-    hist = history[(history["key"] == "rfid") & history["run_id"].isin(set(runs["run_id"]))]
+    hist = history[(history["key"] == RFID) & history["run_id"].isin(set(runs["run_id"]))]
     info = _run_info(runs).set_index("run_id")
     rows = []
     for run_id, h in hist.groupby("run_id", sort=True):
         h = _without_final_summary(h.sort_values(["step", "timestamp"]))
         if h["step"].nunique() < 2:
             continue
-        frame = pd.DataFrame({"step": h["step"].to_numpy(), "rfid": h["value"].to_numpy()})
-        for col in ("run_name", "sweep", "profile", "status", "tokenizer.kind", "size", "size_label"):
+        frame = pd.DataFrame({"step": h["step"].to_numpy(), RFID: h["value"].to_numpy()})
+        for col in ("run_name", "sweep", "profile", "status", TOKENIZER_KIND, "size", "size_label"):
             frame[col] = info.loc[run_id, col]
         frame["run_id"] = run_id
         rows.append(frame)
@@ -138,8 +143,8 @@ def rfid_frame(history: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFrame
         return pd.DataFrame(columns=cols)
     out = pd.concat(rows, ignore_index=True)[cols]
     # tokenizers are shared between the points of a profile: one curve per tokenizer (profile, kind, size)
-    out = out.drop_duplicates(["profile", "tokenizer.kind", "size", "step"], keep="first")
-    return out.sort_values(["profile", "tokenizer.kind", "size", "step"], ascending=[True, False, True, True],
+    out = out.drop_duplicates(["profile", TOKENIZER_KIND, "size", "step"], keep="first")
+    return out.sort_values(["profile", TOKENIZER_KIND, "size", "step"], ascending=[True, False, True, True],
                            kind="mergesort").reset_index(drop=True)
 
 
@@ -164,14 +169,14 @@ def series_summary(conv: pd.DataFrame, target: float | None = None) -> pd.DataFr
     for run_id, g in conv.groupby("run_id", sort=False):
         g = g.sort_values("step")
         row = {"run_id": run_id, "run_name": g["run_name"].iloc[0], "series": g["series"].iloc[0],
-               "head.name": g["head.name"].iloc[0], "tokenizer.kind": g["tokenizer.kind"].iloc[0],
+               HEAD_NAME: g[HEAD_NAME].iloc[0], TOKENIZER_KIND: g[TOKENIZER_KIND].iloc[0],
                "status": g["status"].iloc[0], "evaluations": len(g), "final_step": int(g["step"].iloc[-1]),
-               "final_gfid": float(g["gfid"].iloc[-1]),
-               "final_tflop": float(g["train_tflop"].iloc[-1]) if pd.notna(g["train_tflop"].iloc[-1]) else math.nan}
+               "final_gfid": float(g[GFID].iloc[-1]),
+               "final_tflop": float(g[TRAIN_TFLOP].iloc[-1]) if pd.notna(g[TRAIN_TFLOP].iloc[-1]) else math.nan}
         if target is not None:
-            row["steps_to_target"] = reach(g["step"], g["gfid"], target)
-            tflop = g["train_tflop"].to_numpy(dtype=float)
-            row["tflop_to_target"] = reach(tflop, g["gfid"], target) if np.isfinite(tflop).all() else math.nan
+            row["steps_to_target"] = reach(g["step"], g[GFID], target)
+            tflop = g[TRAIN_TFLOP].to_numpy(dtype=float)
+            row["tflop_to_target"] = reach(tflop, g[GFID], target) if np.isfinite(tflop).all() else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -190,10 +195,10 @@ def training_budget(conv: pd.DataFrame) -> pd.DataFrame:
         if earlier.empty or len(g) < 2:
             continue
         mid, final = earlier.iloc[-1], g.iloc[-1]
-        improving = float(final["gfid"]) < (1 - FLAT_GAIN) * float(mid["gfid"])
+        improving = float(final[GFID]) < (1 - FLAT_GAIN) * float(mid[GFID])
         rows.append({"run_id": run_id, "series": g["series"].iloc[0], "sweep": g["sweep"].iloc[0],
-                     "profile": g["profile"].iloc[0], "mid_step": int(mid["step"]), "mid_gfid": float(mid["gfid"]),
-                     "final_step": final_step, "final_gfid": float(final["gfid"]),
+                     "profile": g["profile"].iloc[0], "mid_step": int(mid["step"]), "mid_gfid": float(mid[GFID]),
+                     "final_step": final_step, "final_gfid": float(final[GFID]),
                      "state": "still improving" if improving else "flat"})
     return pd.DataFrame(rows)
 
@@ -206,37 +211,38 @@ def _best(summary: pd.DataFrame) -> pd.Series | None:
 
 def convergence_threshold(conv: pd.DataFrame) -> float | None:
     """T of the verdict rule (module docstring), or None when either side has no gFID history."""
-    summary = series_summary(conv[conv["status"] == "finished"]) if not conv.empty else pd.DataFrame()
+    summary = series_summary(conv[conv["status"] == FINISHED]) if not conv.empty else pd.DataFrame()
     if summary.empty:
         return None
-    bar = _best(summary[summary["head.name"] == "mbm"])
-    cont = _best(summary[summary["tokenizer.kind"] == "ae"])
+    bar = _best(summary[summary[HEAD_NAME] == MBM])
+    cont = _best(summary[summary[TOKENIZER_KIND] == AE])
     if bar is None or cont is None:
         return None
     return max(float(bar["final_gfid"]), float(cont["final_gfid"]))
 
 
+def _cost_text(r: pd.Series) -> str:
+    """What a representative run needs to reach the threshold, and where it ended."""
+    text = f"{r['series']} reaches it at step {fmt(float(r['steps_to_target']))}"
+    if pd.notna(r["tflop_to_target"]):
+        text += f" / {fmt(float(r['tflop_to_target']))} TFLOP"
+    return text + f" (final gFID {fmt(float(r['final_gfid']))} at step {r['final_step']})"
+
+
 def convergence_verdict(conv: pd.DataFrame) -> tuple[str, str]:
     """(yes / no / not measured, evidence) by the rule in the module docstring."""
-    finished = conv[conv["status"] == "finished"] if not conv.empty else conv
+    finished = conv[conv["status"] == FINISHED] if not conv.empty else conv
     has = {side: not finished.empty and bool(mask.any()) for side, mask in
-           (("BAR (MBM head)", column(finished, "head.name") == "mbm"),
-            ("continuous (ae + diffusion head)", column(finished, "tokenizer.kind") == "ae"))}
+           (("BAR (MBM head)", column(finished, HEAD_NAME) == MBM),
+            ("continuous (ae + diffusion head)", column(finished, TOKENIZER_KIND) == AE))}
     missing = [side for side, ok in has.items() if not ok]
     if missing:
         return "not measured", (f"no finished {' or '.join(missing)} run with a gFID history of two or more "
                                 "evaluations during training")
     target = convergence_threshold(conv)
     summary = series_summary(finished, target)
-    bar = _best(summary[summary["head.name"] == "mbm"])
-    cont = _best(summary[summary["tokenizer.kind"] == "ae"])
-
-    def cost(r):
-        text = f"{r['series']} reaches it at step {_fmt(float(r['steps_to_target']))}"
-        if pd.notna(r["tflop_to_target"]):
-            text += f" / {_fmt(float(r['tflop_to_target']))} TFLOP"
-        return text + f" (final gFID {_fmt(float(r['final_gfid']))} at step {r['final_step']})"
-
+    bar = _best(summary[summary[HEAD_NAME] == MBM])
+    cont = _best(summary[summary[TOKENIZER_KIND] == AE])
     faster_steps = bool(bar["steps_to_target"] < cont["steps_to_target"])
     compute = pd.notna(bar["tflop_to_target"]) and pd.notna(cont["tflop_to_target"])
     faster_compute = bool(bar["tflop_to_target"] < cont["tflop_to_target"]) if compute else None
@@ -244,10 +250,10 @@ def convergence_verdict(conv: pd.DataFrame) -> tuple[str, str]:
     how = (f"{'fewer' if faster_steps else 'not fewer'} steps"
            + (f", {'less' if faster_compute else 'not less'} compute" if compute else ", compute not logged"))
     others = summary[(summary["run_id"] != bar["run_id"]) & (summary["run_id"] != cont["run_id"])]
-    other_text = "; ".join(f"{r['series']}: " + (f"step {_fmt(float(r['steps_to_target']))}"
-                                                  if pd.notna(r["steps_to_target"]) else "not reached")
+    other_text = "; ".join(f"{r['series']}: " + (f"step {fmt(float(r['steps_to_target']))}"
+                                                 if pd.notna(r["steps_to_target"]) else "not reached")
                            for _, r in others.iterrows())
-    evidence = (f"threshold gFID {_fmt(target)} (the worse of the two sides' best final gFIDs): {cost(bar)}; "
-                f"{cost(cont)}; BAR needs {how}"
+    evidence = (f"threshold gFID {fmt(target)} (the worse of the two sides' best final gFIDs): {_cost_text(bar)}; "
+                f"{_cost_text(cont)}; BAR needs {how}"
                 + (f". Other runs to the same gFID: {other_text}" if other_text else ""))
     return verdict, evidence

@@ -3,9 +3,9 @@
     python analysis/information.py [--out paper_figs] [--profile tiny] [--max-images N]
 
 writes data_information.md and data_information.csv (one row per dataset, one per sweep point's latent). Every number
-is computed here: dataset rows by `bar.data.datasets.information_bits`, latent rows by composing each sweep point as `run.py`
-would and counting its bits (`bar.core.bits.latent_bits`). A latent larger than a dataset's estimate has nothing left to
-encode on that dataset.
+is computed here: dataset rows by `bar.data.datasets.information_bits`, latent rows by composing each sweep point as
+`run.py` would and counting its bits (`bar.core.bits.latent_bits`). A latent larger than a dataset's estimate has
+nothing left to encode on that dataset.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `analysis` and `bar` importable
     sys.path.insert(0, str(ROOT))
 
+from bar.core.vocabulary import AE, FSQ  # noqa: E402
+
 DATASETS = (("digits", 16), ("photo_crops", 16), ("photo_crops", 32))
 LATENT_SWEEPS = ("bits_vs_rfid", "bits_vs_gfid", "codebook_scaling")
 
@@ -27,8 +29,8 @@ LATENT_SWEEPS = ("bits_vs_rfid", "bits_vs_gfid", "codebook_scaling")
 def dataset_information(datasets=DATASETS, split: str = "train", max_images: int | None = None) -> pd.DataFrame:
     """One row per (data config, resolution): images, values per image, raw_bits, png_bits, lzma_bits, estimate_bits,
     estimate_from (see `bar.data.datasets.information_bits`)."""
-    from bar.orchestration.config import compose
     from bar.data.datasets import build_dataset, information_bits
+    from bar.orchestration.config import compose
 
     rows = []
     for name, resolution in datasets:
@@ -48,7 +50,7 @@ def latent_sizes(sweeps=LATENT_SWEEPS, profile: str = "tiny", resolution: int | 
     from bar.core.bits import latent_bits
     from bar.orchestration.build import latent_shape
     from bar.orchestration.config import SWEEPS_DIR, compose
-    from bar.orchestration.sweeps import expand_points
+    from bar.orchestration.sweep_points import expand_points
 
     parser = OverridesParser.create()
     wanted = ("tokenizer", "tokenizer.bits", "tokenizer.channels")
@@ -66,8 +68,8 @@ def latent_sizes(sweeps=LATENT_SWEEPS, profile: str = "tiny", resolution: int | 
                                                                    else [])
         kind, grid, per_token = latent_shape(compose(base + list(overrides)))
         row = rows.setdefault((kind, grid, per_token), {
-            "kind": kind, "grid": f"{grid}x{grid}", "bits_per_token": per_token if kind == "fsq" else None,
-            "ae_channels": per_token if kind == "ae" else None,
+            "kind": kind, "grid": f"{grid}x{grid}", "bits_per_token": per_token if kind == FSQ else None,
+            "ae_channels": per_token if kind == AE else None,
             "total_bits": latent_bits(kind, grid, grid, per_token, per_token), "profile": profile, "sweeps": []})
         row["sweeps"] += [s for s in in_sweeps if s not in row["sweeps"]]
     table = pd.DataFrame([{**r, "sweeps": ", ".join(r["sweeps"])} for r in rows.values()])

@@ -22,6 +22,23 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: make `analysis` importable
     sys.path.insert(0, str(ROOT))
 
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from analysis import figures, report, tables  # noqa: E402
+from analysis.canvas import formats_of, safe_name  # noqa: E402
+from analysis.information import dataset_information  # noqa: E402
+from analysis.runs import (  # noqa: E402
+    StoreError,
+    column,
+    default_tracking_uri,
+    latest_parent_run,
+    load_metric_history,
+    load_runs,
+    numeric,
+)
+from bar.core.vocabulary import EVALUATION_HISTORIES, LOSS_HISTORIES  # noqa: E402
+from bar.data.datasets import EMBEDDED_DATASETS  # noqa: E402
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_figures.py", description=__doc__.split("\n\n")[0])
@@ -43,12 +60,8 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from analysis import figures, tables
-    from analysis.convergence import CONVERGENCE_KEYS
-    from analysis.runs import HISTORY_KEYS, StoreError, latest_parent_run, load_metric_history, load_runs
-
     try:
-        formats = figures._formats(args.format)
+        formats = formats_of(args.format)
     except ValueError as exc:
         return _fail(str(exc))
     try:
@@ -58,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if df.empty:
         where = f"sweep {', '.join(args.sweep)}" if args.sweep else "the store"
         return _fail(f"no sweep points (runs tagged role=point) in {where}; run a sweep first")
-    history = load_metric_history(args.tracking_uri, runs=df, keys=(*HISTORY_KEYS, *CONVERGENCE_KEYS))
+    history = load_metric_history(args.tracking_uri, runs=df, keys=(*LOSS_HISTORIES, *EVALUATION_HISTORIES))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reported = tables.load_reported()
@@ -69,40 +82,31 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"wrote {r.name} ({', '.join(p.suffix.lstrip('.') for p in r.files)})")
     table_files = tables.write_tables(df, out, reported)
-    report = tables.write_report(df, out, figures=results, reported=reported, history=history,
-                                 information=_information_of(df))
-    print(f"wrote {', '.join(p.name for p in table_files)}, {report.name} into {out}")
+    report_file = report.write_report(df, out, figures=results, reported=reported, history=history,
+                                      information=_information_of(df))
+    print(f"wrote {', '.join(p.name for p in table_files)}, {report_file.name} into {out}")
     if not args.no_log:
-        _log_to_parents(args.tracking_uri, df, results, [*table_files, report], latest_parent_run)
+        _log_to_parents(args.tracking_uri, df, results, [*table_files, report_file])
     return 0
 
 
 def _information_of(df):
     """Information per image of the embedded datasets the runs used (computed here, from the data)."""
-    from analysis.information import dataset_information
-    from analysis.runs import column, numeric
-    from bar.data.datasets import EMBEDDED_DATASETS
-
     used = {(d, int(r)) for d, r in zip(column(df, "data.name"), numeric(df, "data.resolution"))
             if d in EMBEDDED_DATASETS and r == r}
     return dataset_information(sorted(used)) if used else None
 
 
-def _log_to_parents(tracking_uri, df, results, extra_files, latest_parent_run) -> None:
+def _log_to_parents(tracking_uri, df, results, extra_files) -> None:
     """Log each sweep's own figure set (OUT/<sweep>/), the tables and the report to the sweep's latest parent run
     under figures/."""
-    from mlflow.tracking import MlflowClient
-
-    from analysis.figures import _safe
-    from analysis.runs import default_tracking_uri
-
     client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     sweeps = sorted(set(df["sweep"].dropna() if "sweep" in df.columns else []) | set(df["experiment"].dropna()))
     for sweep in sweeps:
         parent = latest_parent_run(sweep, tracking_uri)
         if parent is None:
             continue
-        files = [p for r in results if not r.skipped and r.name.startswith(f"{_safe(sweep)}/") for p in r.files]
+        files = [p for r in results if not r.skipped and r.name.startswith(f"{safe_name(sweep)}/") for p in r.files]
         for path in [*files, *extra_files]:
             client.log_artifact(parent, str(path), artifact_path="figures")
         print(f"logged {len(files) + len(extra_files)} files to parent run {parent} of {sweep} under figures/")

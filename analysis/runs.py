@@ -11,7 +11,8 @@ Column layout of `load_runs`:
 A name present in more than one source keeps its bare name for the metric (or the tag over a param); the others get a
 `param.` / `tag.` prefix.
 
-mlflow is imported lazily so that `import analysis` stays cheap.
+The latent's size on the paper's axes (bits per token = log2 C, or channels) is a param, not a metric: `latent_size`
+derives it for any frame of runs. `sweep_of` / `profile_of` name each run's sweep and profile.
 """
 
 from __future__ import annotations
@@ -21,18 +22,31 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
 
 from bar import UserError
 from bar.core.paths import default_tracking_uri, sqlite_path
+from bar.core.vocabulary import (
+    FAILED,
+    FINISHED,
+    INFEASIBLE,
+    INTERRUPTED,
+    LOSS_HISTORIES,
+    RUNNING,
+    TOKENIZER_BITS,
+    TOKENIZER_CHANNELS,
+)
 from bar.orchestration.tracking import check_store
 
-
-STATUSES = ("finished", "failed", "infeasible", "running", "interrupted")
 # Which attempt of a sweep point represents it when one point was launched several times.
-_STATUS_RANK = {"finished": 0, "infeasible": 1, "running": 2, "interrupted": 2, "failed": 3}
-_MLFLOW_STATUS = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "failed", "RUNNING": "running",
-                  "SCHEDULED": "running"}
-HISTORY_KEYS = ("train_loss", "tokenizer_loss")
+_STATUS_RANK = {FINISHED: 0, INFEASIBLE: 1, RUNNING: 2, INTERRUPTED: 2, FAILED: 3}
+_MLFLOW_STATUS = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": FAILED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
+HISTORY_KEYS = LOSS_HISTORIES
+# The latent's size on the paper's axes: columns `latent_size` derives from the params (no run logs them).
+BITS_PER_TOKEN = "bits_per_token"
+CODEBOOK_LOG2 = "codebook_log2"
+CHANNELS = "channels"
 IDENTITY_COLUMNS = ["run_id", "run_name", "experiment", "experiment_id", "parent_run_id", "start_time", "end_time",
                     "mlflow_status", "n_attempts"]
 
@@ -51,8 +65,6 @@ def _client(tracking_uri: str | None):
         check_store(uri)
     except UserError as err:
         raise StoreError(str(err)) from None
-    from mlflow.tracking import MlflowClient
-
     return MlflowClient(tracking_uri=uri)
 
 
@@ -101,8 +113,6 @@ def _as_list(value) -> list | None:
 
 
 def _experiments(client, names: list[str] | None):
-    from mlflow.entities import ViewType
-
     experiments = client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000)
     if names is None:
         return experiments
@@ -110,8 +120,6 @@ def _experiments(client, names: list[str] | None):
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str):
-    from mlflow.entities import ViewType
-
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
@@ -127,8 +135,8 @@ def _status(tags: dict, mlflow_status: str) -> str:
     status = tags.get("status")
     if not status:
         return derived
-    if status == "running" and derived == "failed":  # the process died before it could tag the run
-        return "failed"
+    if status == RUNNING and derived == FAILED:  # the process died before it could tag the run
+        return FAILED
     return status
 
 
@@ -200,6 +208,39 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(keys, kind="mergesort", na_position="last").reset_index(drop=True)
 
 
+def _point_records(client, names: list[str] | None) -> list[tuple[dict, dict, dict, dict]]:
+    """The sweep points (runs tagged role=point) of the named experiments (None: all); StoreError for a name the
+    store lacks."""
+    experiments = _experiments(client, names)
+    if names is not None:
+        missing = sorted(set(names) - {e.name for e in experiments})
+        if missing:
+            known = sorted(e.name for e in _experiments(client, None))
+            raise StoreError(f"unknown sweep/experiment {', '.join(missing)} (the store has: "
+                             f"{', '.join(known) if known else 'no experiments'})")
+    if not experiments:
+        return []
+    exp_names = {e.experiment_id: e.name for e in experiments}
+    return [_run_record(r, exp_names) for r in _search_all(client, list(exp_names), "tags.role = 'point'")]
+
+
+def _selected(df: pd.DataFrame, sweeps: list | None, exps: list | None, profile, run_ids, statuses) -> pd.DataFrame:
+    """The rows of `df` that `load_runs`'s filters keep."""
+    if sweeps is not None and "sweep" in df.columns:
+        # a run may carry a sweep tag that differs from its experiment (e.g. a sweep logged into `default`)
+        df = df[df["sweep"].isin(sweeps) | df["sweep"].isna() & df["experiment"].isin(sweeps)
+                | df["experiment"].isin(exps or [])]
+    if profile is not None:
+        prof = column(df, "profile").astype(object)
+        prof = prof.where(prof.notna(), column(df, "profile.name").astype(object))
+        df = df[prof.isin(_as_list(profile))]
+    if run_ids is not None:
+        df = df[df["run_id"].isin(list(run_ids))]
+    if statuses is not None:
+        df = df[df["status"].isin(list(statuses))]
+    return df
+
+
 def load_runs(tracking_uri: str | None = None, sweep: str | Sequence[str] | None = None,
               experiment: str | Sequence[str] | None = None, profile: str | Sequence[str] | None = None,
               run_ids: Iterable[str] | None = None, statuses: Iterable[str] | None = None,
@@ -216,43 +257,12 @@ def load_runs(tracking_uri: str | None = None, sweep: str | Sequence[str] | None
     """
     client = _client(tracking_uri)
     sweeps, exps = _as_list(sweep), _as_list(experiment)
-    names = None
-    if sweeps is not None or exps is not None:
-        names = sorted(set(sweeps or []) | set(exps or []))
-    experiments = _experiments(client, names)
-    if names is not None:
-        missing = sorted(set(names) - {e.name for e in experiments})
-        if missing:
-            known = sorted(e.name for e in _experiments(client, None))
-            raise StoreError(f"unknown sweep/experiment {', '.join(missing)} (the store has: "
-                             f"{', '.join(known) if known else 'no experiments'})")
-    exp_names = {e.experiment_id: e.name for e in experiments}
-    records = []
-    if experiments:
-        runs = _search_all(client, list(exp_names), "tags.role = 'point'")
-        records = [_run_record(r, exp_names) for r in runs]
-    df = _frame(records)
+    names = sorted(set(sweeps or []) | set(exps or [])) if sweeps is not None or exps is not None else None
+    df = _frame(_point_records(client, names))
     if "status" not in df.columns:
         df["status"] = pd.Series(dtype=object)
-    if sweeps is not None and "sweep" in df.columns:
-        # a run may carry a sweep tag that differs from its experiment (e.g. a sweep logged into `default`)
-        df = df[df["sweep"].isin(sweeps) | df["sweep"].isna() & df["experiment"].isin(sweeps)
-                | df["experiment"].isin(exps or [])]
-    if profile is not None:
-        wanted = _as_list(profile)
-        prof = df["profile"] if "profile" in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
-        if "profile.name" in df.columns:
-            prof = prof.where(prof.notna(), df["profile.name"])
-        df = df[prof.isin(wanted)]
-    if run_ids is not None:
-        df = df[df["run_id"].isin(list(run_ids))]
-    if statuses is not None:
-        df = df[df["status"].isin(list(statuses))]
-    if dedupe:
-        df = _dedupe(df)
-    else:
-        df = df.assign(n_attempts=1)
-    df = _sort(df)
+    df = _selected(df, sweeps, exps, profile, run_ids, statuses)
+    df = _sort(_dedupe(df) if dedupe else df.assign(n_attempts=1))
     return df.dropna(axis=1, how="all") if not df.empty else df
 
 
@@ -297,8 +307,6 @@ def latest_parent_run(sweep: str, tracking_uri: str | None = None) -> str | None
     experiment = client.get_experiment_by_name(sweep)
     if experiment is None:
         return None
-    from mlflow.entities import ViewType
-
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.role = 'parent'",
                               run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
                               order_by=["attributes.start_time DESC"])
@@ -320,3 +328,31 @@ def numeric(df: pd.DataFrame, *names: str) -> pd.Series:
         if name in df.columns:
             out = out.fillna(pd.to_numeric(df[name], errors="coerce").astype(float))
     return out
+
+
+def sweep_of(df: pd.DataFrame) -> pd.Series:
+    """Each run's sweep: its `sweep` tag, else its experiment, else 'default' (str)."""
+    sweep = column(df, "sweep").astype(object)
+    return sweep.where(sweep.notna(), column(df, "experiment").astype(object)).fillna("default").astype(str)
+
+
+def profile_of(df: pd.DataFrame) -> pd.Series:
+    """Each run's profile: its `profile` tag, else its `profile.name` param, else 'unknown' (str)."""
+    prof = column(df, "profile").astype(object)
+    prof = prof.where(prof.notna(), column(df, "profile.name").astype(object))
+    return prof.where(prof.notna(), "unknown").astype(str)
+
+
+def latent_size(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each run's latent size on the paper's axes, read from its params alone (`tokenizer.bits`,
+    `tokenizer.channels`; the one place analysis reads them): columns bits_per_token and codebook_log2 (the same
+    number: binary FSQ has C = 2^bits codes) and channels; float, NaN where the run's tokenizer has none; indexed like
+    `runs`. Older stores also logged metrics of these names, with the same values; they are not read."""
+    bits = numeric(runs, TOKENIZER_BITS)
+    return pd.DataFrame({BITS_PER_TOKEN: bits, CODEBOOK_LOG2: bits.copy(), CHANNELS: numeric(runs, TOKENIZER_CHANNELS)},
+                        index=runs.index)
+
+
+def with_latent_size(runs: pd.DataFrame) -> pd.DataFrame:
+    """`runs` with the columns of `latent_size` (replacing the metrics of the same names that older stores hold)."""
+    return runs.assign(**dict(latent_size(runs).items()))

@@ -3,8 +3,9 @@
 A small sqlite MLflow store is built once per module with the mlflow client, following CONVENTIONS.md: three sweeps
 (bits_vs_rfid, codebook_scaling, patch_size), parent + child runs, finished / failed / infeasible / running points,
 a repeated attempt of one point, metric histories and artifacts; with `convergence=True` a fourth sweep, convergence,
-whose runs log gfid / gfid_nocfg / train_tflop histories at optimizer steps and rfid at tokenizer steps. Claims are
-also checked on frames edited in memory.
+whose runs log gfid / gfid_nocfg / train_tflop histories at optimizer steps and rfid at tokenizer steps; with
+`legacy_latent_metrics=True` the points that reached the tokenizer also log bits_per_token / codebook_log2 / channels
+as metrics, as stores written before these were params only did. Claims are also checked on frames edited in memory.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from analysis import convergence, figures, tables  # noqa: E402
-from analysis.runs import HISTORY_KEYS, StoreError, cast_value, load_metric_history, load_runs  # noqa: E402
+from analysis import canvas, claims, convergence, figures, report, tables  # noqa: E402
+from analysis.runs import HISTORY_KEYS, StoreError, cast_value, latent_size, load_metric_history, load_runs  # noqa: E402
+from bar.core import vocabulary  # noqa: E402
 
 ALL_KEYS = (*HISTORY_KEYS, *convergence.CONVERGENCE_KEYS)
 
@@ -87,7 +89,14 @@ CONV_CURVES = {("mbm", "fsq", 16): [60.0, 30.0, 20.0, 15.0], ("mbm", "fsq", 8): 
 CONV_TFLOP_PER_STEP = {"mbm": 0.01, "bitwise": 0.01, "softmax": 0.012, "diffusion": 0.02}
 
 
-def build_store(root: Path, convergence: bool = False) -> str:
+def _legacy(enabled: bool, kind: str, size: int) -> dict:
+    """The latent-size metrics older stores logged next to the params (bits per token and log2 C, or channels)."""
+    if not enabled:
+        return {}
+    return {"bits_per_token": size, "codebook_log2": size} if kind == "fsq" else {"channels": size}
+
+
+def build_store(root: Path, convergence: bool = False, legacy_latent_metrics: bool = False) -> str:
     """Create the test store under root; return its tracking URI."""
     from mlflow.tracking import MlflowClient
 
@@ -97,6 +106,7 @@ def build_store(root: Path, convergence: bool = False) -> str:
     tmp = root / "files"
     tmp.mkdir(exist_ok=True)
     t = T0
+    legacy = lambda kind, size: _legacy(legacy_latent_metrics, kind, size)  # noqa: E731
 
     def experiment(name):
         return client.create_experiment(name, artifact_location=(root / "artifacts" / name).as_uri())
@@ -117,20 +127,20 @@ def build_store(root: Path, convergence: bool = False) -> str:
         _child(client, exp, par, f"fsq-{bits}b", sweep="bits_vs_rfid", profile="smoke", status="finished",
                params=_params("fsq", bits), t=t + 1000 * i, tmp=tmp, artifacts=grid if bits == 16 else None,
                metrics={"rfid": 40.0 / bits, "gfid": 80.0 / bits, "total_bits": GRID * bits,
-                        "bits_per_token": bits, "codebook_log2": bits, "sample_img_per_s": 10.0},
+                        "sample_img_per_s": 10.0, **legacy("fsq", bits)},
                history={"train_loss": [3.0, 2.0, 1.5, 1.2], "tokenizer_loss": [1.0, 0.5, 0.3]})
     # a failed earlier attempt of fsq-16b (same signature) and a failed 32-bit point
     sig16 = hashlib.sha1(b"bits_vs_rfid/fsq-16b/smoke").hexdigest()[:12]
     _child(client, exp, par, "fsq-16b", sweep="bits_vs_rfid", profile="smoke", status="failed", signature=sig16,
            params=_params("fsq", 16), metrics={}, t=t - 10_000, error="killed by the scheduler")
     _child(client, exp, par, "fsq-32b", sweep="bits_vs_rfid", profile="smoke", status="failed",
-           params=_params("fsq", 32), metrics={"total_bits": GRID * 32}, t=t + 5000,
+           params=_params("fsq", 32), metrics={"total_bits": GRID * 32, **legacy("fsq", 32)}, t=t + 5000,
            error="RuntimeError: CUDA out of memory")
     for i, ch in enumerate((1, 2)):  # continuous: 16 bits per channel -> 256 and 512 total bits
         _child(client, exp, par, f"ae-{ch}c", sweep="bits_vs_rfid", profile="smoke", status="finished",
                params=_params("ae", ch, head="diffusion"), t=t + 6000 + 1000 * i,
-               metrics={"rfid": 3.0 / ch, "gfid": 6.0 / ch, "total_bits": GRID * 16 * ch, "channels": ch,
-                        "sample_img_per_s": 1.0},
+               metrics={"rfid": 3.0 / ch, "gfid": 6.0 / ch, "total_bits": GRID * 16 * ch,
+                        "sample_img_per_s": 1.0, **legacy("ae", ch)},
                history={"train_loss": [1.0, 0.9]})
     _child(client, exp, par, "ae-4c", sweep="bits_vs_rfid", profile="smoke", status="running",
            params=_params("ae", 4, head="diffusion"), metrics={}, t=t + 9000)
@@ -146,15 +156,15 @@ def build_store(root: Path, convergence: bool = False) -> str:
             if head == "softmax" and bits == 24:
                 _child(client, exp, par, name, sweep="codebook_scaling", profile="smoke", status="infeasible",
                        params=_params("fsq", bits, head=head), t=start,
-                       metrics={"codebook_log2": bits, "mem_estimate_gb": 2.0 ** (bits - 14)},
+                       metrics={"mem_estimate_gb": 2.0 ** (bits - 14)},
                        error="softmax over 2^24 codes needs 1024 GB")
                 continue
             mem = 1.0 + 0.01 * bits if head != "softmax" else 2.0 ** (bits - 14)
             _child(client, exp, par, name, sweep="codebook_scaling", profile="smoke", status="finished",
                    params=_params("fsq", bits, head=head), t=start,
                    metrics={"gfid": quality[head] - bits / 8, "gfid_nocfg": quality[head] - bits / 8 + 5,
-                            "codebook_log2": bits, "bits_per_token": bits, "total_bits": GRID * bits,
-                            "peak_mem_gb": mem, "mem_estimate_gb": mem * 1.1, "sample_img_per_s": 20.0 - j},
+                            "total_bits": GRID * bits, "peak_mem_gb": mem, "mem_estimate_gb": mem * 1.1,
+                            "sample_img_per_s": 20.0 - j, **legacy("fsq", bits)},
                    history={"train_loss": [2.0, 1.0]})
 
     # ---- patch_size (profile cpu): bigger groups sample faster; no parent run for this sweep
@@ -164,13 +174,13 @@ def build_store(root: Path, convergence: bool = False) -> str:
                params=_params("fsq", 16, patch=patch, preset="bar_b4" if patch == 4 else "tiny", profile="cpu"),
                t=t + 200_000 + 1000 * i,
                metrics={"gfid": 5.0 + patch, "sample_img_per_s": 10.0 * patch, "total_bits": GRID * 16,
-                        "bits_per_token": 16})
+                        **legacy("fsq", 16)})
     if convergence:
-        add_convergence_sweep(client, experiment, parent, t + 300_000)
+        add_convergence_sweep(client, experiment, parent, t + 300_000, legacy)
     return uri
 
 
-def add_convergence_sweep(client, experiment, parent, t):
+def add_convergence_sweep(client, experiment, parent, t, legacy=lambda kind, size: {}):
     exp = experiment("convergence")
     par = parent(exp, t)
     for i, ((head, kind, size), curve) in enumerate(CONV_CURVES.items()):
@@ -183,7 +193,8 @@ def add_convergence_sweep(client, experiment, parent, t):
         # the final gFID also logged at step 0 after training (an end-of-run summary, not an evaluation at step 0)
         _child(client, exp, par, name, sweep="convergence", profile="tiny", status="finished",
                params=_params(kind, size, head=head, profile="tiny"), t=t + 1000 * i,
-               metrics={"gfid": curve[-1], "rfid": 6.0, "total_bits": GRID * (size if kind == "fsq" else 16 * size)},
+               metrics={"gfid": curve[-1], "rfid": 6.0, "total_bits": GRID * (size if kind == "fsq" else 16 * size),
+                        **legacy(kind, size)},
                history=history)
     _child(client, exp, par, "mbm-32b", sweep="convergence", profile="tiny", status="running",
            params=_params("fsq", 32, profile="tiny"), t=t + 9000, metrics={})
@@ -279,6 +290,90 @@ def test_metric_history(store, runs):
     assert hist["step"].dtype == "int64"
     again = load_metric_history(store, runs=runs[runs["sweep"] == "bits_vs_rfid"])
     pd.testing.assert_frame_equal(hist, again)
+
+
+# ------------------------------------------------------------------------------------------- bits under one name
+
+def test_latent_size_reads_the_params_alone():
+    df = pd.DataFrame({"tokenizer.kind": ["fsq", "ae", "fsq"], "tokenizer.bits": pd.array([16, None, None], "Int64"),
+                       "tokenizer.channels": pd.array([None, 4, None], "Int64"),
+                       "bits_per_token": [99.0, None, 7.0], "channels": [None, 99.0, None]},  # stale old metrics
+                      index=[10, 11, 12])
+    size = latent_size(df)
+    assert list(size.index) == [10, 11, 12] and list(size.columns) == ["bits_per_token", "codebook_log2", "channels"]
+    assert size.loc[10, "bits_per_token"] == size.loc[10, "codebook_log2"] == 16 and pd.isna(size.loc[10, "channels"])
+    assert size.loc[11, "channels"] == 4 and pd.isna(size.loc[11, "bits_per_token"])
+    assert size.loc[12].isna().all()  # a metric without the param is not read
+    assert latent_size(pd.DataFrame({"run_id": ["a"]})).isna().all().all()
+
+
+def test_the_tokenizer_stage_logs_no_second_name_for_the_latent_size():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from bar.orchestration.stages.tokenizer import latent_metrics
+
+    tokenizer = SimpleNamespace(total_bits=256, grid=4)
+    for kind, bits, channels in (("fsq", 16, None), ("ae", None, 1)):
+        cfg = OmegaConf.create({"tokenizer": {"kind": kind, "bits": bits, "channels": channels}})
+        assert latent_metrics(cfg, tokenizer) == {"total_bits": 256, "grid_tokens": 16}
+
+
+def _analysis_of(runs: pd.DataFrame, history: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables, claims and figure CSV rows that depend on the latent's size, run ids replaced by run names and rows
+    ordered by sweep and run (each store has its own run ids, which break ties in the figures' row order)."""
+    names = dict(zip(runs["run_id"], runs["run_name"]))
+    out = {"measured_points": tables.measured_points_table(runs), "main_results": tables.main_results_table(runs),
+           "claims": claims.claims_frame(claims.evaluate_claims(runs, history=history)),
+           "convergence": convergence.convergence_frame(history, runs),
+           "codebook_scaling": figures._codebook_scaling_table(figures.codebook_scaling_frame(runs)),
+           "head_memory": figures._head_memory_table(figures.head_memory_frame(runs)),
+           "bits_vs_fid": figures._bits_vs_fid_table(figures.bits_vs_fid_frame(runs))}
+    for key, frame in out.items():
+        if "run_id" in frame.columns:
+            frame = frame.assign(run_id=frame["run_id"].map(names))
+            order = [c for c in ("sweep", "run_id", "quantity_key", "step") if c in frame.columns]
+            out[key] = frame.sort_values(order, kind="mergesort").reset_index(drop=True)
+    return out
+
+
+def test_stores_with_and_without_the_old_latent_metrics_analyse_alike(tmp_path_factory, conv_store):
+    legacy_store = build_store(tmp_path_factory.mktemp("legacy"), convergence=True, legacy_latent_metrics=True)
+    legacy_runs, runs = load_runs(legacy_store), load_runs(conv_store)
+    assert "bits_per_token" in legacy_runs.columns and "bits_per_token" not in runs.columns
+    legacy = _analysis_of(legacy_runs, load_metric_history(legacy_store, runs=legacy_runs, keys=ALL_KEYS))
+    new = _analysis_of(runs, load_metric_history(conv_store, runs=runs, keys=ALL_KEYS))
+    for key in new:
+        pd.testing.assert_frame_equal(legacy[key], new[key], check_dtype=False, obj=key)
+    points = new["measured_points"].set_index("run_name")
+    assert points.loc["softmax-24b", "codebook_log2"] == 24  # infeasible: its size from the param
+    assert points.loc["ae-1c", "bits_per_token"] != points.loc["ae-1c", "bits_per_token"]  # NaN for a continuous one
+
+
+# ------------------------------------------------------------------------------------------------- one vocabulary
+
+def test_no_analysis_module_spells_a_vocabulary_name_again():
+    import ast
+
+    names = {n for n in dir(vocabulary) if n.isupper()}
+    again = []
+    for path in sorted((ROOT / "analysis").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            again += [f"{path.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in names]
+    assert not again, again
+
+
+def test_head_labels_have_one_spelling_and_tables_use_its_short_form(runs):
+    assert vocabulary.HEAD_LABEL["mbm"] == "MBM (BAR)" and vocabulary.HEAD_SHORT_LABEL["mbm"] == "MBM"
+    assert vocabulary.HEAD_SHORT_LABEL["bitwise"] == vocabulary.HEAD_LABEL["bitwise"] == "per-bit"
+    plotted = figures.codebook_scaling_frame(runs).plotted
+    assert set(plotted["head"]) == {vocabulary.HEAD_LABEL[h] for h in vocabulary.DISCRETE_HEADS}
+    measured = tables.main_results_table(runs)
+    assert "tiny MBM fsq-16b" in set(measured["model"])
+    assert not measured["model"].str.contains("(BAR)", regex=False).any()
+    assert "MBM (BAR)" not in "".join(c.evidence for c in claims.evaluate_claims(runs))
 
 
 # ------------------------------------------------------------------------------------------------------ figures
@@ -403,7 +498,7 @@ def test_write_tables(runs, tmp_path):
 # ------------------------------------------------------------------------------------------------------- claims
 
 def _verdicts(df):
-    return {(c.key, c.sweep, c.profile): c.verdict for c in tables.evaluate_claims(df)}
+    return {(c.key, c.sweep, c.profile): c.verdict for c in claims.evaluate_claims(df)}
 
 
 def test_claims_from_data(runs):
@@ -419,7 +514,7 @@ def test_claims_from_data(runs):
     assert v[("patch_faster", *ps)] == "yes"
     # each claim appears only for the sweeps that measure it
     assert ("mbm_beats_baselines", *ps) not in v and ("patch_faster", *cs) not in v
-    ev = {c.key: c.evidence for c in tables.evaluate_claims(runs) if c.sweep in ("bits_vs_rfid", "codebook_scaling")}
+    ev = {c.key: c.evidence for c in claims.evaluate_claims(runs) if c.sweep in ("bits_vs_rfid", "codebook_scaling")}
     assert "256 bits: discrete 5 vs continuous 6" in ev["discrete_matches_continuous"]
     assert "softmax infeasible" in ev["mbm_beats_baselines"]
 
@@ -429,9 +524,9 @@ def test_claims_flip(runs):
     fsq = df["tokenizer.kind"] == "fsq"
     df.loc[fsq, "rfid"] = 1.0 / df.loc[fsq, "rfid"]  # rFID now rises with bits
     mbm = df["head.name"] == "mbm"
-    df.loc[mbm & (df["codebook_log2"] == 16), "gfid"] = 99.0  # MBM loses at 2^16
+    df.loc[mbm & (df["tokenizer.bits"] == 16), "gfid"] = 99.0  # MBM loses at 2^16
     df.loc[df["run_name"] == "softmax-24b", "status"] = "finished"  # no wall
-    df.loc[mbm, "peak_mem_gb"] = df.loc[mbm, "codebook_log2"] ** 2  # memory grows 9x
+    df.loc[mbm, "peak_mem_gb"] = df.loc[mbm, "tokenizer.bits"].astype(float) ** 2  # memory grows 9x
     df.loc[df["run_name"] == "ae-1c", "gfid"] = 1.0  # continuous beats discrete at 256 bits
     df.loc[df["sweep"] == "patch_size", "sample_img_per_s"] = [30.0, 20.0, 10.0]
     v = _verdicts(df)
@@ -440,22 +535,22 @@ def test_claims_flip(runs):
     for key in ("mbm_beats_baselines", "softmax_memory_wall", "mbm_memory_flat"):
         assert v[(key, "codebook_scaling", "smoke")] == "no", key
     assert v[("patch_faster", "patch_size", "cpu")] == "no"
-    ev = {c.key: c.evidence for c in tables.evaluate_claims(df) if c.sweep == "codebook_scaling"}
+    ev = {c.key: c.evidence for c in claims.evaluate_claims(df) if c.sweep == "codebook_scaling"}
     assert "log2 C = 16: MBM 99" in ev["mbm_beats_baselines"]
 
 
 def test_claims_not_measured():
-    assert {c.verdict for c in tables.evaluate_claims(pd.DataFrame())} == {"not measured"}
+    assert {c.verdict for c in claims.evaluate_claims(pd.DataFrame())} == {"not measured"}
     one = pd.DataFrame({"run_id": ["a"], "run_name": ["x"], "status": ["finished"], "profile": ["p"],
                         "tokenizer.kind": ["fsq"], "total_bits": [64.0], "rfid": [3.0]})
-    claims = tables.evaluate_claims(one)
-    assert {c.verdict for c in claims} == {"not measured"} and len(claims) == len(tables.CLAIMS)
-    assert "at two or more total-bit counts" in claims[0].evidence
+    found = claims.evaluate_claims(one)
+    assert {c.verdict for c in found} == {"not measured"} and len(found) == len(claims.CLAIMS)
+    assert "at two or more total-bit counts" in found[0].evidence
 
 
 def test_report(runs, tmp_path):
     figs = figures.all_figures(runs, None, tmp_path, formats="png")
-    path = tables.write_report(runs, tmp_path, figures=figs)
+    path = report.write_report(runs, tmp_path, figures=figs)
     text = path.read_text()
     assert "## Claims" in text and "| codebook_scaling | smoke | **yes** |" in text and "## Main results" in text
     assert "fsq-32b: RuntimeError: CUDA out of memory" in text
@@ -464,7 +559,7 @@ def test_report(runs, tmp_path):
     assert "[codebook_scaling/head_memory.png](codebook_scaling/head_memory.png)" in text
     assert "### Sweep patch_size" in text
     assert "`convergence`: not drawn (drawn from sweep convergence, which has no runs here" in text
-    conv = [c for c in tables.evaluate_claims(runs) if c.key == "converges_faster"]
+    conv = [c for c in claims.evaluate_claims(runs) if c.key == "converges_faster"]
     assert [c.verdict for c in conv] == ["not measured"]  # no history passed
 
 
@@ -522,7 +617,7 @@ def test_training_budget_says_which_runs_still_improve(conv_runs, conv_history):
     states = convergence.training_budget(flat).set_index("series")["state"]
     assert states["MBM (BAR), 16 b"] == "flat" and states["MBM (BAR), 8 b"] == "flat"
     assert states["diffusion, 1 ch"] == "still improving"
-    text = "\n".join(tables.budget_lines(flat))
+    text = "\n".join(report.budget_lines(flat))
     assert "## Training budget" in text and "2 of 5 runs flat, 3 still improving." in text
 
 
@@ -554,7 +649,7 @@ def test_convergence_figure(conv_runs, conv_history, tmp_path):
 
 def _conv_verdict(runs, history):
     return {(c.sweep, c.profile): (c.verdict, c.evidence)
-            for c in tables.evaluate_claims(runs, history=history) if c.key == "converges_faster"}
+            for c in claims.evaluate_claims(runs, history=history) if c.key == "converges_faster"}
 
 
 def test_convergence_claim_and_flip(conv_runs, conv_history):
@@ -589,7 +684,7 @@ def test_convergence_claim_and_flip(conv_runs, conv_history):
 # ------------------------------------------------------------------------------------------ labels never overlap
 
 def _assert_no_overlap(fig):
-    boxes = figures.text_boxes(fig)
+    boxes = canvas.text_boxes(fig)
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), (a, b)
@@ -609,11 +704,11 @@ def test_annotation_labels_never_overlap(runs, tmp_path):
     boxes = _assert_no_overlap(res.figure)
     assert len(boxes) == len(tables.load_reported().dropna(subset=["sample_img_per_s", "gfid"]))
     # a stress case: many labels at one point are stacked apart
-    fig, (ax,) = figures._new_figure(1)
+    fig, (ax,) = canvas.new_figure(1)
     ax.plot([1, 2], [1, 2])
     for i in range(6):
         ax.annotate(f"label {i}", (1.5, 1.5), xytext=(4, 3), textcoords="offset points")
-    figures._declutter(fig)
+    canvas.declutter(fig)
     assert len(_assert_no_overlap(fig)) == 6
 
 
@@ -718,16 +813,16 @@ def test_report_testbed_says_which_latents_exceed_the_data():
                        "data.name": ["digits"] * 3 + ["photo_crops"], "data.resolution": [16] * 4,
                        "total_bits": [64, 256, 512, 2048], "status": ["finished"] * 4})
     info = pd.DataFrame({"dataset": ["digits", "photo_crops"], "resolution": [16, 16], "estimate_bits": [262, 3564]})
-    claims = [tables.Claim("k", "gFID falls", "codebook_scaling", "tiny", "no", ""),
-              tables.Claim("k", "gFID falls", "bits_vs_gfid", "small", "no", ""),
-              tables.Claim("k", "memory flat", "codebook_scaling", "tiny", "yes", "")]
-    text = "\n".join(tables.testbed_lines(df, claims, info))
+    verdicts = [claims.Claim("k", "gFID falls", "codebook_scaling", "tiny", "no", ""),
+                claims.Claim("k", "gFID falls", "bits_vs_gfid", "small", "no", ""),
+                claims.Claim("k", "memory flat", "codebook_scaling", "tiny", "yes", "")]
+    text = "\n".join(report.testbed_lines(df, verdicts, info))
     assert "| codebook_scaling | tiny | digits 16x16 | 262 | 64, 256, 512 | 512 |" in text
     assert "| bits_vs_gfid | small | photo_crops 16x16 | 3,564 | 2,048 | none |" in text
     assert "gFID falls (codebook_scaling, tiny): outside in part: 1 of its 3 latents exceed" in text
     assert "gFID falls (bits_vs_gfid, small): inside: every latent is below the data's 3,564" in text
     assert "memory flat" not in text                  # only the 'no's are placed
-    assert tables.testbed_lines(df, claims, None) == []
+    assert report.testbed_lines(df, verdicts, None) == []
 
 
 def test_report_testbed_asks_whether_the_tokenizers_use_their_bits():
@@ -737,8 +832,8 @@ def test_report_testbed_asks_whether_the_tokenizers_use_their_bits():
                         "tokenizer.kind": "fsq", "total_bits": b, "recon_mse": m, "rfid": r, "status": "finished"}
                        for p in ("tiny", "small") for b, m, r in zip(bits, mse[p], rfid[p])])
     info = pd.DataFrame({"dataset": ["photo_crops"], "resolution": [16], "estimate_bits": [3564]})
-    claims = [tables.Claim("gfid_falls", "gFID falls", "codebook_scaling", p, "no", "") for p in ("tiny", "small")]
-    text = "\n".join(tables.testbed_lines(df, claims, info))
+    verdicts = [claims.Claim("gfid_falls", "gFID falls", "codebook_scaling", p, "no", "") for p in ("tiny", "small")]
+    text = "\n".join(report.testbed_lines(df, verdicts, info))
     assert "| codebook_scaling | tiny | fsq | 64: 0.0200 / 10, 128: 0.0100 / 6" in text and "| -1.00 | +1.00 |" in text
     assert "| codebook_scaling | small | fsq |" in text and "| -1.00 | -0.60 |" in text
     small = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, small)"))
@@ -747,6 +842,6 @@ def test_report_testbed_asks_whether_the_tokenizers_use_their_bits():
     assert "rFID does not follow the tokenizers' recon MSE (Spearman -0.60)" in small
     assert "does not follow" not in tiny                                                  # tiny's rFID follows MSE
     df.loc[(df["profile"] == "small") & (df["total_bits"] == 512), "recon_mse"] = 0.0108
-    text = "\n".join(tables.testbed_lines(df, claims, info))
+    text = "\n".join(report.testbed_lines(df, verdicts, info))
     small = next(line for line in text.splitlines() if line.startswith("- gFID falls (codebook_scaling, small)"))
     assert "do not turn more bits into better reconstructions (Spearman -0.40" in small

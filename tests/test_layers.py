@@ -1,11 +1,15 @@
-"""The package's structure, checked: layers without cycles (import-linter, also run by `make test`), a planted
-violation caught, no imports hidden inside functions, functions short enough to read."""
+"""The package's structure, checked: the import contracts of .importlinter (layers; no config or tracking stack
+below orchestration; analysis away from the sweep driver), each shown to bite by a planted violation; no imports
+hidden inside functions; functions short enough to read."""
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
 
@@ -22,20 +26,45 @@ def _lint(cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_layers_contract_is_kept():
+def _contracts() -> int:
+    return sum(line.startswith("[importlinter:contract:") for line in (ROOT / ".importlinter").read_text().splitlines())
+
+
+def test_every_import_contract_is_kept():
     proc = _lint(ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "1 kept, 0 broken" in proc.stdout
+    assert f"{_contracts()} kept, 0 broken" in proc.stdout and _contracts() >= 3
 
 
-def test_a_lower_layer_importing_a_higher_one_breaks_the_build(tmp_path):
-    shutil.copytree(ROOT / "bar", tmp_path / "bar", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+def _plant(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess:
+    """A copy of bar/ and analysis/ with `line` appended to `module` (a path relative to the root), linted."""
+    for package in ("bar", "analysis"):
+        shutil.copytree(ROOT / package, tmp_path / package, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / ".importlinter", tmp_path / ".importlinter")
-    with open(tmp_path / "bar" / "layers.py", "a") as handle:
-        handle.write("\nimport bar.orchestration.runner  # planted violation\n")
-    proc = _lint(tmp_path)
+    with open(tmp_path / module, "a") as handle:
+        handle.write(f"\n{line}  # planted violation\n")
+    return _lint(tmp_path)
+
+
+LAYERS = "bar is layered: orchestration > training > eval | model | tokenizers > data > core"
+NO_CONFIG = "core, data, model, tokenizers, eval and training import no hydra, omegaconf or mlflow"
+ANALYSIS = "analysis imports neither the sweep driver nor the runner nor its stages"
+
+
+@pytest.mark.parametrize("module,line,chain,contract", [
+    ("bar/model/layers.py", "import bar.orchestration.runner", "bar.model.layers -> bar.orchestration.runner", LAYERS),
+    ("bar/data/loader.py", "import bar.training.loop", "bar.data.loader -> bar.training.loop", LAYERS),
+    ("bar/model/layers.py", "import hydra", "bar.model.layers -> hydra", NO_CONFIG),
+    ("bar/eval/adm.py", "import mlflow", "bar.eval.adm -> mlflow", NO_CONFIG),
+    ("analysis/figures.py", "import bar.orchestration.sweeps", "analysis.figures -> bar.orchestration.sweeps",
+     ANALYSIS),
+], ids=["layer-order", "data-above-training", "hydra-in-model", "mlflow-in-eval", "sweeps-in-analysis"])
+def test_a_planted_violation_breaks_its_contract(tmp_path, module, line, chain, contract):
+    proc = _plant(tmp_path, module, line)
+    report = re.sub(r"\s+", " ", proc.stdout)
     assert proc.returncode != 0
-    assert "bar.model.layers is not allowed to import bar.orchestration.runner" in proc.stdout
+    assert f"{contract} BROKEN" in report and chain in report, proc.stdout[-3000:]
 
 
 def _functions(path: Path):
@@ -58,8 +87,9 @@ def test_no_import_inside_a_function_but_optional_heavy_ones():
     assert not hidden, hidden
 
 
-def test_every_function_in_bar_is_under_60_lines():
+def test_every_function_in_bar_and_analysis_is_under_60_lines():
+    paths = [path for package in ("bar", "analysis") for path in sorted((ROOT / package).rglob("*.py"))]
+    assert any(path.parent.name == "analysis" for path in paths)
     long = [f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name} ({fn.end_lineno - fn.lineno + 1} lines)"
-            for path in sorted((ROOT / "bar").rglob("*.py")) for fn in _functions(path)
-            if fn.end_lineno - fn.lineno + 1 >= 60]
+            for path in paths for fn in _functions(path) if fn.end_lineno - fn.lineno + 1 >= 60]
     assert not long, long

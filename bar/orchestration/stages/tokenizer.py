@@ -167,13 +167,10 @@ def sampling_tokenizer(cfg: DictConfig, device: torch.device):
 
 
 def latent_metrics(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, float]:
-    """The latent's size on the paper's axes: total bits, and bits per token (discrete) or channels (continuous)."""
-    metrics = {"total_bits": tokenizer.total_bits, "grid_tokens": tokenizer.grid ** 2}
-    if cfg.tokenizer.kind == "fsq":
-        metrics.update(bits_per_token=cfg.tokenizer.bits, codebook_log2=cfg.tokenizer.bits)
-    else:
-        metrics.update(channels=cfg.tokenizer.channels)
-    return metrics
+    """The latent's size facts that `cfg` does not hold: total bits (h * w * bits per token, or h * w * 16 * channels)
+    and tokens in the grid. Bits per token (log2 C) and channels are cfg's tokenizer.bits / tokenizer.channels, logged
+    once, as params (CONVENTIONS.md)."""
+    return {"total_bits": tokenizer.total_bits, "grid_tokens": tokenizer.grid ** 2}
 
 
 @torch.no_grad()
