@@ -1,4 +1,4 @@
-"""Fast-path benchmark (not a test): eager (today's path) vs the fast paths of bar.model.fast, side by side in one run.
+"""Fast-path benchmark (not a test): eager vs compiled training, cached vs compiled sampling, side by side in one run.
 
     python benchmarks/bench_fast_paths.py [--grids 4,8,16] [--threads 2] [--repeats 3] [--sections train,sample]
                                           [--out benchmarks/results/fast_paths.csv]
@@ -7,16 +7,18 @@
     python benchmarks/bench_fast_paths.py --scale bar_b4        # GPU only: BAR-B/4
 
 Rows per grid and section:
-  train   eager  `model.training_loss` + backward + AdamW step
-          compiled `bar.model.fast.compile_training(model)` + backward + AdamW step
-  sample  eager  `generate(..., kv_cache=True)`  (CFG, KV cache)
-          fast   `generate(..., fast=True)`      static cache, uncompiled
-          compiled `generate(..., compile=True)`  static cache, compiled decode step (CUDA graphs on GPU)
+  train   eager    `model.training_loss` + backward + AdamW step
+          compiled `torch.compile(model, fullgraph=True)` on draws made eagerly (as bar.training.loop runs it) +
+                   backward + AdamW step
+  sample  cached   `generate(..., kv_cache=True)`  static KV cache, uncompiled (CFG)
+          compiled `generate(..., compile=True)`   static KV cache, compiled decode step (CUDA graphs on GPU)
 img/s is batch / median wall seconds of `--repeats` timed calls, the paths interleaved in each repetition so that
-load from other processes hits them alike (speedup: median vs eager's median; speedup_min: best call vs eager's best
-call, the least disturbed; cpu_seconds: process CPU time per call, the robust figure at 1 thread); compile_s = first call - median call (compile time is not throughput);
-peak_mem = peak bytes of tensors allocated during one call, above the level at its start (CPU: profiler allocation
-events; GPU: max_memory_allocated). same_tokens: the path's tokens equal the eager path's from the same seed.
+load from other processes hits them alike (speedup: median vs the section's first path's median; speedup_min: best
+call vs its best call, the least disturbed; cpu_seconds: process CPU time per call, the robust figure at 1 thread);
+compile_s = first call - median call (compile time is not throughput); peak_mem = peak bytes of tensors allocated
+during one call, above the level at its start (CPU: profiler allocation events; GPU: max_memory_allocated).
+same_tokens: train, the compiled loss equals the eager one from the same draws; sample, the path's tokens equal the
+cache-free reference's (`kv_cache=False`, one untimed call) from the same seed.
 
 Scales: default is the issue's CPU model (hidden 256, depth 4, 4 heads, 16 bits/token, MBM head 512 x 3, 10
 classes, class repeat 32, CFG 3.0, temperature 1.0, allocation [4,4,4,4]; batch 64 train / 16 sample at 4x4, 16 / 16
@@ -42,7 +44,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bar.model.fast import compile_training  # noqa: E402
 from bar.model.generator import BARGenerator, GeneratorConfig  # noqa: E402
 from bar.model.heads import build_head  # noqa: E402
 from bar.orchestration.memory import fmt_bytes, measure_peak_train_memory  # noqa: E402
@@ -137,9 +138,9 @@ def bench_train(sc: Scale, side: int, batch: int, device, repeats: int, autocast
     tokens = torch.randint(0, 2, (batch, L, sc.bits), dtype=torch.uint8, device=device, generator=g)
     labels = torch.randint(0, sc.num_classes, (batch,), device=device, generator=g)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    compiled = compile_training(model)
+    compiled = torch.compile(model, fullgraph=True)
     paths = {"eager": lambda: model.training_loss(tokens, labels, step=0),
-             "compiled": lambda: compiled(tokens, labels, step=0)}
+             "compiled": lambda: compiled(tokens, labels, draws=model.training_draws(batch, 0, device))}
 
     def step(loss_fn):
         with autocast():
@@ -161,7 +162,7 @@ def bench_train(sc: Scale, side: int, batch: int, device, repeats: int, autocast
     draws = model.training_draws(batch, 0, device)
     with autocast():
         same = torch.allclose(model.loss_from_draws(tokens, labels, draws).float(),
-                              compiled.compiled(tokens, labels, draws).float(), atol=1e-5, rtol=1e-5)
+                              compiled(tokens, labels, draws=draws).float(), atol=1e-5, rtol=1e-5)
     rows = []
     for name, fn in paths.items():
         stats = summary(wall[name], cpu[name], first[name], name != "eager")
@@ -176,12 +177,13 @@ def bench_sample(sc: Scale, side: int, batch: int, device, repeats: int, autocas
     model = build(sc, side, device).eval()
     labels = torch.arange(batch, device=device) % sc.num_classes
     kw = dict(cfg_scale=sc.cfg_scale, temperature=sc.temperature, allocation=sc.allocation)
-    paths = {"eager": dict(), "fast": dict(fast=True), "compiled": dict(compile=compile_mode)}
+    paths = {"cached": dict(), "compiled": dict(compile=compile_mode)}
 
     def run(opts):
         with autocast():
             return generate(model, labels, generator=torch.Generator(device=device).manual_seed(0), **kw, **opts)
 
+    reference = run(dict(kv_cache=False))
     first, outs = {}, {}
     for name, opts in paths.items():
         first_cpu = []
@@ -197,7 +199,7 @@ def bench_sample(sc: Scale, side: int, batch: int, device, repeats: int, autocas
         peak = measure_peak_train_memory(lambda: run(opts), device)
         rows.append(dict(section="sample", path=name, batch=batch, img_per_s=batch / stats["seconds"], **stats,
                          peak_mem_bytes=peak,
-                         same_tokens=torch.equal(outs[name], outs["eager"]) if name != "eager" else ""))
+                         same_tokens=torch.equal(outs[name], reference)))
     return rows
 
 
@@ -228,7 +230,7 @@ def profile_tables(sc: Scale, side: int, train_b: int, sample_b: int, device, au
     labels = torch.arange(sample_b, device=device) % sc.num_classes
     kw = dict(cfg_scale=sc.cfg_scale, temperature=sc.temperature, allocation=sc.allocation)
     L = model.cfg.steps
-    for name, opts in (("eager", {}), ("compiled", {"compile": compile_mode})):
+    for name, opts in (("cached", {}), ("compiled", {"compile": compile_mode})):
         def run(opts=opts):
             with autocast():
                 generate(model, labels, generator=torch.Generator(device=device).manual_seed(0), **kw, **opts)
@@ -237,9 +239,9 @@ def profile_tables(sc: Scale, side: int, train_b: int, sample_b: int, device, au
     tokens = torch.randint(0, 2, (train_b, side * side, sc.bits), dtype=torch.uint8, device=device)
     tlabels = torch.randint(0, sc.num_classes, (train_b,), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    compiled = compile_training(model)
+    compiled = torch.compile(model, fullgraph=True)
     for name, fn in (("eager", lambda: model.training_loss(tokens, tlabels, 0)),
-                     ("compiled", lambda: compiled(tokens, tlabels, 0))):
+                     ("compiled", lambda: compiled(tokens, tlabels, draws=model.training_draws(train_b, 0, device)))):
         def step(fn=fn):
             with autocast():
                 loss = fn()
@@ -322,11 +324,11 @@ def main(argv=None) -> int:
                 got = bench_sample(sc, side, sample_b, device, args.repeats, autocast, compile_mode)
             else:
                 raise SystemExit(f"unknown section {section!r}: train or sample")
-            eager = next(r for r in got if r["path"] == "eager")
+            base = got[0]
             for r in got:
                 r.update(scale=args.scale, grid=f"{side}x{side}", threads=threads, clock=args.clock, device=dev_name,
-                         speedup=r["img_per_s"] / eager["img_per_s"],
-                         speedup_min=eager["min_seconds"] / r["min_seconds"], loadavg=f"{load0}-{loadavg()}")
+                         speedup=r["img_per_s"] / base["img_per_s"],
+                         speedup_min=base["min_seconds"] / r["min_seconds"], loadavg=f"{load0}-{loadavg()}")
                 rows.append(r)
                 print(fmt_row(r), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -342,7 +344,7 @@ def main(argv=None) -> int:
 
 def fmt_row(r: dict) -> str:
     comp = f"compile {r['compile_s']:.0f}s ({r['compile_cpu_s']:.0f} cpu)" if r["compile_s"] != "" else ""
-    same = "" if r["same_tokens"] == "" else ("same as eager" if r["same_tokens"] else "DIFFERS from eager")
+    same = "" if r["same_tokens"] == "" else ("same" if r["same_tokens"] else "DIFFERS")
     return (f"  {r['grid']:>5s} {r['section']:6s} {r['path']:8s} batch {r['batch']:3d}: {r['img_per_s']:8.2f} img/s "
             f"({r['speedup']:.2f}x median, {r['speedup_min']:.2f}x best)  peak {fmt_bytes(r['peak_mem_bytes']):>9s}  "
             f"{comp:22s} {same}  [load {r['loadavg']}]")

@@ -6,15 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build_model
 
 from bar import UserError
+from bar.core.bits import bits_to_index, index_to_bits
 from bar.model.heads import (HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead, build_head, cosine_alpha_bar,
     cosine_schedule, respaced_timesteps)
-from bar.orchestration.build import count_params
-from conftest import build_model
 from bar.model.sampling import generate
-from bar.core.bits import bits_to_index, index_to_bits
-
+from bar.orchestration.build import count_params
 
 
 def head_of(name, k=8, width=32, **cfg):

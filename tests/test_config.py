@@ -2,13 +2,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
 from bar import UserError
-from bar.orchestration.config import available_sweeps, compose, point_signature, tokenizer_signature
+from bar.orchestration.config import available_sweeps, compose, point_signature, run_params, tokenizer_signature
+from bar.orchestration.schema import LauncherConf
 from bar.orchestration.validate import validate_config
-from conftest import ROOT
 
 PROFILES = ["tiny", "smoke", "paper", "small"]
 PAPER_ONLY = {"release_eval"}
@@ -45,13 +46,63 @@ def test_profiles_set_sizes():
     assert paper.eval.extractor == "inception" and tiny.eval.extractor == "classifier"
 
 
-def test_signatures_ignore_paths_and_tracking_but_not_results():
-    base = compose(["profile=smoke"])
-    moved = compose(["profile=smoke", "paths.outputs=/elsewhere", "tracking.uri=sqlite:////x.db", "force=true"])
-    assert point_signature(base) == point_signature(moved)
-    assert tokenizer_signature(base) == tokenizer_signature(moved)
-    assert tokenizer_signature(base) != tokenizer_signature(compose(["profile=smoke", "tokenizer.bits=8"]))
-    assert tokenizer_signature(base) != tokenizer_signature(compose(["profile=smoke", "seed=1"]))
+def _identities(*overrides):
+    cfg = compose(["profile=smoke", *overrides])
+    return point_signature(cfg), tokenizer_signature(cfg), run_params(cfg)
+
+
+# what may differ between two attempts of one point: a relaunch with these re-runs nothing
+NOT_RESULTS = [["paths.outputs=/elsewhere"], ["tracking.uri=sqlite:////x.db"], ["force=true"], ["dry_run=true"],
+               ["data.num_workers=4"], ["num_threads=2"], ["launcher.checkpoint_every=7"],
+               ["launcher.keep_checkpoints=5"], ["launcher.gpu_mem_gb=40"], ["launcher.gpu_tflops=312"],
+               ["launcher.utilization=0.3"], ["launcher.sample_utilization=0.1"], ["launcher.submitted_at=1.5"],
+               ["launcher=slurm"], ["launcher=local_parallel"], ["experiment=other"], ["point_label=x"]]
+
+
+@pytest.mark.parametrize("overrides", NOT_RESULTS, ids=lambda o: o[0])
+def test_what_is_not_a_result_leaves_signatures_and_params_alone(overrides):
+    point, tokenizer, params = _identities(*overrides)
+    base_point, base_tokenizer, base_params = _identities()
+    assert point == base_point and tokenizer == base_tokenizer and params == base_params
+
+
+@pytest.mark.parametrize("overrides,tokenizer_changes", [(["seed=1"], True), (["tokenizer.bits=8"], True),
+                                                         (["data.split_seed=1"], True), (["head=bitwise"], False),
+                                                         (["generator.train.order_anneal=[0.5,0.75]"], False)])
+def test_a_result_key_changes_signatures_and_params(overrides, tokenizer_changes):
+    point, tokenizer, params = _identities(*overrides)
+    base_point, base_tokenizer, base_params = _identities()
+    assert point != base_point and params != base_params
+    assert (tokenizer != base_tokenizer) == tokenizer_changes
+
+
+def test_params_are_what_the_signature_hashes():
+    params = run_params(compose(["profile=smoke"]))
+    assert "tokenizer.bits" in params and "generator.train.order_anneal" in params and "seed" in params
+    assert not [k for k in params if k.split(".")[0] in ("launcher", "tracking", "paths", "hydra", "experiment")]
+    assert "data.num_workers" not in params and "num_threads" not in params and "data.name" in params
+
+
+def test_a_sweepers_config_hashes_like_the_jobs():
+    """The sweeper plans points from configs that still carry the `hydra` node; the job's has none."""
+    job = compose(["profile=smoke", "sweep=codebook_scaling"])
+    sweeper = compose(["profile=smoke", "sweep=codebook_scaling"], hydra_node=True)
+    assert "hydra" in sweeper and point_signature(job) == point_signature(sweeper)
+    assert run_params(job) == run_params(sweeper)
+
+
+@pytest.mark.parametrize("launcher", ["local", "local_parallel", "slurm"])
+def test_every_launcher_takes_the_schema_defaults(launcher):
+    values = compose([f"launcher={launcher}"]).launcher
+    defaults = LauncherConf(name=launcher)
+    assert {k: values[k] for k in values} == {k: getattr(defaults, k) for k in values}
+
+
+def test_tokenizer_kinds_share_one_base():
+    fsq, ae = compose(["tokenizer=fsq"]).tokenizer, compose(["tokenizer=ae"]).tokenizer
+    differ = {k for k in fsq if fsq[k] != ae[k]}
+    assert differ == {"kind", "bits", "channels", "loss"}
+    assert {k for k in fsq.loss if fsq.loss[k] != ae.loss[k]} == {"kl"}
 
 
 def test_tracking_uri_default_is_absolute_and_env_wins(monkeypatch):
@@ -69,6 +120,9 @@ def test_tracking_uri_default_is_absolute_and_env_wins(monkeypatch):
     (["data=imagefolder", "data.root=/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["eval.extractor=inception", "eval.inception_weights=/no/weights.pth"], "Inception weights not found"),
     (["tokenizer=ae", "tokenizer.channels=0"], "tokenizer.channels=0"),
+    (["generator.train.order_anneal=[1500,2250]"], "order_anneal=[1500.0, 2250.0] must be two fractions"),
+    (["generator.train.order_anneal=[0.75,0.5]"], "0 <= start <= end <= 1"),
+    (["generator.train.order_anneal=[0.5]"], "must be two fractions of generator.train.steps"),
 ])
 def test_bad_config_is_one_line_error(overrides, message):
     with pytest.raises(UserError) as err:
@@ -89,8 +143,7 @@ def _cli(*args):
     (["eval.extractor=inception", "eval.inception_weights=/missing.pth"], "Inception weights not found"),
 ])
 def test_cli_bad_input_is_one_line_and_nothing_runs(args, message, tmp_path):
-    proc = _cli(*args, f"paths.outputs={tmp_path}") if not args[0].startswith("-") or "sweep=no_such_sweep" not in args \
-        else _cli(*args)
+    proc = _cli(*args) if "sweep=no_such_sweep" in args else _cli(*args, f"paths.outputs={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr[-2000:]

@@ -1,11 +1,12 @@
-"""Fast paths (bar.model.fast) against the eager reference: static KV cache, the static decode step (eager and compiled),
-the heads' static samplers, and the compiled training loss. Same seed -> same tokens; compiled loss within 1e-5."""
+"""Cached decoding (bar.model.decoding) against the cache-free reference (`generate(..., kv_cache=False)`): the static
+KV cache, the decode step (eager and compiled), the heads' one sampler, and the compiled training loss. Same seed ->
+same tokens; compiled loss within 1e-5."""
 
 import pytest
 import torch
 
 from bar import UserError
-from bar.model.fast import FastDecoder, compile_training, decoder_for, release_decoders
+from bar.model.decoding import Decoder, decoder_for, release_decoders
 from bar.model.generator import BARGenerator, GeneratorConfig
 from bar.model.heads import build_head
 from bar.model.sampling import generate
@@ -37,7 +38,7 @@ def seeded(seed=0):
 
 def assert_same_tokens(head, a, b):
     assert a.shape == b.shape and a.dtype == b.dtype
-    if head == "diffusion":          # float tokens: the static sampler reorders a few float operations
+    if head == "diffusion":          # float tokens: cached and cache-free attention round differently
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-5), (a - b).abs().max()
     else:
         assert torch.equal(a, b)
@@ -64,69 +65,71 @@ def test_static_cache_decode_matches_full_recompute():
 
 @pytest.mark.parametrize("head", sorted(HEADS))
 @pytest.mark.parametrize("cfg_scale", [3.0, 1.0])
-def test_fast_path_gives_the_eager_tokens(head, cfg_scale):
+def test_cached_decoding_gives_the_reference_tokens(head, cfg_scale):
     _, schedule = HEADS[head]
     model = small_model(head)
     labels = torch.tensor([0, 3, 5])
-    ref = generate(model, labels, cfg_scale=cfg_scale, temperature=2.0, generator=seeded(), **schedule)
-    fast = generate(model, labels, cfg_scale=cfg_scale, temperature=2.0, generator=seeded(), fast=True, **schedule)
-    assert_same_tokens(head, ref, fast)
-    other = generate(model, labels, cfg_scale=cfg_scale, temperature=2.0, generator=seeded(1), fast=True, **schedule)
-    assert not torch.equal(fast, other)
+    ref = generate(model, labels, cfg_scale=cfg_scale, temperature=2.0, generator=seeded(), kv_cache=False, **schedule)
+    got = generate(model, labels, cfg_scale=cfg_scale, temperature=2.0, generator=seeded(), **schedule)
+    assert_same_tokens(head, ref, got)
+    other = generate(model, labels, cfg_scale=cfg_scale, temperature=2.0, generator=seeded(1), **schedule)
+    assert not torch.equal(got, other)
 
 
 @pytest.mark.parametrize("p,alloc", [(1, [16]), (2, [4, 4, 8]), (2, [8, 8])])
-def test_fast_path_grouped_tokens_and_allocations(p, alloc):
+def test_cached_decoding_grouped_tokens_and_allocations(p, alloc):
     model = small_model("mbm", k=4 if p == 2 else 16, p=p, depth=1)
     labels = torch.tensor([1, 4])
     for tau in (0.0, 1.5):
-        ref = generate(model, labels, cfg_scale=2.5, temperature=tau, allocation=alloc, generator=seeded(3))
-        fast = generate(model, labels, cfg_scale=2.5, temperature=tau, allocation=alloc, generator=seeded(3), fast=True)
-        assert torch.equal(ref, fast)
+        kw = dict(cfg_scale=2.5, temperature=tau, allocation=alloc)
+        ref = generate(model, labels, generator=seeded(3), kv_cache=False, **kw)
+        assert torch.equal(ref, generate(model, labels, generator=seeded(3), **kw))
 
 
-def test_head_noise_is_what_sample_draws():
-    """sample_noise + sample_static == sample from the same generator state (the contract the fast path rests on)."""
-    for name, (opts, schedule) in HEADS.items():
-        torch.manual_seed(0)
-        head = build_head(name, 4, width=16, **opts).eval()
-        with torch.no_grad():
-            for prm in head.parameters():
-                if prm.ndim == 2 and not prm.any():
-                    prm.normal_(std=0.3)
-        cond = torch.randn(6, 16)
+def test_both_paths_draw_the_same_noise():
+    """Each AR step draws the head's noise once, in the same order on both paths: the generator ends in one state."""
+    for name, (_, schedule) in HEADS.items():
+        model = small_model(name)
         g_ref, g = seeded(), seeded()
-        a = head.sample(cond, cfg_scale=2.0, temperature=1.5, generator=g_ref, **schedule)
-        noise = head.sample_noise(3, 1.5, g, "cpu", **schedule)
-        assert torch.equal(g.get_state(), g_ref.get_state())                      # as many draws as `sample`
-        b = head.sample_static(cond, torch.tensor(2.0), noise, head.sample_constants(1.5, "cpu", **schedule),
-                               **schedule)
-        assert_same_tokens(name, a, b)
+        generate(model, torch.tensor([0, 2]), cfg_scale=2.0, generator=g_ref, kv_cache=False, **schedule)
+        generate(model, torch.tensor([0, 2]), cfg_scale=2.0, generator=g, **schedule)
+        assert torch.equal(g.get_state(), g_ref.get_state()), name
+        assert not torch.equal(g.get_state(), seeded().get_state())
 
 
-def test_fast_path_validates_and_reuses_its_decoder():
+def test_decoder_validates_and_is_reused():
     model = small_model()
-    with pytest.raises(UserError, match="static KV cache"):
-        generate(model, torch.tensor([0]), fast=True, kv_cache=False, allocation=[2, 2])
+    with pytest.raises(UserError, match="kv_cache=False"):
+        generate(model, torch.tensor([0]), compile=True, kv_cache=False, allocation=[2, 2])
     with pytest.raises(UserError, match="sums to 3"):
-        generate(model, torch.tensor([0]), fast=True, allocation=[1, 2])
-    generate(model, torch.tensor([0, 1]), cfg_scale=2.0, fast=True, allocation=[2, 2], generator=seeded())
+        generate(model, torch.tensor([0]), allocation=[1, 2])
+    generate(model, torch.tensor([0, 1]), cfg_scale=2.0, allocation=[2, 2], generator=seeded())
     dec = decoder_for(model, 2, True, 1.0, {"allocation": [2, 2]})
-    assert isinstance(dec, FastDecoder) and len(model._fast_decoders) == 1
-    generate(model, torch.tensor([2, 3]), cfg_scale=4.0, fast=True, allocation=[2, 2], generator=seeded())
+    assert isinstance(dec, Decoder) and len(model._decoders) == 1
+    generate(model, torch.tensor([2, 3]), cfg_scale=4.0, allocation=[2, 2], generator=seeded())
     assert decoder_for(model, 2, True, 1.0, {"allocation": [2, 2]}) is dec      # the CFG scale is an input
-    generate(model, torch.tensor([2, 3, 4]), cfg_scale=4.0, fast=True, allocation=[2, 2], generator=seeded())
-    assert len(model._fast_decoders) == 2                                        # a new batch size: a new decoder
-    generate(model, torch.tensor([2, 3, 4]), fast=True, allocation=[2, 2], generator=seeded())   # no CFG: another
-    assert len(model._fast_decoders) == 2 and dec not in model._fast_decoders.values()        # least recent evicted
+    generate(model, torch.tensor([2, 3, 4]), cfg_scale=4.0, allocation=[2, 2], generator=seeded())
+    assert len(model._decoders) == 2                                             # a new batch size: a new decoder
+    generate(model, torch.tensor([2, 3, 4]), allocation=[2, 2], generator=seeded())   # no CFG: another
+    assert len(model._decoders) == 2 and dec not in model._decoders.values()     # least recent evicted
     release_decoders(model)
-    assert not getattr(model, "_fast_decoders", None)
+    assert not getattr(model, "_decoders", None)
 
 
-def test_fast_path_restores_training_mode():
-    model = small_model().train()
-    generate(model, torch.tensor([0]), fast=True, allocation=[4], generator=seeded())
-    assert model.training
+def test_prefill_runs_once_per_label_and_fills_every_row():
+    """The prefix is computed per distinct label and copied to the rows that share it: the same cache and the same
+    first conditions as computing it on every row."""
+    model = small_model()
+    labels = torch.tensor([2, 0, 2, 5, 0, 5])
+    P, L = model.cfg.prefix, model.cfg.steps
+    dec = decoder_for(model, 6, False, 1.0, {"allocation": [1, 1, 2]})
+    full = model.new_static_cache(6)
+    with torch.no_grad():
+        cond = dec.prefill(model, labels)
+        expect = model.conditions(labels.new_zeros(6, 0, 4), labels, torch.arange(L).expand(6, L), cache=full)[:, -1]
+    assert torch.allclose(cond, expect, atol=1e-6)
+    for mine, theirs in zip(dec.cache.buffers_kv(), full.buffers_kv()):
+        assert torch.allclose(mine, theirs, atol=1e-6) and mine[:, :, :P].abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -134,15 +137,15 @@ def test_fast_path_restores_training_mode():
 # ---------------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("head", sorted(HEADS))
-def test_compiled_decode_gives_the_eager_tokens(head):
+def test_compiled_decode_gives_the_reference_tokens(head):
     _, schedule = HEADS[head]
     model = small_model(head, depth=1, class_repeat=2)
     labels = torch.tensor([0, 3, 5])
-    ref = generate(model, labels, cfg_scale=3.0, temperature=2.0, generator=seeded(), **schedule)
+    ref = generate(model, labels, cfg_scale=3.0, temperature=2.0, generator=seeded(), kv_cache=False, **schedule)
     got = generate(model, labels, cfg_scale=3.0, temperature=2.0, generator=seeded(), compile=True, **schedule)
     assert_same_tokens(head, ref, got)
-    # a second call reuses the compiled step, with a new CFG scale and seed, and stays equal to eager
-    ref = generate(model, labels, cfg_scale=1.5, temperature=2.0, generator=seeded(7), **schedule)
+    # a second call reuses the compiled step, with a new CFG scale and seed, and stays equal to the reference
+    ref = generate(model, labels, cfg_scale=1.5, temperature=2.0, generator=seeded(7), kv_cache=False, **schedule)
     with torch._dynamo.config.patch(error_on_recompile=True):
         got = generate(model, labels, cfg_scale=1.5, temperature=2.0, generator=seeded(7), compile=True, **schedule)
     assert_same_tokens(head, ref, got)
@@ -173,17 +176,28 @@ def test_training_draws_reproduce_training_loss(head):
     assert set(d) == {"drop", "orders", "head"} and d["orders"].shape == (4, 16)
 
 
+def compiled_loss(model):
+    """The training loss compiled as bar.training.loop compiles it (the module itself; the draws made eagerly and
+    passed in), as one graph: `loss_fn(tokens, labels, step)`."""
+    compiled = torch.compile(model, fullgraph=True)
+
+    def loss_fn(tokens_BLk, labels_B, step=None):
+        return compiled(tokens_BLk, labels_B, draws=model.training_draws(tokens_BLk.shape[0], step))
+
+    return compiled, loss_fn
+
+
 @pytest.mark.parametrize("head", ["mbm", "diffusion"])
 def test_compiled_training_loss_matches_eager(head):
     model = small_model(head, depth=1).train()
     model.cfg.label_dropout = 0.3
     tokens, labels = _batch(head)
-    loss_fn = compile_training(model)
+    compiled, loss_fn = compiled_loss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     for step in (0, 15):                        # random orders with probability 1, then 0.5
         draws = model.training_draws(4, step, generator=seeded(step))
         a = model.loss_from_draws(tokens, labels, draws)
-        b = loss_fn.compiled(tokens, labels, draws)
+        b = compiled(tokens, labels, draws=draws)
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
         ga = torch.autograd.grad(a, params, allow_unused=True)
         gb = torch.autograd.grad(b, params, allow_unused=True)
@@ -204,7 +218,7 @@ def test_compiled_training_loss_matches_eager(head):
 def test_compiled_training_step_trains():
     model = small_model("mbm", depth=1).train()
     tokens, labels = _batch("mbm")
-    loss_fn = compile_training(model)
+    _, loss_fn = compiled_loss(model)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for step in range(30):
@@ -216,22 +230,22 @@ def test_compiled_training_step_trains():
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
 
 
-def test_fast_path_under_bf16_autocast():
+def test_cached_decoding_under_bf16_autocast():
     """The GPU sampling path runs under bf16 autocast: the static cache takes the autocast dtype (CPU autocast here)."""
     model = small_model("mbm")
     labels = torch.tensor([0, 3, 4])
     kw = dict(cfg_scale=2.0, allocation=[1, 1, 2])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        eager = generate(model, labels, generator=seeded(), **kw)
-        fast = generate(model, labels, generator=seeded(), fast=True, **kw)
+        ref = generate(model, labels, generator=seeded(), kv_cache=False, **kw)
+        got = generate(model, labels, generator=seeded(), **kw)
         assert decoder_for(model, 3, True, 1.0, {"allocation": [1, 1, 2]}).cache.k0.dtype == torch.bfloat16
-    assert fast.shape == eager.shape == (3, 16, 4) and fast.max() <= 1
-    assert (fast == eager).float().mean() > 0.9       # bf16 rounding may flip a near-tie now and then
+    assert got.shape == ref.shape == (3, 16, 4) and got.max() <= 1
+    assert (got == ref).float().mean() > 0.9          # bf16 rounding may flip a near-tie now and then
 
 
 def test_model_compile_in_the_training_loop():
     """model.compile=true: the training loop compiles the module; the stage draws the randomness eagerly and passes
-    it in (bar/stages/generator.py), so the compiled run follows the eager one step for step."""
+    it in (bar/orchestration/stages/generator.py), so the compiled run follows the eager one step for step."""
     from bar.training.loop import Recipe, train
 
     tokens, labels = _batch("mbm")

@@ -9,7 +9,6 @@ from bar.model.generator import (BARGenerator, GeneratorConfig, group_tokens, or
 from bar.model.heads import TokenHead, build_head
 
 
-
 def small_model(k=8, grid=(4, 4), p=1, dim=32, depth=2, heads=2, class_repeat=3, randomize=True, **cfg):
     torch.manual_seed(0)
     c = GeneratorConfig(dim=dim, depth=depth, heads=heads, num_classes=5, class_repeat=class_repeat, grid=grid,

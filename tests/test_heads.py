@@ -8,7 +8,6 @@ from bar import UserError
 from bar.model.heads import HEADS, MASK, MBMHead, TokenHead, build_head, even_allocation
 
 
-
 def small_head(k=16, width=32, depth=1, **cfg):
     torch.manual_seed(0)
     head = build_head("mbm", k, width=width, depth=depth, **cfg)
@@ -22,7 +21,8 @@ def test_mask_statistics():
     k = 16
     head = small_head(k)
     g = torch.Generator().manual_seed(1)
-    mask, ratio = head.mask_bits(20000, "cpu", generator=g)
+    draws = head.loss_draws(20000, "cpu", generator=g)
+    mask, ratio = draws["mask"], draws["ratio"]
     counts = mask.sum(-1)
     assert counts.min() >= 1
     assert torch.equal(counts, (k * ratio).round().clamp(min=1).long())
@@ -42,7 +42,8 @@ def test_loss_weights_match_manual_computation():
     bits = torch.randint(0, 2, (B, L, k), dtype=torch.uint8)
     loss = head.loss(cond, bits, generator=torch.Generator().manual_seed(3))
 
-    mask, ratio = head.mask_bits(B * L, "cpu", generator=torch.Generator().manual_seed(3))
+    draws = head.loss_draws(B * L, "cpu", generator=torch.Generator().manual_seed(3))
+    mask, ratio = draws["mask"], draws["ratio"]
     flat = bits.reshape(-1, k).long()
     logits = head.logits(torch.where(mask, MASK, flat), cond.reshape(-1, head.width), ratio)
     ce = F.cross_entropy(logits.reshape(-1, 2), flat.reshape(-1), reduction="none").reshape(flat.shape)
@@ -77,24 +78,40 @@ def test_allocation_validation():
 @pytest.mark.parametrize("k,alloc", [(16, [2, 2, 5, 7]), (32, [8, 8, 8, 8]), (64, [16, 16, 16, 16])])
 def test_unmasking_follows_allocation(k, alloc):
     head = small_head(k)
-    seen = []
-    orig = head.logits
+    masked = []
+    orig = head.embed_bits
 
-    def spy(ids, cond, ratio):
-        seen.append(((ids == MASK).sum(-1), ratio.clone()))
-        return orig(ids, cond, ratio)
+    def spy(ids):
+        masked.append((ids == MASK).sum(-1))
+        return orig(ids)
 
-    head.logits = spy
+    head.embed_bits = spy
     B = 5
     out = head.sample(torch.randn(2 * B, head.width), cfg_scale=2.0, temperature=1.5,
                       generator=torch.Generator().manual_seed(0), allocation=alloc)
     assert out.shape == (B, k) and out.dtype == torch.uint8 and set(out.unique().tolist()) <= {0, 1}
+    assert len(masked) == len(alloc) == head.sampling_passes(allocation=alloc)
+    consts = head.sampling_constants(1.5, "cpu", allocation=alloc)
     revealed = 0
-    assert len(seen) == len(alloc)
-    for (n_masked, ratio), a in zip(seen, alloc):
+    for step, (n_masked, a) in enumerate(zip(masked, alloc)):
         assert (n_masked == k - revealed).all()
-        assert torch.allclose(ratio, torch.full_like(ratio, 1 - revealed / k))
+        assert consts["ratio"][step].item() == pytest.approx(1 - revealed / k)
+        assert consts["tau"][step].item() == pytest.approx(1.5 * (1 - step / len(alloc)))
         revealed += a
+
+
+def test_batched_modulation_is_the_per_step_network():
+    """The sampler computes every step's AdaLN modulation up front; each step's logits are still `logits(ids, cond,
+    mask ratio)`: at temperature 0 the first step's choice is its argmax, and later steps keep what was revealed."""
+    k, B = 16, 6
+    head = small_head(k, depth=2)
+    cond = torch.randn(B, head.width)
+    alloc = [3, 5, 8]
+    out = head.sample(cond, temperature=0.0, allocation=alloc)
+    first = head.logits(torch.full((B, k), MASK), cond, torch.ones(B)).argmax(-1)
+    conf = head.logits(torch.full((B, k), MASK), cond, torch.ones(B)).max(-1).values
+    kept = conf.topk(alloc[0], dim=-1).indices                   # the most confident bits stay revealed
+    assert torch.equal(out.long().gather(1, kept), first.gather(1, kept))
 
 
 @pytest.mark.parametrize("k", [32, 64])
@@ -143,6 +160,36 @@ def test_sampling_is_seeded():
     a = head.sample(cond, temperature=2.0, generator=torch.Generator().manual_seed(5), allocation=[4, 4, 4, 4])
     b = head.sample(cond, temperature=2.0, generator=torch.Generator().manual_seed(5), allocation=[4, 4, 4, 4])
     assert torch.equal(a, b)
+
+
+def test_sampling_passes_count_head_evaluations():
+    head = small_head(16)
+    assert head.sampling_passes(allocation=[2, 2, 5, 7]) == 4
+    assert head.sampling_passes() == 4                        # the default even split
+    assert head.sampling_passes(allocation=[16]) == 1
+    with pytest.raises(UserError, match="sums to 9"):
+        head.sampling_passes(allocation=[2, 2, 5])
+    assert build_head("softmax", 8, width=8).sampling_passes() == 1
+    assert build_head("bitwise", 8, width=8).sampling_passes() == 1
+    diffusion = build_head("diffusion", 4, width=8, depth=1, sampling_steps=30)
+    assert diffusion.sampling_passes() == 30 and diffusion.sampling_passes(steps=7, sampler="ddim") == 7
+
+
+def test_sampler_takes_all_its_randomness_as_noise():
+    """`sample_with_noise` is a function of its inputs: no random draws of its own (what lets the decoder compile it
+    and the cached and cache-free paths agree); other noise, other tokens."""
+    head = small_head(16)
+    cond = torch.randn(8, head.width)
+    schedule = {"allocation": [4, 4, 8]}
+    consts = head.sampling_constants(1.0, "cpu", **schedule)
+    noise = head.draw_noise(4, 1.0, torch.Generator().manual_seed(0), "cpu", **schedule)
+    assert [n.shape for n in noise] == [(4, 16, 2), (4, 16), (4, 16, 2), (4, 16), (4, 16, 2)]
+    rng = torch.random.get_rng_state()
+    a = head.sample_with_noise(cond, torch.tensor(2.0), noise, consts, **schedule)
+    b = head.sample_with_noise(cond, torch.tensor(2.0), noise, consts, **schedule)
+    assert torch.equal(a, b) and torch.equal(rng, torch.random.get_rng_state())
+    other = head.draw_noise(4, 1.0, torch.Generator().manual_seed(1), "cpu", **schedule)
+    assert not torch.equal(a, head.sample_with_noise(cond, torch.tensor(2.0), other, consts, **schedule))
 
 
 def test_registry_and_zero_init():

@@ -6,12 +6,14 @@ import sys
 
 import pytest
 import torch
-from hydra.errors import HydraException
-
-from bar.orchestration.build import build_generator, count_params, fit_allocation, sampling_schedule
-from bar.orchestration.config import compose
-from bar.model.sampling import generate
 from conftest import ROOT, build_model
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from bar.model.generator import order_probability
+from bar.model.sampling import generate
+from bar.orchestration.build import build_generator, count_params, fit_allocation, order_anneal_steps, sampling_schedule
+from bar.orchestration.config import CONF_DIR, compose
 
 RELEASE = {"bar_b": (415e6, 0.01, []), "bar_b2": (415e6, 0.01, []), "bar_b4": (416e6, 0.01, []),
            "bar_l": (1.1e9, 0.05, []), "bar_l_512": (1.1e9, 0.05, ["tokenizer.bits=10", "data.resolution=512"])}
@@ -38,7 +40,7 @@ def test_release_settings():
     assert (m.dim, m.depth, m.heads, m.patch_size, m.head_width, m.head_depth) == (768, 24, 12, 1, 2048, 3)
     assert (t.lr, list(t.betas), t.weight_decay, t.warmup, t.steps, t.batch_size) == (4e-4, [0.9, 0.96], 0.03,
                                                                                       62_500, 250_000, 2048)
-    assert list(t.order_anneal) == [125_000, 187_500] and m.label_dropout == 0.1 and m.class_repeat == 32
+    assert list(t.order_anneal) == [0.5, 0.75] and m.label_dropout == 0.1 and m.class_repeat == 32
     assert (s.cfg_scale, s.temperature, list(s.allocation_shape)) == (5.0, 2.5, [2, 2, 5, 7])
     b4 = release_cfg("bar_b4").generator.sample
     assert list(b4.allocation_shape) == [64, 64, 64, 64] and b4.cfg_scale == 9.6
@@ -47,7 +49,7 @@ def test_release_settings():
     l512 = release_cfg("bar_l_512")
     assert (l512.model.dim, l512.model.depth, l512.model.heads, l512.model.dropout, l512.model.attn_dropout) == \
         (1280, 32, 16, 0.2, 0.0)
-    assert list(l512.generator.train.order_anneal) == [62_500, 93_750]
+    assert list(l512.generator.train.order_anneal) == [0.5, 0.75]
 
 
 @pytest.mark.parametrize("name", sorted(RELEASE))
@@ -103,11 +105,61 @@ def test_cfg_job_shows_every_release_value():
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=bar_b", "--cfg", "job"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120).stdout
     for line in ("dim: 768", "depth: 24", "head_width: 2048", "steps: 250000", "batch_size: 2048", "lr: 0.0004",
-                 "warmup: 62500", "weight_decay: 0.03", "cfg_scale: 5.0", "temperature: 2.5", "- 125000", "- 7"):
+                 "warmup: 62500", "weight_decay: 0.03", "cfg_scale: 5.0", "temperature: 2.5", "- 0.75", "- 7"):
         assert line in out, line
 
 
-def test_small_profile_anneals_order_at_the_release_fractions_of_its_steps():
-    """profile=small places its random-order anneal as the release does (1/2 -> 3/4 of training, raster after)."""
-    small, b = compose(["profile=small"]).generator.train, release_cfg("bar_b").generator.train
-    assert [s / small.steps for s in small.order_anneal] == [s / b.steps for s in b.order_anneal] == [0.5, 0.75]
+# Each preset's (and profile's) generator steps and the optimizer steps of its random-order anneal
+# (GeneratorConfig.order_anneal), pinned: the fractions in the config must give exactly these.
+ANNEAL_STEPS = {
+    ("paper", "bar_b"): (250_000, (125_000, 187_500)), ("paper", "bar_b2"): (250_000, (125_000, 187_500)),
+    ("paper", "bar_b4"): (250_000, (125_000, 187_500)), ("paper", "bar_l"): (250_000, (125_000, 187_500)),
+    ("paper", "bar_l_512"): (125_000, (62_500, 93_750)), ("tiny", "tiny"): (300, (200, 300)),
+    ("small", "small"): (3000, (1500, 2250)), ("smoke", "smoke"): (6, (6, 6)),
+}
+
+
+@pytest.mark.parametrize("profile,preset", sorted(ANNEAL_STEPS))
+def test_each_preset_anneals_order_at_its_pinned_steps(profile, preset):
+    cfg = (release_cfg(preset) if profile == "paper" else compose([f"profile={profile}"]))
+    steps, anneal = ANNEAL_STEPS[profile, preset]
+    assert cfg.model.preset == preset and cfg.generator.train.steps == steps
+    assert order_anneal_steps(cfg) == anneal
+    with torch.device("meta"):
+        assert build_generator(cfg).cfg.order_anneal == anneal
+
+
+def test_smoke_trains_every_step_in_random_order_as_its_former_steps_did():
+    """smoke's [1.0, 1.0] gives steps (6, 6) where it had (5, 8): the same order probability at each of its 6 steps."""
+    cfg = compose(["profile=smoke"])
+    assert [order_probability(s, *order_anneal_steps(cfg)) for s in range(6)] == \
+        [order_probability(s, 5, 8) for s in range(6)] == [1.0] * 6
+
+
+def test_anneal_fractions_follow_the_steps():
+    cfg = compose(["profile=small", "generator.train.steps=1000"])
+    assert order_anneal_steps(cfg) == (500, 750)
+
+
+def test_the_small_profile_has_its_own_preset_at_the_release_fractions():
+    """profile=small trains the `small` preset: tiny's sizes, its anneal at the release's fractions of the steps."""
+    small, tiny, b = (compose(["profile=small"]), compose(["profile=tiny"]), release_cfg("bar_b"))
+    assert small.model.preset == "small" and list(small.generator.train.order_anneal) == [0.5, 0.75]
+    assert list(small.generator.train.order_anneal) == list(b.generator.train.order_anneal)
+    sizes = lambda cfg: {k: v for k, v in cfg.model.items() if k != "preset"}   # noqa: E731
+    assert sizes(small) == sizes(tiny)
+
+
+@pytest.mark.parametrize("profile", ["tiny", "small", "smoke", "paper"])
+def test_profiles_never_override_their_presets_values(profile):
+    """Every value a model preset file sets reaches the composed config of the profile that picks it."""
+    cfg = compose([f"profile={profile}", "data.root=/data"])
+    preset = OmegaConf.load(CONF_DIR / "model" / f"{cfg.model.preset}.yaml")
+    for key, value in _leaves(OmegaConf.to_container(preset)):
+        assert OmegaConf.select(cfg, key) == value, key
+
+
+def _leaves(node, prefix=""):
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    return [leaf for k, v in node.items() for leaf in _leaves(v, f"{prefix}.{k}" if prefix else k)]

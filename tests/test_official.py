@@ -128,7 +128,7 @@ def test_release_head_layout_bit_major_logits():
     x = torch.randn(5, W)
     # logits[:, bit, c] is output row 2 * bit + c of the release's Linear(W -> 2k)
     w, b = sd["lm_head.output_embed.weight"], sd["lm_head.output_embed.bias"]
-    feats = model.head.final(x, x)
+    feats = model.head.final(x, model.head.final.ada(torch.nn.functional.silu(x)))
     ours = model.head.out(feats).reshape(5, K, 2)
     assert torch.allclose(ours[:, 3, 1], feats @ w[7] + b[7], atol=1e-5)
 

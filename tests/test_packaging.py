@@ -6,7 +6,6 @@ except ModuleNotFoundError:   # Python 3.10: pytest ships tomli, the same parser
     import tomli as tomllib
 
 import yaml
-
 from conftest import ROOT
 
 

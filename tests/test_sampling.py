@@ -1,4 +1,5 @@
-"""AR sampling: KV-cache equivalence, CFG ramp, raster output layout, labels, schedule validation, seeding."""
+"""AR sampling: the cached and cache-free paths agree, CFG ramp, raster output layout, labels, schedule validation,
+seeding."""
 
 import pytest
 import torch
@@ -7,7 +8,6 @@ from bar import UserError
 from bar.model.generator import BARGenerator, GeneratorConfig
 from bar.model.heads import build_head
 from bar.model.sampling import cfg_scale_at, generate
-
 
 
 def small_model(k=8, grid=(4, 4), p=1, num_classes=5):
@@ -38,18 +38,19 @@ def test_kv_cache_gives_identical_tokens(p, g):
     assert not torch.equal(a, c)
 
 
-def test_cached_conditions_match_full_recompute():
-    model = small_model()
-    L, K = model.cfg.steps, model.cfg.step_dim
+@pytest.mark.parametrize("p", [1, 2])
+def test_cached_conditions_match_full_recompute(p):
+    model = small_model(k=4, p=p)
+    L, K, P = model.cfg.steps, model.cfg.step_dim, model.cfg.prefix
     x = torch.randint(0, 2, (2, L, K))
     labels = torch.tensor([1, 2])
     orders = torch.arange(L).expand(2, L)
     full = model.conditions(x[:, :-1], labels, orders)
-    cache = model.new_cache(2)
-    rows = [model.conditions(x[:, :0], labels, orders, cache=cache)]
+    cache = model.new_static_cache(2)
+    rows = [model.conditions(x[:, :0], labels, orders, cache=cache)[:, -1]]
     for i in range(L - 1):
-        rows.append(model.conditions(x[:, i:i + 1], labels, orders, start=cache.length, cache=cache))
-    assert torch.allclose(torch.cat(rows, dim=1), full, atol=1e-5)
+        rows.append(model.decode(x[:, i], labels, torch.tensor(P + i), cache))
+    assert torch.allclose(torch.stack(rows, dim=1), full, atol=1e-5)
 
 
 def test_cfg_ramp_values():
@@ -59,36 +60,39 @@ def test_cfg_ramp_values():
 
 
 def _record_head_calls(model):
+    """Spy on the head's sampler: (rows of conditions, CFG scale or None, tokens) per call."""
     calls = []
-    orig = model.head.sample
+    orig = model.head.sample_with_noise
 
-    def spy(cond, cfg_scale=None, **kw):
-        tok = orig(cond, cfg_scale=cfg_scale, **kw)
-        calls.append((cond.shape[0], cfg_scale, tok))
+    def spy(cond, cfg_scale, noise, consts, **kw):
+        tok = orig(cond, cfg_scale, noise, consts, **kw)
+        calls.append((cond.shape[0], None if cfg_scale is None else float(cfg_scale), tok))
         return tok
 
-    model.head.sample = spy
+    model.head.sample_with_noise = spy
     return calls
 
 
-def test_generate_passes_ramped_scale_and_doubled_batch():
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_generate_passes_ramped_scale_and_doubled_batch(kv_cache):
     model = small_model()
     calls = _record_head_calls(model)
     L, g = model.cfg.steps, 4.0
-    generate(model, torch.tensor([0, 1, 2, 3, 4]), cfg_scale=g, allocation=[4, 4], generator=seeded())
+    generate(model, torch.tensor([0, 1, 2, 3, 4]), cfg_scale=g, allocation=[4, 4], generator=seeded(),
+             kv_cache=kv_cache)
     assert len(calls) == L
     assert all(n == 10 for n, _, _ in calls)            # [conditional; unconditional]
     assert [s for _, s, _ in calls] == pytest.approx([1 + (g - 1) * i / L for i in range(L)])
     calls.clear()
-    generate(model, torch.tensor([0, 1, 2]), cfg_scale=1.0, allocation=[4, 4], generator=seeded())
-    assert all(n == 3 and s is None for n, s, _ in calls)
+    generate(model, torch.tensor([0, 1, 2]), cfg_scale=1.0, allocation=[4, 4], generator=seeded(), kv_cache=kv_cache)
+    assert len(calls) == L and all(n == 3 and s is None for n, s, _ in calls)
 
 
 @pytest.mark.parametrize("p", [1, 2])
 def test_output_is_raster_and_ungrouped(p):
     model = small_model(k=2, grid=(4, 4), p=p)
     calls = _record_head_calls(model)
-    out = generate(model, torch.tensor([1, 2]), cfg_scale=2.0, temperature=3.0, generator=seeded())
+    out = generate(model, torch.tensor([1, 2]), cfg_scale=2.0, temperature=3.0, generator=seeded(), kv_cache=False)
     steps = torch.stack([tok for _, _, tok in calls], dim=1)          # (B, L, K) in AR order
     assert out.shape == (2, 16, 2)
     assert torch.equal(model.group(out), steps)
@@ -104,7 +108,8 @@ def test_labels_and_schedule_are_validated_first():
     assert out.shape == (1, 16, 16)
 
 
-def test_generate_restores_training_mode():
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_generate_restores_training_mode(kv_cache):
     model = small_model().train()
-    generate(model, torch.tensor([0]), allocation=[8], generator=seeded())
+    generate(model, torch.tensor([0]), allocation=[8], generator=seeded(), kv_cache=kv_cache)
     assert model.training

@@ -18,7 +18,8 @@ def test_mean_rule_raises_the_mbm_start_so_its_steps_average_the_temperature():
     # K = 4 unmasking steps anneal T, 3T/4, T/2, T/4: on average 5T/8, so a mean of 1.0 starts at 1.6
     assert _temperature("head=mbm") == pytest.approx(1.6)
     assert _temperature("head=mbm", "generator.sample.temperature=2.0") == pytest.approx(3.2)
-    assert _temperature("head=mbm", "tokenizer.bits=8", "generator.sample.allocation=[8]") == pytest.approx(1.0)   # one step: exact
+    one_step = _temperature("head=mbm", "tokenizer.bits=8", "generator.sample.allocation=[8]")
+    assert one_step == pytest.approx(1.0)   # one unmasking step: exact
     assert _temperature("head=mbm", "generator.sample.temperature_is=start") == pytest.approx(1.0)
 
 

@@ -25,14 +25,16 @@ Entry points:
         tokens in raster order (uint8/float bits, or floats for continuous tokens); step=None means raster order
         (no random orders), e.g. for a validation loss. Label dropout applies in train mode only.
         training_loss = loss_from_draws(tokens, labels, training_draws(B, step)): every random draw is made first,
-        so the loss computation itself is deterministic and compiles as one graph (bar.model.fast.compile_training).
-    BARGenerator.conditions(steps_BnK, labels_B, orders_BL, start=0, cache=None) / new_cache(): used by
-        bar.model.sampling.generate; group(tokens_BLk) / ungroup(steps_BLK) convert raster tokens <-> AR steps.
-    BARGenerator.new_static_cache(batch) / decode(step_BK, labels_B, pos, cache) -> cond_BW: the fast decoding path
-        (bar.model.fast): a preallocated cache written in place at a tensor position, attention over the whole buffer
-        under a position mask, so every step has the same shapes and no host synchronisation.
-Label `num_classes` is the null (unconditional) class. Sizes, training and sampling presets live in bar.presets
-(`build_generator`); the release's checkpoints load through bar.model.release_keys.
+        so the loss computation itself is deterministic and compiles as one graph (bar.training.loop compiles it).
+    BARGenerator.conditions(steps_BnK, labels_B, orders_BL, cache=None) -> cond: the backbone over the prefix and
+        the fed steps, all at once (training, and the cache-free sampling reference); with a cache, it also writes
+        their keys/values into it (the prefill). group(tokens_BLk) / ungroup(steps_BLK): raster tokens <-> AR steps.
+    BARGenerator.new_static_cache(batch) / decode(step_BK, labels_B, pos, cache) -> cond_BW: cached decoding
+        (bar.model.decoding): a preallocated cache written in place at a tensor position, attention over the whole
+        buffer under a position mask, so every step has the same shapes and no host synchronisation.
+Label `num_classes` is the null (unconditional) class. Sizes and the training and sampling settings of each preset
+are bar/conf/model/<preset>.yaml, built by bar.orchestration.build; the release's checkpoints load through
+bar.model.release_keys.
 
 Where this differs from the release (behaviour is the same unless noted): embedding tables hold only the rows the
 release reads (see bar.model.release_keys); the training pass feeds L-1 image steps instead of L and drops nothing (the
@@ -53,7 +55,6 @@ from torch.utils.checkpoint import checkpoint
 from bar import UserError
 from bar.model.heads import TokenHead
 from bar.model.layers import RMSNorm, SwiGLU, init_weights, modulate, swiglu_hidden
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Token grouping and order schedule
@@ -215,37 +216,15 @@ def apply_rope(x_BHSd: torch.Tensor, cos_BSd: torch.Tensor, sin_BSd: torch.Tenso
 # KV cache
 # ---------------------------------------------------------------------------------------------------------------------
 
-class KVCache:
-    """Keys/values of every layer, (B, H, max_len, hd) each, allocated on first use with the dtype attention produces
-    (bf16 under autocast). `length` positions are filled."""
-
-    def __init__(self, depth: int, max_len: int):
-        self.k: list[torch.Tensor | None] = [None] * depth
-        self.v: list[torch.Tensor | None] = [None] * depth
-        self.max_len = max_len
-        self.length = 0
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if self.k[layer] is None:
-            B, H, _, hd = k.shape
-            self.k[layer] = k.new_zeros(B, H, self.max_len, hd)
-            self.v[layer] = v.new_zeros(B, H, self.max_len, hd)
-        end = self.length + k.shape[2]
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-
 class StaticKVCache(nn.Module):
     """Keys/values of every layer preallocated at their final size, (B, H, max_len, hd) per layer, written in place at
     a position (which may be a tensor) and read whole under a mask: every decode step has the same shapes and no
-    host-side bookkeeping, so it can be compiled and captured in a CUDA graph (bar.model.fast). `length` is only tracked by
-    eager callers of `BARGenerator.conditions`."""
+    host-side bookkeeping, so it can be compiled and captured in a CUDA graph (bar.model.decoding)."""
 
     def __init__(self, depth: int, batch: int, heads: int, max_len: int, head_dim: int, dtype=torch.float32,
                  device=None):
         super().__init__()
-        self.depth, self.max_len, self.length = depth, max_len, 0
+        self.depth, self.max_len = depth, max_len
         for layer in range(depth):
             self.register_buffer(f"k{layer}", torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device),
                                  persistent=False)
@@ -259,7 +238,11 @@ class StaticKVCache(nn.Module):
     def reset(self) -> None:
         for buf in self.buffers_kv():
             buf.zero_()
-        self.length = 0
+
+    def copy_prefix(self, source: StaticKVCache, rows_B: torch.Tensor, length: int) -> None:
+        """Positions [0, length) of every row from row rows_B[row] of `source` (a prefix computed once per label)."""
+        for mine, theirs in zip(self.buffers_kv(), source.buffers_kv()):
+            mine[:, :, :length] = theirs[rows_B, :, :length]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, pos):
         """Write S keys/values at positions pos .. pos+S-1 (pos: int or 0-d long tensor). Returns the whole buffers and
@@ -287,31 +270,22 @@ class Attention(nn.Module):
         self.attn_dropout = attn_dropout
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x_BSD, rope_here, rope_target, cache: KVCache | StaticKVCache | None = None, layer: int = 0,
-                pos=None):
+    def forward(self, x_BSD, rope_here, rope_target, cache: StaticKVCache | None = None, layer: int = 0, pos=0):
+        """Causal self-attention over positions pos .. pos+S-1. With a cache, their keys/values are written into it;
+        one position (a decode step) attends to the whole cache under its position mask, several (the prefill, from
+        position 0) attend causally among themselves, as without a cache."""
         B, S, D = x_BSD.shape
         H, hd = self.heads, self.head_dim
         q, k, v = self.qkv(x_BSD).reshape(B, S, 3, H, hd).permute(2, 0, 3, 1, 4)      # each (B, H, S, hd)
         q, k = self.q_norm(q), self.k_norm(k)
         q = torch.cat([apply_rope(q[:, : H // 2], *rope_here), apply_rope(q[:, H // 2:], *rope_target)], dim=1)
         k = apply_rope(k, *rope_here)
-        past = 0
-        if isinstance(cache, StaticKVCache):       # whole static buffers, masked: same shapes at every position
-            k, v, mask = cache.update(layer, k, v, pos)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                 dropout_p=self.attn_dropout if self.training else 0.0)
-            return self.drop(self.proj(out.transpose(1, 2).reshape(B, S, D)))
+        mask = None
         if cache is not None:
-            past = cache.length
-            k, v = cache.update(layer, k, v)
-        if S == 1:
-            mask, causal = None, False
-        elif past == 0:
-            mask, causal = None, True
-        else:  # S new queries after `past` cached positions
-            mask = torch.ones(S, past + S, dtype=torch.bool, device=x_BSD.device).tril(past)
-            causal = False
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+            k_all, v_all, mask_all = cache.update(layer, k, v, pos)
+            if S == 1:                  # whole static buffers, masked: the same shapes at every position
+                k, v, mask = k_all, v_all, mask_all
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and S > 1,
                                              dropout_p=self.attn_dropout if self.training else 0.0)
         return self.drop(self.proj(out.transpose(1, 2).reshape(B, S, D)))
 
@@ -328,7 +302,7 @@ class Block(nn.Module):
         self.mlp = SwiGLU(D, swiglu_hidden(D, cfg.mlp_ratio), cfg.dropout)
         self.ada = nn.Linear(D, 6 * D)
 
-    def forward(self, x, c, rope_here, rope_target, cache=None, layer=0, pos=None):
+    def forward(self, x, c, rope_here, rope_target, cache=None, layer=0, pos=0):
         sh_a, sc_a, g_a, sh_m, sc_m, g_m = self.ada(F.silu(c)).chunk(6, dim=-1)
         x = x + g_a * self.attn(modulate(self.norm1(x), sh_a, sc_a), rope_here, rope_target, cache, layer, pos)
         return x + g_m * self.mlp(modulate(self.norm2(x), sh_m, sc_m))
@@ -390,57 +364,40 @@ class BARGenerator(nn.Module):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
     # -- backbone ------------------------------------------------------------------------------------------------------
-    def new_cache(self, batch: int | None = None) -> KVCache:
-        """An empty KV cache for one sampling run (the batch size is taken from the first call)."""
-        return KVCache(self.cfg.depth, self.cfg.prefix + self.cfg.steps)
-
-    def new_static_cache(self, batch: int, dtype: torch.dtype | None = None, device=None) -> StaticKVCache:
-        """A preallocated cache for the fast decoding path (bar.model.fast): `dtype` is what attention produces (the
-        autocast dtype under autocast, else the weights' dtype)."""
+    def new_static_cache(self, batch: int, dtype: torch.dtype | None = None, device=None,
+                         length: int | None = None) -> StaticKVCache:
+        """A preallocated cache of `length` positions (default: the whole sequence, P + L) for cached decoding
+        (bar.model.decoding): `dtype` is what attention produces (the autocast dtype under autocast, else the
+        weights' dtype)."""
         cfg, ref = self.cfg, self.pos_embed
-        return StaticKVCache(cfg.depth, batch, cfg.heads, cfg.prefix + cfg.steps, cfg.dim // cfg.heads,
+        return StaticKVCache(cfg.depth, batch, cfg.heads, length or cfg.prefix + cfg.steps, cfg.dim // cfg.heads,
                              dtype or ref.dtype, device or ref.device)
 
     def conditions(self, steps_BnK: torch.Tensor, labels_B: torch.Tensor, orders_BL: torch.Tensor,
-                   start: int = 0, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
-        """Run the backbone on sequence positions [start, P + n_fed) and return the conditions they produce.
-
-        start == 0: the prefix plus image steps steps_BnK (n >= 0 steps, orders[:, :n] say which grid cells they are);
-                    returns (B, n + 1, W): row j conditions the prediction of step orders[:, j].
-        start == P + i (only with a cache holding positions < start): steps_BnK (B, 1, K) is step i;
-                    returns (B, 1, W) for step orders[:, i + 1].
-        """
+                   cache: StaticKVCache | None = None) -> torch.Tensor:
+        """The backbone on the prefix plus image steps steps_BnK (n >= 0 steps; orders[:, :n] say which grid cells
+        they are), all positions at once: returns (B, n + 1, W), row j conditioning the prediction of step
+        orders[:, j]. With a cache, the positions' keys/values are also written into it (the prefill of decoding)."""
         cfg, P = self.cfg, self.cfg.prefix
         B, n = steps_BnK.shape[:2]
         L = orders_BL.shape[1]
-        if start == 0:
-            end = P + n
-        elif start >= P and cache is not None and cache.length == start:
-            end = start + n
-        else:
-            raise ValueError(f"start {start} needs a cache filled up to it (prefix is {P})")
-        if end - P >= L:
-            raise ValueError(f"feeding {end - P} steps leaves nothing to predict (sequence has {L} steps)")
+        if n >= L:
+            raise ValueError(f"feeding {n} steps leaves nothing to predict (sequence has {L} steps)")
 
         # which grid cell each position holds / predicts (embedding rows; rows < P are the prefix itself)
-        s = torch.arange(start, end, device=orders_BL.device)
+        s = torch.arange(P + n, device=orders_BL.device)
         img = (s - P).clamp(min=0).expand(B, -1)
         here = torch.where(s < P, s, P + orders_BL.gather(1, img))
         target = P + orders_BL.gather(1, (s - P + 1).clamp(min=0).expand(B, -1))
 
         cls_emb = self.class_embed(labels_B)                                   # (B, D)
         x = self.token_embed(steps_BnK) if n else cls_emb.new_zeros(B, 0, cfg.dim)
-        if start == 0:
-            prefix = torch.cat([self.cls_token.expand(B, 1, -1).to(cls_emb.dtype),
-                                cls_emb[:, None].expand(B, cfg.class_repeat, -1)], dim=1)
-            x = torch.cat([prefix, x], dim=1)
-        x = x + self.pos_embed[here] + self.target_pos_embed[target]
-        c = cls_emb[:, None] + self.ada_pos_embed[start:end][None]
-        x = self._blocks(x, c, here, target, cache, start)
-        if cache is not None:
-            cache.length = end
-        x = x[:, max(P - 1 - start, 0):]                                      # positions that predict a step
-        return self.cond_proj(self.norm(x))
+        prefix = torch.cat([self.cls_token.expand(B, 1, -1).to(cls_emb.dtype),
+                            cls_emb[:, None].expand(B, cfg.class_repeat, -1)], dim=1)
+        x = torch.cat([prefix, x], dim=1) + self.pos_embed[here] + self.target_pos_embed[target]
+        c = cls_emb[:, None] + self.ada_pos_embed[: P + n][None]
+        x = self._blocks(x, c, here, target, cache, 0)
+        return self.cond_proj(self.norm(x[:, P - 1:]))                        # positions that predict a step
 
     def _blocks(self, x_BSD, c_BSD, here_BS, target_BS, cache, pos):
         """The transformer blocks over positions whose grid cells (embedding rows) are `here` and whose next targets
@@ -456,7 +413,7 @@ class BARGenerator(nn.Module):
 
     def decode(self, steps_BK: torch.Tensor, labels_B: torch.Tensor, pos: torch.Tensor,
                cache: StaticKVCache) -> torch.Tensor:
-        """One step of the fast decoding path (raster order, as sampling uses): feed AR step pos - P, held at sequence
+        """One step of cached decoding (raster order, as sampling uses): feed AR step pos - P, held at sequence
         position `pos` (0-d long tensor, P <= pos < P + L - 1), through the static cache and return the condition
         (B, W) for step pos - P + 1. Same shapes at every position, no host synchronisation: compilable as a whole.
         The cache must hold positions < pos (`conditions(..., cache=cache)` fills the prefix)."""
@@ -484,8 +441,8 @@ class BARGenerator(nn.Module):
         """Every random draw of one `training_loss`, made up front in the order the loss uses them: the label-dropout
         mask (train mode only), the AR orders (random with probability order_probability(step, ...), raster when
         step is None) and the head's draws. Keeping them out of the loss computation makes that computation
-        deterministic: it compiles as one graph with no recompile per step (bar.model.fast.compile_training) and gives the
-        same loss compiled as eager from the same draws."""
+        deterministic: it compiles as one graph with no recompile per step (bar.training.loop) and gives the same loss
+        compiled as eager from the same draws."""
         device = device if device is not None else self.pos_embed.device
         draws = {}
         if self.training and self.cfg.label_dropout > 0:
@@ -507,7 +464,8 @@ class BARGenerator(nn.Module):
         return self.loss_from_draws(tokens_BLk, labels_B, draws)
 
     def loss_from_draws(self, tokens_BLk: torch.Tensor, labels_B: torch.Tensor, draws: dict) -> torch.Tensor:
-        """`training_loss` given its random draws: no randomness, no data-dependent shapes (what bar.model.fast compiles)."""
+        """`training_loss` given its random draws: no randomness, no data-dependent shapes (what a compiled training
+        step runs)."""
         x = self.group(tokens_BLk)
         labels = labels_B.long()
         if "drop" in draws:

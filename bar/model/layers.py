@@ -58,21 +58,10 @@ def init_weights(module: nn.Module) -> None:
 
 
 def uniform(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    """The one uniform draw behind every Gumbel sample: the fast sampling path (bar.decode) draws these ahead of a
-    compiled step, with the same shapes in the same order as the eager path, so both see identical noise."""
+    """The one uniform draw behind every Gumbel sample: the heads' `draw_noise` makes these ahead of a (compiled)
+    sampling step, so the cached and cache-free sampling paths see identical noise."""
     return torch.rand(shape, generator=generator, device=device, dtype=dtype)
 
 
 def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
     return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-
-
-def gumbel(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
-    return gumbel_from_uniform(uniform(shape, generator, device, dtype))
-
-
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """A sample of softmax(logits / temperature) over the last axis (argmax when temperature is 0)."""
-    if temperature > 0:
-        logits = logits + temperature * gumbel(logits.shape, generator, logits.device)
-    return logits.argmax(-1)

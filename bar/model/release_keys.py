@@ -1,8 +1,13 @@
 """Load a generator checkpoint of the official BAR release (github.com/amazon-far/BAR) into BARGenerator.
 
     map_official_key(key) -> this project's key, or None for a buffer that is recomputed here (RoPE tables)
+    release_name(name) -> the release's name for this project's parameter `name` (for its weight-decay rule)
     convert_official_state_dict(state_dict, model) -> state dict for model.load_state_dict(strict=True)
+    to_release_state_dict(model) -> the model in the release's layout
     load_official(model, state_dict_or_path) -> model
+
+The key names of both sides are one table, KEY_MAP, read in both directions; ROLE_NAMES adds release-style names for
+the modules of heads the release does not have.
 
 The release's checkpoint is a plain state dict (keys may carry torch.compile's `_orig_mod.` or DDP's `module.`
 prefix; both are stripped). Its key layout differs from ours only in names and in three tables:
@@ -24,34 +29,85 @@ import torch
 from bar import UserError
 from bar.model.generator import rope_tables
 
-# (release pattern, our replacement); applied to the first match only
-_RULES: list[tuple[str, str]] = [
-    (r"^cls_token$", "cls_token"),
-    (r"^pos_embed$", "pos_embed"),
-    (r"^target_aware_pos_embed$", "target_pos_embed"),
-    (r"^timesteps_embeddings$", "ada_pos_embed"),
-    (r"^embeddings\.weight$", "class_embed.weight"),
-    (r"^input_embeddings\.weight$", "token_embed.embed.weight"),
-    (r"^input_merge\.(weight|bias)$", r"token_embed.proj.\1"),
-    (r"^norm\.weight$", "norm.weight"),
-    (r"^latent_condition_proj\.(weight|bias)$", r"cond_proj.\1"),
-    (r"^blocks\.(\d+)\.(norm1|norm2)\.weight$", r"blocks.\1.\2.weight"),
-    (r"^blocks\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)$", r"blocks.\1.attn.\2.\3"),
-    (r"^blocks\.(\d+)\.attn\.(q_norm|k_norm)\.weight$", r"blocks.\1.attn.\2.weight"),
-    (r"^blocks\.(\d+)\.mlp\.(w12|w3)\.(weight|bias)$", r"blocks.\1.mlp.\2.\3"),
-    (r"^blocks\.(\d+)\.adaLN_modulation\.1\.(weight|bias)$", r"blocks.\1.ada.\2"),
-    (r"^lm_head\.input_embed\.weight$", "head.bit_embed.weight"),
-    (r"^lm_head\.input_proj\.(weight|bias)$", r"head.bit_proj.\1"),
-    (r"^lm_head\.ln_pre\.weight$", "head.in_norm.weight"),
-    (r"^lm_head\.transformer\.(\d+)\.in_ln\.weight$", r"head.blocks.\1.norm.weight"),
-    (r"^lm_head\.transformer\.(\d+)\.mlp\.(w12|w3)\.(weight|bias)$", r"head.blocks.\1.mlp.\2.\3"),
-    (r"^lm_head\.transformer\.(\d+)\.adaLN_modulation\.1\.(weight|bias)$", r"head.blocks.\1.ada.\2"),
-    (r"^lm_head\.output_embed\.(weight|bias)$", r"head.out.\1"),
-    (r"^lm_head\.t_embedder\.W$", "head.t_embed.freqs"),
-    (r"^lm_head\.t_embedder\.mlp\.(0|2)\.(weight|bias)$", r"head.t_embed.mlp.\1.\2"),
-    (r"^lm_head\.adaln_before_head\.norm_final\.weight$", "head.final.norm.weight"),
-    (r"^lm_head\.adaln_before_head\.adaLN_modulation\.1\.(weight|bias)$", r"head.final.ada.\1"),
+# One row per parameter (or family of parameters) the release and this project both have: (our name, the release's
+# name). A field `{name:regex}` is a part both names share, declared once in the row and written `{name}` elsewhere;
+# `{i}` is a block index and `{p}` is "weight" or "bias". Both directions are read from these rows
+# (`map_official_key`: release -> ours; `release_name`: ours -> release).
+KEY_MAP: list[tuple[str, str]] = [
+    ("cls_token", "cls_token"),
+    ("pos_embed", "pos_embed"),
+    ("target_pos_embed", "target_aware_pos_embed"),
+    ("ada_pos_embed", "timesteps_embeddings"),
+    ("class_embed.weight", "embeddings.weight"),
+    ("token_embed.embed.weight", "input_embeddings.weight"),
+    ("token_embed.proj.{p}", "input_merge.{p}"),
+    ("norm.weight", "norm.weight"),
+    ("cond_proj.{p}", "latent_condition_proj.{p}"),
+    ("blocks.{i}.{n:norm1|norm2}.weight", "blocks.{i}.{n}.weight"),
+    ("blocks.{i}.attn.{n:qkv|proj}.{p}", "blocks.{i}.attn.{n}.{p}"),
+    ("blocks.{i}.attn.{n:q_norm|k_norm}.weight", "blocks.{i}.attn.{n}.weight"),
+    ("blocks.{i}.mlp.{n:w12|w3}.{p}", "blocks.{i}.mlp.{n}.{p}"),
+    ("blocks.{i}.ada.{p}", "blocks.{i}.adaLN_modulation.1.{p}"),
+    # the MBM head
+    ("head.bit_embed.weight", "lm_head.input_embed.weight"),
+    ("head.bit_proj.{p}", "lm_head.input_proj.{p}"),
+    ("head.in_norm.weight", "lm_head.ln_pre.weight"),
+    ("head.blocks.{i}.norm.weight", "lm_head.transformer.{i}.in_ln.weight"),
+    ("head.blocks.{i}.mlp.{n:w12|w3}.{p}", "lm_head.transformer.{i}.mlp.{n}.{p}"),
+    ("head.blocks.{i}.ada.{p}", "lm_head.transformer.{i}.adaLN_modulation.1.{p}"),
+    ("head.out.{p}", "lm_head.output_embed.{p}"),
+    ("head.t_embed.freqs", "lm_head.t_embedder.W"),
+    ("head.t_embed.mlp.{n:0|2}.{p}", "lm_head.t_embedder.mlp.{n}.{p}"),
+    ("head.final.norm.weight", "lm_head.adaln_before_head.norm_final.weight"),
+    ("head.final.ada.{p}", "lm_head.adaln_before_head.adaLN_modulation.1.{p}"),
 ]
+
+# Ours -> release only, after KEY_MAP: the heads the release lacks (diffusion, softmax, bitwise) get the release's
+# name for the role each module plays in the MBM head, so the release's weight-decay rule (bar.training.optim) treats
+# every head's input layer, blocks, timestep MLP, final AdaLN and output layer alike; any other head module keeps its
+# name under `lm_head.`. After these, every AdaLN Linear of ours anywhere (`ada`, `final_ada`) is named
+# `adaLN_modulation.1`, as the release names its own.
+ROLE_NAMES: list[tuple[str, str]] = [
+    ("head.in_proj.{p}", "lm_head.input_proj.{p}"),
+    ("head.blocks.{i}.norm.{p}", "lm_head.transformer.{i}.in_ln.{p}"),
+    ("head.blocks.{i}.mlp.{rest:.+}", "lm_head.transformer.{i}.mlp.{rest}"),
+    ("head.t_mlp.{n:0|2}.{p}", "lm_head.t_embedder.mlp.{n}.{p}"),
+    ("head.final_ada.{p}", "lm_head.adaln_before_head.adaLN_modulation.1.{p}"),
+    ("head.{rest:.+}", "lm_head.{rest}"),
+]
+_FIELD = re.compile(r"\{(\w+)(?::([^}]+))?\}")
+_COMMON_FIELDS = {"i": r"\d+", "p": "weight|bias"}
+_ADA = re.compile(r"(^|\.)(ada|final_ada)\.")
+
+
+def _pattern(source: str, target: str) -> re.Pattern:
+    """The regex of the names `source` stands for; each field a named group (its regex declared in either
+    template of the row)."""
+    fields = dict(_COMMON_FIELDS)
+    for template in (source, target):
+        fields.update({m[1]: m[2] for m in _FIELD.finditer(template) if m[2]})
+    out, pos = [], 0
+    for m in _FIELD.finditer(source):
+        out += [re.escape(source[pos:m.start()]), f"(?P<{m[1]}>{fields[m[1]]})"]
+        pos = m.end()
+    return re.compile("".join(out) + re.escape(source[pos:]))
+
+
+def _fill(template: str, fields: dict) -> str:
+    return _FIELD.sub(lambda m: fields[m[1]], template)
+
+
+def _rename(rows: list[tuple[re.Pattern, str]], name: str) -> str | None:
+    """`name` renamed by the first row whose pattern matches all of it; None when none does."""
+    for pattern, template in rows:
+        m = pattern.fullmatch(name)
+        if m:
+            return _fill(template, m.groupdict())
+    return None
+
+
+_TO_OURS = [(_pattern(release, ours), ours) for ours, release in KEY_MAP]
+_TO_RELEASE = [(_pattern(ours, release), release) for ours, release in KEY_MAP + ROLE_NAMES]
 _ROPE = re.compile(r"^blocks\.(\d+)\.attn\.rope\.freqs_(cos|sin)$")
 _CODE_ROWS = 3   # release class table starts with target_codebook_size + 1 = 3 unused rows
 
@@ -68,10 +124,10 @@ def map_official_key(key: str):
     key = _strip(key)
     if _ROPE.match(key):
         return None
-    for pattern, repl in _RULES:
-        if re.match(pattern, key):
-            return re.sub(pattern, repl, key)
-    raise KeyError(key)
+    ours = _rename(_TO_OURS, key)
+    if ours is None:
+        raise KeyError(key)
+    return ours
 
 
 def convert_official_state_dict(state_dict: dict, model) -> dict:
@@ -123,40 +179,10 @@ def convert_official_state_dict(state_dict: dict, model) -> dict:
     return out
 
 
-# (our pattern, release replacement), first match wins. The backbone and MBM-head rows are the inverse of
-# bar.model.release_keys._RULES (tests/test_optim.py round-trips every BAR-B parameter through bar.model.release_keys.map_official_key).
-_TO_RELEASE: list[tuple[str, str]] = [
-    (r"^target_pos_embed$", "target_aware_pos_embed"),
-    (r"^ada_pos_embed$", "timesteps_embeddings"),
-    (r"^class_embed\.weight$", "embeddings.weight"),
-    (r"^token_embed\.embed\.weight$", "input_embeddings.weight"),
-    (r"^token_embed\.proj\.(weight|bias)$", r"input_merge.\1"),
-    (r"^cond_proj\.(weight|bias)$", r"latent_condition_proj.\1"),
-    (r"^blocks\.(\d+)\.ada\.(weight|bias)$", r"blocks.\1.adaLN_modulation.1.\2"),
-    # MBM head (and, by role, the other heads)
-    (r"^head\.bit_embed\.weight$", "lm_head.input_embed.weight"),
-    (r"^head\.(bit_proj|in_proj)\.(weight|bias)$", r"lm_head.input_proj.\2"),
-    (r"^head\.in_norm\.weight$", "lm_head.ln_pre.weight"),
-    (r"^head\.blocks\.(\d+)\.norm\.(weight|bias)$", r"lm_head.transformer.\1.in_ln.\2"),
-    (r"^head\.blocks\.(\d+)\.ada\.(weight|bias)$", r"lm_head.transformer.\1.adaLN_modulation.1.\2"),
-    (r"^head\.blocks\.(\d+)\.mlp\.(.+)$", r"lm_head.transformer.\1.mlp.\2"),
-    (r"^head\.out\.(weight|bias)$", r"lm_head.output_embed.\1"),
-    (r"^head\.t_embed\.mlp\.(\d+)\.(weight|bias)$", r"lm_head.t_embedder.mlp.\1.\2"),
-    (r"^head\.t_mlp\.(\d+)\.(weight|bias)$", r"lm_head.t_embedder.mlp.\1.\2"),
-    (r"^head\.final\.norm\.weight$", "lm_head.adaln_before_head.norm_final.weight"),
-    (r"^head\.(final\.ada|final_ada)\.(weight|bias)$", r"lm_head.adaln_before_head.adaLN_modulation.1.\2"),
-    (r"^head\.(.+)$", r"lm_head.\1"),
-]
-_ADA = re.compile(r"(^|\.)(ada|final_ada)\.")        # any other AdaLN modulation Linear of ours
-
-
 def release_name(name: str) -> str:
-    """The release's name for our parameter `name` (unchanged where the names agree or the release has none)."""
-    for pattern, repl in _TO_RELEASE:
-        if re.match(pattern, name):
-            name = re.sub(pattern, repl, name)
-            break
-    return _ADA.sub(r"\1adaLN_modulation.1.", name)
+    """The release's name for our parameter `name`: KEY_MAP's, else the role name (ROLE_NAMES); any other name (a
+    tokenizer's, say) is kept, but for its AdaLN Linears."""
+    return _ADA.sub(r"\1adaLN_modulation.1.", _rename(_TO_RELEASE, name) or name)
 
 
 def to_release_state_dict(model) -> dict:
@@ -174,8 +200,6 @@ def to_release_state_dict(model) -> dict:
             value = value.reshape(1, 1, D)
         elif name == "class_embed.weight":
             value = torch.cat([value.new_zeros(_CODE_ROWS, D), value])
-        elif name == "head.t_embed.freqs":
-            key = "lm_head.t_embedder.W"
         out[key] = value.clone()
     for i in range(cfg.depth):
         out[f"blocks.{i}.attn.rope.freqs_cos"] = model.rope_cos.clone()

@@ -1,10 +1,12 @@
 """From the composed config to objects: the tokenizer, the generator (backbone + head), its sampling schedule.
 
-Everything reads the one composed config (bar/conf + bar/schema.py); there is no second registry of presets.
+Everything reads the one composed config (bar/conf + bar/orchestration/schema.py); there is no second registry of
+presets.
 
     latent_shape(cfg) -> (kind, grid side, values per token)
     build_tokenizer(cfg) -> Tokenizer
     generator_config(cfg) -> GeneratorConfig          build_generator(cfg) -> BARGenerator
+    order_anneal_steps(cfg) -> (start, end)           the random-order anneal in optimizer steps
     sampling_schedule(cfg, model) -> {"allocation": [...]} or {}      fit_allocation(shape, bits_per_step) -> list
 Build under `torch.device("meta")` to size or validate a model without allocating it."""
 
@@ -16,9 +18,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError
+from bar.core.files import load_verified
 from bar.model.generator import BARGenerator, GeneratorConfig
 from bar.model.heads import HEADS, build_head
-from bar.core.files import load_verified
 from bar.tokenizers.release import ReleaseTokenizer
 from bar.tokenizers.tokenizer import Tokenizer, validate_tokenizer_config
 from bar.tokenizers.tokenizer import latent_shape as tokenizer_latent_shape
@@ -57,6 +59,14 @@ def head_options(cfg: DictConfig) -> dict:
     return options
 
 
+def order_anneal_steps(cfg: DictConfig) -> tuple[int, int]:
+    """generator.train.order_anneal, fractions of generator.train.steps (checked by bar.orchestration.validate), as
+    the optimizer steps between which the random-order probability falls from 1 to 0: round(fraction * steps)."""
+    train = cfg.generator.train
+    start, end = train.order_anneal
+    return round(start * train.steps), round(end * train.steps)
+
+
 def generator_config(cfg: DictConfig, checkpoint_blocks: bool = False) -> GeneratorConfig:
     kind, grid, dim = latent_shape(cfg)
     m = cfg.model
@@ -70,7 +80,7 @@ def generator_config(cfg: DictConfig, checkpoint_blocks: bool = False) -> Genera
         dim=m.dim, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
         attn_dropout=m.attn_dropout, num_classes=cfg.data.num_classes, class_repeat=m.class_repeat,
         grid=(grid, grid), patch_size=m.patch_size, token_kind=token_kind, token_dim=dim,
-        cond_width=cfg.head.width, label_dropout=m.label_dropout, order_anneal=tuple(cfg.generator.train.order_anneal),
+        cond_width=cfg.head.width, label_dropout=m.label_dropout, order_anneal=order_anneal_steps(cfg),
         rope_theta=m.rope_theta, checkpoint_blocks=checkpoint_blocks)
     gen.validate()
     return gen
@@ -128,7 +138,7 @@ def sampling_temperature(cfg: DictConfig, model: BARGenerator, schedule: dict) -
     s = cfg.generator.sample
     if s.temperature_is == "start" or "allocation" not in schedule:
         return float(s.temperature)
-    steps = model.head.num_steps(schedule["allocation"])
+    steps = model.head.sampling_passes(allocation=schedule["allocation"])
     return float(s.temperature) * 2 * steps / (steps + 1)
 
 

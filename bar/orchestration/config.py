@@ -20,12 +20,13 @@ from bar.orchestration import schema
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 CONF_DIR = PROJECT_ROOT / "bar" / "conf"
 
-# Config keys that never change a result: excluded from signatures.
-NON_RESULT_KEYS = ("tracking", "paths", "launcher", "force", "dry_run", "experiment", "hydra", "point_label",
-                   "num_threads")
-# Keys that may differ between two attempts of the same point (a relaunch, a requeue): not logged as MLflow params,
-# which cannot change once logged.
-VOLATILE_PARAMS = ("tracking.", "launcher.", "paths.", "force", "dry_run", "point_label", "num_threads")
+# The one spec of what is not a result: config keys (dotted; a key covers everything under it) that never change a
+# result and may differ between two attempts of one point (a relaunch, a requeue, another machine). They are left
+# out of the point signature, the tokenizer signature and data identity, and the MLflow params (a param cannot change
+# once logged). `experiment` names the MLflow experiment and the point's folder (outputs/points/<experiment>/<sig>),
+# and finished points are looked up within it: it scopes a point, it does not change what the point computes.
+NON_RESULT_KEYS = ("hydra", "tracking", "launcher", "paths", "experiment", "force", "dry_run", "point_label",
+                   "num_threads", "data.num_workers")
 
 
 def available_sweeps() -> list[str]:
@@ -44,46 +45,62 @@ def compose(overrides: list[str] | None = None, hydra_node: bool = False) -> Dic
 
 
 # ----------------------------------------------------------------------------------------------------- identities
-def signature(cfg_subtree, length: int = 12) -> str:
-    """Stable hash of the config values that change results (top-level NON_RESULT_KEYS left out before resolving,
-    so a sweeper's config, which still has its `hydra` node, hashes like the job's)."""
-    container = cfg_subtree
-    if isinstance(cfg_subtree, DictConfig):
-        container = {k: _resolved(cfg_subtree, k) for k in cfg_subtree if k not in NON_RESULT_KEYS}
-    elif isinstance(container, dict):
-        container = {k: v for k, v in container.items() if k not in NON_RESULT_KEYS}
-    return stable_hash(container, length)
+def is_result_key(key: str) -> bool:
+    """Whether the dotted config key can change a result: it is not, and is not under, one of NON_RESULT_KEYS."""
+    return not any(key == other or key.startswith(f"{other}.") for other in NON_RESULT_KEYS)
 
 
-def _resolved(cfg: DictConfig, key: str):
-    value = cfg[key]
+def result_values(cfg: DictConfig, at: str = "") -> dict:
+    """The resolved values of the config node at dotted key `at` ("": the whole config) without NON_RESULT_KEYS.
+    Those directly under the node are left out before resolving, so a sweeper's config, which still has its `hydra`
+    node, gives the job's values."""
+    node = OmegaConf.select(cfg, at) if at else cfg
+    prefix = f"{at}." if at else ""
+    return _results_only({k: _resolved(node, k) for k in node if is_result_key(prefix + k)}, prefix)
+
+
+def _results_only(values: dict, prefix: str) -> dict:
+    return {k: _results_only(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in values.items() if is_result_key(prefix + k)}
+
+
+def _resolved(node: DictConfig, key: str):
+    if OmegaConf.is_missing(node, key):
+        return "???"                     # as OmegaConf.to_container gives a missing value
+    value = node[key]
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def signature(identity, length: int = 12) -> str:
+    """Stable hash of plain values (an identity built from result_values; a config node is resolved whole)."""
+    if OmegaConf.is_config(identity):
+        identity = OmegaConf.to_container(identity, resolve=True)
+    return stable_hash(identity, length)
 
 
 def data_identity(cfg: DictConfig) -> dict:
     """The data config that defines a dataset split (not how it is loaded)."""
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    data.pop("num_workers", None)
-    return data
+    return result_values(cfg, "data")
 
 
 def tokenizer_signature(cfg: DictConfig) -> str:
-    identity = {"data": data_identity(cfg), "tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                "seed": cfg.seed}
+    """Hash of what a trained tokenizer depends on: its data, its config and the seed (and its rFID judge when it
+    carries an rFID history)."""
+    identity = {"data": data_identity(cfg), "tokenizer": result_values(cfg, "tokenizer"), "seed": cfg.seed}
     if cfg.eval.rfid_every:      # the cached tokenizer then carries its rFID history (same weights as without)
         identity["rfid_every"] = cfg.eval.rfid_every   # ... measured by this judge
-        identity["rfid_judge"] = {"extractor": cfg.eval.extractor,
-                                  "classifier": OmegaConf.to_container(cfg.eval.classifier, resolve=True)}
+        identity["rfid_judge"] = {"extractor": cfg.eval.extractor, "classifier": result_values(cfg, "eval.classifier")}
     return signature(identity)
 
 
 def point_signature(cfg: DictConfig) -> str:
-    return signature(cfg)
+    """Hash of every config value that can change the point's results."""
+    return signature(result_values(cfg))
 
 
 # ----------------------------------------------------------------------------------------------------- MLflow names
-def flatten(cfg: DictConfig) -> dict[str, object]:
-    """Resolved config as {"a.b.c": value}."""
+def flatten(values: dict) -> dict[str, object]:
+    """Nested plain values as {"a.b.c": value}."""
     out: dict[str, object] = {}
 
     def walk(node, prefix):
@@ -93,13 +110,13 @@ def flatten(cfg: DictConfig) -> dict[str, object]:
         else:
             out[prefix[:-1]] = node
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(values, "")
     return out
 
 
 def run_params(cfg: DictConfig) -> dict[str, object]:
-    """The MLflow params of a point: its resolved config without the keys that may change between attempts."""
-    return {k: v for k, v in flatten(cfg).items() if not k.startswith(VOLATILE_PARAMS) and not k.startswith("hydra.")}
+    """The MLflow params of a point: the values its signature hashes, flattened with dots."""
+    return flatten(result_values(cfg))
 
 
 def point_name(cfg: DictConfig) -> str:
@@ -112,7 +129,8 @@ def point_name(cfg: DictConfig) -> str:
         return latent
     if cfg.stage == "sample":
         return f"{cfg.model.preset}-sample"
-    return f"{cfg.head.name}-{latent.split('-', 1)[1]}" + (f"-p{cfg.model.patch_size}" if cfg.model.patch_size > 1 else "")
+    patch = f"-p{cfg.model.patch_size}" if cfg.model.patch_size > 1 else ""
+    return f"{cfg.head.name}-{latent.split('-', 1)[1]}{patch}"
 
 
 # ----------------------------------------------------------------------------------------------------- errors

@@ -1,15 +1,16 @@
 """The typed schema of the whole configuration, registered with Hydra's ConfigStore.
 
 Values live in the YAML files of bar/conf/ (one file per data set, tokenizer kind, model preset, profile, ...); this
-module only says which keys exist and their types, so a misspelled key or a value of the wrong type fails at
-composition with one line naming it. Fields without a default (MISSING) must be set by a config file.
+module says which keys exist and their types, so a misspelled key or a value of the wrong type fails at composition
+with one line naming it, and holds the defaults that every option of a group shares (e.g. the launcher's). Fields
+without a default (MISSING) must be set by a config file.
 
-Head options are the heads' own config dataclasses (bar.model.heads.HEADS), so a head option has exactly one default and one
-type, in the model code; each head's config file extends its schema (`/schema/head/<name>`)."""
+Head options are the heads' own config dataclasses (bar.model.heads.HEADS), so a head option has exactly one default
+and one type, in the model code; each head's config file extends its schema (`/schema/head/<name>`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -37,7 +38,7 @@ class DataConf:
     train_size: Optional[int] = None       # photo_crops: training crops (val_size: validation crops)
     crop_size: Optional[int] = None        # photo_crops: crop side in photo pixels, area-downsampled to resolution
     hflip: bool = False                    # photo_crops: mirror a seeded half of the crops
-    num_workers: int = 0                   # DataLoader worker processes decoding images (not part of the data's identity)
+    num_workers: int = 0                   # DataLoader worker processes decoding images (not a result: config.py)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class TokenizerConf:
     bits: Optional[int] = None             # fsq: bits per token
     channels: Optional[int] = None         # ae: channels per token
     kl: bool = False
-    arch: str = MISSING                    # conv | vit | release (the release's BAR-FSQ: SigLIP2 encoder, ViT-L decoder)
+    arch: str = MISSING                    # conv | vit | release (the release's BAR-FSQ: SigLIP2 encoder, ViT-L dec.)
     width: Optional[int] = None            # conv: base width
     num_down: Optional[int] = None         # conv: grid = resolution / 2^num_down
     patch: int = MISSING                   # vit, release: grid = resolution / patch
@@ -155,7 +156,7 @@ class GeneratorTrain:
     weight_decay: float = MISSING
     betas: List[float] = MISSING
     grad_clip: float = MISSING
-    order_anneal: List[int] = MISSING      # [start, end]: random-order probability 1 -> 0 between these steps
+    order_anneal: List[float] = MISSING    # [start, end] fractions of steps: random-order probability 1 -> 0
     bf16: bool = True                      # autocast on GPUs; CPU runs stay fp32
     micro_batch_size: Optional[int] = None # per device and forward pass; null: planned (GPU), the per-rank batch (CPU)
     activation_checkpointing: Optional[bool] = None   # null: only when the plan needs it (GPU)
@@ -190,7 +191,7 @@ class ClassifierConf:
     steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
-    features: str = "penultimate"          # FID and precision/recall: penultimate | random_multiscale (bar.eval.features)
+    features: str = "penultimate"          # FID, precision/recall: penultimate | random_multiscale (bar.eval.features)
     random_width: int = 64                 # random_multiscale: the random network's width
     random_seed: int = 0
 
@@ -210,14 +211,15 @@ class EvalConf:
 
 @dataclass
 class LauncherConf:
-    """How points run; never part of a point's signature. Hydra's own launcher settings live in hydra.launcher."""
+    """How points run; never part of a point's signature. Hydra's own launcher settings live in hydra.launcher.
+    The defaults hold for every launcher (bar/conf/launcher/<name>.yaml sets its name and what differs)."""
     name: str = MISSING
-    checkpoint_every: int = MISSING
-    keep_checkpoints: int = MISSING
-    gpu_tflops: float = MISSING            # peak dense bf16 TFLOP/s of one accelerator (cost model of the dry run)
-    utilization: float = MISSING           # fraction of the peak a training step reaches (cost model)
-    sample_utilization: float = MISSING    # the same for AR sampling (small latency-bound steps)
-    gpu_mem_gb: float = MISSING            # memory of one accelerator: the per-device budget on GPUs
+    checkpoint_every: int = 100            # generator optimizer steps between checkpoints (resume after a kill)
+    keep_checkpoints: int = 2              # newest kept; a corrupt last one falls back to the one before
+    gpu_tflops: float = 989.0              # peak dense bf16 TFLOP/s of one accelerator, H100/H200 (dry run's cost)
+    utilization: float = 0.4               # fraction of that peak a training step reaches (cost model)
+    sample_utilization: float = 0.025      # AR sampling's: reproduces the release's 24.33 img/s (BAR-B) on an H100
+    gpu_mem_gb: float = 80.0               # memory of one accelerator: the per-device budget of the memory plan
     submitted_at: Optional[float] = None   # set by the sweeper: launch overhead is measured from it
 
 
@@ -279,10 +281,6 @@ def _head_schema(name: str) -> type:
 
 
 HEAD_SCHEMAS: dict[str, type] = {name: _head_schema(name) for name in HEADS}
-
-
-def head_option_names(name: str) -> list[str]:
-    return [f.name for f in fields(HEADS[name][1])]
 
 
 def register() -> None:

@@ -1,6 +1,6 @@
 """Everything about a point that can be checked before any work: one-line `UserError`s naming the key, the value and
 what is allowed. Called by the planner, so the sweeper checks every point before submitting anything and a single run
-fails before it trains. (Types and unknown keys are checked earlier, at composition, by bar/schema.py.)"""
+fails before it trains. (Types and unknown keys are checked earlier, at composition, by bar/orchestration/schema.py.)"""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
 from bar import UserError
-from bar.orchestration.build import build_generator, sampling_schedule
 from bar.core.files import read_generator_checkpoint
 from bar.data.datasets import EMBEDDED_DATASETS, IMAGE_SUFFIXES, folder_summary, split_size, validate_data_config
+from bar.model.release_keys import convert_official_state_dict
+from bar.orchestration.build import build_generator, sampling_schedule
 from bar.tokenizers.losses.combined import LossWeights, needed_weight_keys
 from bar.tokenizers.losses.weights import check_weight_files
-from bar.model.release_keys import convert_official_state_dict
 from bar.tokenizers.tokenizer import stride, validate_tokenizer_config
 
 STAGES = ("tokenizer", "all", "sample")
@@ -46,6 +46,7 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     _check_interpolations(cfg)
     _check_choices(cfg, runs_here)
     _check_ranges(cfg)
+    _check_order_anneal(cfg)
     _check_data(cfg)
     validate_tokenizer_config(cfg.tokenizer)
     checkpoint = cfg.tokenizer.checkpoint
@@ -115,6 +116,14 @@ def _check_ranges(cfg: DictConfig) -> None:
         raise UserError(f"num_threads={cfg.num_threads} must be at least 1 (or null for torch's default)")
 
 
+def _check_order_anneal(cfg: DictConfig) -> None:
+    """generator.train.order_anneal: [start, end] fractions of generator.train.steps, 0 <= start <= end <= 1."""
+    anneal = list(cfg.generator.train.order_anneal)
+    if len(anneal) != 2 or not 0 <= anneal[0] <= anneal[1] <= 1:
+        raise UserError(f"generator.train.order_anneal={anneal} must be two fractions of generator.train.steps, "
+                        "0 <= start <= end <= 1 (e.g. [0.5,0.75]: random order until half way, raster from 3/4)")
+
+
 def _check_data(cfg: DictConfig) -> None:
     if cfg.data.name in EMBEDDED_DATASETS:
         validate_data_config(cfg.data)
@@ -135,7 +144,8 @@ def _check_folder(root: Path, key: str, num_classes: int) -> None:
     if not root.is_dir():
         raise UserError(f"{key}: data folder {root} does not exist: set {key} to an ImageNet-style folder tree")
     if not any(f.suffix.lower() in IMAGE_SUFFIXES for d in root.iterdir() if d.is_dir() for f in d.iterdir()):
-        raise UserError(f"{key}: data folder {root} holds no images in class sub-folders (expected {root}/<class>/*.JPEG)")
+        raise UserError(f"{key}: data folder {root} holds no images in class sub-folders (expected "
+                        f"{root}/<class>/*.JPEG)")
     classes = len(folder_summary(str(root))[0])
     if classes != num_classes:
         raise UserError(f"{key}: {root} has {classes} class folder(s) but data.num_classes={num_classes}: set "
@@ -240,7 +250,8 @@ def check_generator_checkpoint(cfg: DictConfig) -> None:
     """stage=sample: the checkpoint is readable (checksum), is a generator (not a tokenizer), and fits this config
     (preset sizes, head, bits or channels): whichever is wrong is named."""
     if not cfg.checkpoint or not Path(str(cfg.checkpoint)).expanduser().is_file():
-        raise UserError(f"stage=sample needs checkpoint=PATH to a generator checkpoint; {cfg.checkpoint!r} is not a file")
+        raise UserError(f"stage=sample needs checkpoint=PATH to a generator checkpoint; {cfg.checkpoint!r} is not a "
+                        "file")
     path = Path(str(cfg.checkpoint)).expanduser()
     blob = read_generator_checkpoint(path)
     state = blob.get("state_dict", blob.get("model", blob)) if isinstance(blob, dict) else blob

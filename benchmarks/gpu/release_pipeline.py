@@ -59,8 +59,9 @@ def main(argv=None) -> int:
     for i in range(0, args.samples, args.batch):
         g = torch.Generator(device=device).manual_seed(i)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            tokens, t = timed("sample", lambda: generate(model, labels[i:i + args.batch].to(device), s.cfg_scale,
-                                                          s.temperature, True, g, **schedule))
+            tokens, t = timed("sample", lambda: generate(model, labels[i:i + args.batch].to(device),
+                                                          cfg_scale=s.cfg_scale, temperature=s.temperature,
+                                                          generator=g, kv_cache=True, **schedule))
             times["sample"] += t
             batch, t = timed("decode", lambda: float_to_images(tokenizer.decode(tokens)))
             times["decode"] += t
