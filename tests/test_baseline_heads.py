@@ -10,8 +10,8 @@ from conftest import build_model
 
 from bar import UserError
 from bar.core.bits import bits_to_index, index_to_bits
-from bar.model.heads import (HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead, build_head, cosine_alpha_bar,
-    cosine_schedule, respaced_timesteps)
+from bar.model.heads import HEADS, BitwiseHead, DiffusionHead, SoftmaxHead, TokenHead, build_head
+from bar.model.noise_schedule import cosine_alpha_bar, cosine_schedule, respaced_timesteps
 from bar.model.sampling import generate
 from bar.orchestration.build import count_params
 

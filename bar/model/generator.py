@@ -54,7 +54,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bar import UserError
 from bar.model.heads import TokenHead
-from bar.model.layers import RMSNorm, SwiGLU, init_weights, modulate, swiglu_hidden
+from bar.model.layers import RMSNorm, SwiGLU, init_weights, modulate, swiglu_hidden, zero_init
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Token grouping and order schedule
@@ -340,9 +340,7 @@ class BARGenerator(nn.Module):
                 child.apply(init_weights)
         for p in (self.cls_token, self.pos_embed, self.target_pos_embed, self.ada_pos_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        for block in self.blocks:                             # AdaLN-Zero
-            nn.init.zeros_(block.ada.weight)
-            nn.init.zeros_(block.ada.bias)
+        zero_init(*(block.ada for block in self.blocks))
 
     @property
     def null_class(self) -> int:

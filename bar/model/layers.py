@@ -57,6 +57,13 @@ def init_weights(module: nn.Module) -> None:
         nn.init.ones_(module.weight)
 
 
+def zero_init(*linears: nn.Linear) -> None:
+    """Zero weights and biases: AdaLN-Zero modulations (each residual branch starts as the identity), zero outputs."""
+    for m in linears:
+        nn.init.zeros_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def uniform(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> torch.Tensor:
     """The one uniform draw behind every Gumbel sample: the heads' `draw_noise` makes these ahead of a (compiled)
     sampling step, so the cached and cache-free sampling paths see identical noise."""

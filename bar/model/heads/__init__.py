@@ -1,13 +1,11 @@
 """Token heads: turn the backbone's per-position condition z into a token, with a loss for training and one sampler
 for generation. Every head implements `TokenHead` (base.py), so the backbone, the AR sampler and the training loop
-never branch on the head type. Heads are registered in `HEADS` and built with `build_head(name, token_dim, **config)`.
-
-    name       tokens                    options (defaults)                                        sampling options
-    mbm        bits (uint8)              width 2048, depth 3, mlp_ratio, fourier_*, t_std, *_weight  allocation
-    softmax    bits, k <= 63             width 2048 (one Linear(W -> 2^k), C-way cross-entropy)     -
-    bitwise    bits                      width 2048 (one Linear(W -> 2k), per-bit cross-entropy)    -
-    diffusion  continuous (float, d ch)  width 1024, depth 6, num_timesteps 1000, sampling_steps    steps, sampler
-                                         100, sampler "ddpm", batch_mul 4, freq_dim 256
+never branch on the head type. Heads are registered in `HEADS` (name -> head class, its options dataclass: the one
+place of each option's default) and built with `build_head(name, token_dim, **options)`:
+    mbm        bits, k per AR step      masked bit modeling, BAR's head (mbm.py; sampling option: allocation)
+    softmax    bits, k <= 63            one Linear(W -> 2^k), C-way cross-entropy (discrete.py)
+    bitwise    bits                     one Linear(W -> 2k), per-bit cross-entropy (discrete.py)
+    diffusion  continuous, d channels   MAR's diffusion MLP (diffusion.py; sampling options: steps, sampler)
 """
 
 from __future__ import annotations
@@ -16,8 +14,7 @@ from dataclasses import fields
 
 from bar import UserError
 from bar.model.heads.base import TokenHead, guide
-from bar.model.heads.diffusion import (SAMPLERS, DiffusionConfig, DiffusionHead, cosine_alpha_bar, cosine_schedule,
-    respaced_timesteps, timestep_features)
+from bar.model.heads.diffusion import SAMPLERS, DiffusionConfig, DiffusionHead
 from bar.model.heads.discrete import BitwiseConfig, BitwiseHead, LinearHead, SoftmaxConfig, SoftmaxHead
 from bar.model.heads.mbm import MASK, MBMConfig, MBMHead, even_allocation
 
@@ -43,4 +40,4 @@ def build_head(name: str, token_dim: int, **config) -> TokenHead:
 
 __all__ = ["HEADS", "MASK", "SAMPLERS", "BitwiseConfig", "BitwiseHead", "DiffusionConfig", "DiffusionHead",
            "LinearHead", "MBMConfig", "MBMHead", "SoftmaxConfig", "SoftmaxHead", "TokenHead", "build_head",
-           "cosine_alpha_bar", "cosine_schedule", "even_allocation", "guide", "respaced_timesteps", "timestep_features"]
+           "even_allocation", "guide"]

@@ -12,41 +12,8 @@ import torch.nn.functional as F
 
 from bar import UserError
 from bar.model.heads.base import AdaLNBlock, TokenHead, guide
-from bar.model.layers import init_weights, modulate
-
-
-def cosine_alpha_bar(u: torch.Tensor | float, s: float = 0.008):
-    """Continuous cosine schedule (Nichol & Dhariwal): alpha_bar(u) = cos(((u + s) / (1 + s)) * pi / 2)^2, u in [0, 1]
-    (normalised so that alpha_bar(0) = 1)."""
-    u = torch.as_tensor(u, dtype=torch.float64)
-    f = lambda v: torch.cos((v + s) / (1 + s) * math.pi / 2) ** 2   # noqa: E731
-    return f(u) / f(torch.zeros((), dtype=torch.float64))
-
-
-def cosine_schedule(num_timesteps: int = 1000, max_beta: float = 0.999) -> torch.Tensor:
-    """alpha_bar_t for the discrete steps t = 0 .. T-1 (float64): beta_t = min(1 - abar((t+1)/T) / abar(t/T),
-    max_beta), alpha_bar_t = prod_{i<=t} (1 - beta_i). Decreasing from ~1 (t = 0) to ~0 (t = T-1)."""
-    u = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
-    ab = cosine_alpha_bar(u)
-    betas = (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
-    return torch.cumprod(1 - betas, dim=0)
-
-
-def respaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """`steps` training timesteps spread evenly over [0, T-1], both ends included (as MAR's respacing "100")."""
-    if steps == 1:
-        return [num_timesteps - 1]
-    stride = (num_timesteps - 1) / (steps - 1)
-    return sorted({int(round(i * stride)) for i in range(steps)})
-
-
-def timestep_features(t_N: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features of (possibly fractional) timesteps: [cos(t f_i), sin(t f_i)], f_i geometric in
-    [1/max_period, 1]."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t_N.device) / half)
-    angles = t_N.float()[:, None] * freqs[None]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+from bar.model.layers import init_weights, modulate, zero_init
+from bar.model.noise_schedule import cosine_schedule, respaced_timesteps, timestep_features
 
 
 def mar_block(width: int) -> AdaLNBlock:
@@ -64,10 +31,8 @@ class DiffusionConfig:
     sampler: str = "ddpm"        # "ddpm": ancestral on the respaced chain (MAR); "ddim": deterministic, eta = 0
     batch_mul: int = 4           # noise draws per token per training step (MAR's diffusion_batch_mul)
     freq_dim: int = 256          # sinusoidal timestep features before the timestep MLP
-    x0_clip: float | None = 10.0  # sampling: clamp the predicted clean token to +-x0_clip. Near t = T, alpha_bar is
-                                  # ~1e-9 and x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) multiplies any error in eps by
-                                  # ~1e4; an under-trained head then samples tokens of size ~1e3 (seen at the tiny
-                                  # profile). Latents are ~unit scale, so a well-trained head never reaches the clamp.
+    x0_clip: float | None = 10.0  # sampling clamps the predicted clean token: near t = T, x0 = (x - sqrt(1 - ab) eps) /
+                                  # sqrt(ab) multiplies eps's error by ~1e4 (unit-scale latents never reach 10)
 
 
 SAMPLERS = ("ddpm", "ddim")
@@ -92,8 +57,6 @@ class DiffusionHead(TokenHead):
     def __init__(self, token_dim: int, cfg: DiffusionConfig | None = None):
         super().__init__()
         cfg = cfg or DiffusionConfig()
-        if cfg.sampler not in SAMPLERS:
-            raise UserError(f"diffusion sampler {cfg.sampler!r} must be one of {list(SAMPLERS)}")
         if cfg.num_timesteps < 2 or cfg.batch_mul < 1:
             raise UserError(f"diffusion head needs num_timesteps >= 2 and batch_mul >= 1, got {cfg.num_timesteps} "
                             f"and {cfg.batch_mul}")
@@ -108,10 +71,8 @@ class DiffusionHead(TokenHead):
         self.out = nn.Linear(W, d)
         self.register_buffer("alphas_cumprod", cosine_schedule(cfg.num_timesteps).float(), persistent=False)
         self.apply(init_weights)
-        for m in [*(b.ada for b in self.blocks), self.final_ada, self.out]:   # AdaLN-Zero, zero output
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
-        self.check_schedule(steps=cfg.sampling_steps)
+        zero_init(*(b.ada for b in self.blocks), self.final_ada, self.out)
+        self.check_schedule(steps=cfg.sampling_steps, sampler=cfg.sampler)
 
     # -- network -------------------------------------------------------------------------------------------------------
     def eps(self, x_Nd: torch.Tensor, t_N: torch.Tensor, cond_NW: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from bar import UserError
 from bar.model.heads.base import AdaLNBlock, TokenHead, guide
-from bar.model.layers import RMSNorm, SwiGLU, gumbel_from_uniform, init_weights, modulate, swiglu_hidden, uniform
+from bar.model.layers import (RMSNorm, SwiGLU, gumbel_from_uniform, init_weights, modulate, swiglu_hidden, uniform,
+                              zero_init)
 
 MASK = 2  # bit ids: 0, 1, MASK
 
@@ -86,9 +87,7 @@ class MBMHead(TokenHead):
         self.final = AdaLNFinal(W)
         self.out = nn.Linear(W, 2 * k)                     # bit-major: [bit0 logit0, bit0 logit1, bit1 logit0, ...]
         self.apply(init_weights)
-        for m in [*(b.ada for b in self.blocks), self.final.ada]:   # AdaLN-Zero
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        zero_init(*(b.ada for b in self.blocks), self.final.ada)
 
     # -- network -------------------------------------------------------------------------------------------------------
     def logits(self, ids_Nk: torch.Tensor, cond_NW: torch.Tensor, mask_ratio_N: torch.Tensor) -> torch.Tensor:
