@@ -16,6 +16,8 @@ from bar.orchestration.config import describe_config_error, is_config_error, reg
 
 @hydra.main(config_path="bar/conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
+    """The task: one point, run here (a single run, or a job of the submitit launchers; launcher=local's points run
+    in their own processes, bar.orchestration.launching)."""
     # Referenced here so that a submitit job, which unpickles this function, imports bar.orchestration (registering
     # the config's resolvers) before composing its config; the runner itself is imported only when a point runs.
     register_resolvers()

@@ -1,6 +1,7 @@
 """End to end: the smoke bits_vs_rfid sweep into a temporary MLflow store, failures, reuse."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -22,11 +23,10 @@ def test_smoke_sweep_logs_one_finished_run_per_point(smoke_sweep):
         assert tags["git_sha"] and tags["fid_extractor"].startswith("bar-classifier:")
         assert math.isfinite(metrics["rfid"]) and metrics["total_bits"] > 0
         kind = params["tokenizer.kind"]
+        assert not {"bits_per_token", "codebook_log2", "channels"} & set(metrics)  # the size per token is the param
         if kind == "fsq":
-            assert metrics["bits_per_token"] == int(params["tokenizer.bits"])
             assert metrics["total_bits"] == 16 * int(params["tokenizer.bits"])
         else:
-            assert metrics["channels"] == int(params["tokenizer.channels"])
             assert metrics["total_bits"] == 16 * 16 * int(params["tokenizer.channels"])
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "recon_grid.png"} <= artifacts
@@ -94,3 +94,47 @@ def test_an_infeasible_point_is_recorded_without_launching_a_job(tmp_path):
     assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
     again = run_cli(["-m", "profile=smoke", "experiment=wall", "head=softmax", "tokenizer.bits=24"], tmp_path)
     assert "1 already done" in again.stderr and len(child_runs(tmp_path, "wall")[1]) == 1
+
+
+class _Loader:
+    """What the sweep driver needs of Hydra's config loader: each point composed as run.py would."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        from bar.orchestration.config import compose
+
+        return compose(self.base + list(sweep_overrides), hydra_node=True)
+
+
+class _NoLauncher:
+    def launch(self, job_overrides, initial_job_idx):
+        raise AssertionError(f"a job was launched: {job_overrides}")
+
+
+def test_the_driver_records_an_infeasible_point_through_tracking_alone(tmp_path, monkeypatch):
+    """No job, no runner: the runner's entry points fail if called, and the point's run still appears, complete."""
+    from bar.orchestration import runner, sweeps
+    from bar.orchestration.config import compose
+
+    def no_runner(*args, **kwargs):
+        raise AssertionError("the runner was called")
+
+    monkeypatch.setattr(runner, "execute", no_runner)
+    monkeypatch.setattr(runner, "run_stages", no_runner)
+    base = ["profile=smoke", "experiment=wall", f"paths.outputs={tmp_path}",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    sweeper = SimpleNamespace(config=compose(base, hydra_node=True), grids=[], params={}, max_batch_size=None,
+                              hydra_context=SimpleNamespace(config_loader=_Loader(base)), launcher=_NoLauncher())
+    sweeps.run_sweep(sweeper, ["generator.memory_budget_gb=0.0001", "tokenizer.bits=4,8"])
+    client, points, parents = child_runs(tmp_path, "wall")
+    assert sorted(r.info.run_name for r in points) == ["mbm-4b", "mbm-8b"] and parents[0].info.status == "FINISHED"
+    for run in points:
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "infeasible"
+        assert "does not fit" in run.data.tags["infeasible_reason"] and run.data.metrics["mem_estimate_gb"] > 0.0001
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and len(run.data.tags["signature"]) == 12
+        assert run.data.params["tokenizer.bits"] in ("4", "8") and run.data.params["generator.memory_budget_gb"]
+        assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        record = tmp_path / "points" / "wall" / run.data.tags["signature"] / "run.json"
+        assert record.is_file() and run.info.run_id in record.read_text()   # the next launch finds it done

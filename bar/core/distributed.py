@@ -191,14 +191,3 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 def shard_indices(n: int) -> torch.Tensor:
     """This rank's share of range(n): every world_size-th item, starting at rank."""
     return torch.arange(rank(), n, world_size())
-
-
-def gather_shards(shard: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse of `shard_indices`: the full (n, ...) tensor on every rank, in the original order."""
-    if world_size() == 1:
-        return shard
-    pieces = all_gather_objects(shard.cpu())
-    out = torch.empty((n, *pieces[0].shape[1:]), dtype=pieces[0].dtype)
-    for r, piece in enumerate(pieces):
-        out[r::len(pieces)] = piece
-    return out

@@ -44,6 +44,7 @@ from bar.data.images import images_to_float
 
 FORMAT = "bar-codes/1"
 DTYPES = {"bits": "packed-bits", "float16": "float16", "float32": "float32"}
+VIEWS = 2   # token sets `pretokenize` stores per image: the image as preprocessed and its horizontal flip
 
 
 # ----------------------------------------------------------------------------------------------------- bit packing
@@ -80,7 +81,7 @@ class ShardWriter:
     `dtype` (float16 or float32)."""
 
     def __init__(self, root: str | Path, *, n_total: int, tokens: int, values_per_token: int, kind: str,
-                 rank: int = 0, world_size: int = 1, dtype: str = "float16", views: int = 2,
+                 rank: int = 0, world_size: int = 1, dtype: str = "float16", views: int = VIEWS,
                  extra: dict | None = None):
         if kind not in ("bits", "continuous"):
             raise UserError(f"codes kind {kind!r} must be 'bits' or 'continuous'")

@@ -85,10 +85,10 @@ class FidelityEvaluator:
         return features
 
     def compare(self, images_shard, reference: Dataset, reference_name: str, *, isc: bool = False,
-                prc: bool = False) -> dict[str, float] | None:
-        """FID (and optionally IS, precision/recall) of the images of all ranks (this rank holds items rank::world)
-        against `reference`: the scores on rank 0, None on the others."""
-        feats = gather_features(self.features(images_shard), len(images_shard))
+                prc: bool = False, items: torch.Tensor | None = None) -> dict[str, float] | None:
+        """FID (and optionally IS, precision/recall) of the images of all ranks against `reference`: the scores on
+        rank 0, None on the others. `items`: the global index of each of this rank's images (None: rank::world)."""
+        feats = gather_features(self.features(images_shard), items)
         if feats is None:
             return None
         layers = _LAYERS[self.name]
@@ -137,10 +137,11 @@ class ADMEvaluator:
         return adm.Features(saved["pool"], saved["spatial"], saved["logits"])
 
     def compare(self, images_shard: torch.Tensor, reference=None, reference_name: str = "", *, isc: bool = True,
-                prc: bool = True) -> dict[str, float] | None:
+                prc: bool = True, items: torch.Tensor | None = None) -> dict[str, float] | None:
+        """FidelityEvaluator.compare's contract, scored the ADM way (always IS and precision/recall, plus sFID)."""
         f = self.features(images_shard)
         parts = gather_features({"pool": torch.from_numpy(f.pool), "spatial": torch.from_numpy(f.spatial),
-                                 "logits": torch.from_numpy(f.logits)}, len(images_shard))
+                                 "logits": torch.from_numpy(f.logits)}, items)
         if parts is None:
             return None
         sample = adm.Features(*(parts[k].numpy() for k in ("pool", "spatial", "logits")))
@@ -149,11 +150,18 @@ class ADMEvaluator:
                 "precision": scores["precision"], "recall": scores["recall"]}
 
 
-def gather_features(local: dict[str, torch.Tensor], local_count: int) -> dict[str, torch.Tensor] | None:
-    """Every rank's features (rank r holds items r::world) in the original item order, on rank 0; None on others."""
-    if distributed.world_size() == 1:
-        return local
-    counts = distributed.all_gather_objects(local_count)
-    total = sum(counts)
-    out = {k: distributed.gather_shards(v, total) for k, v in local.items()}
-    return out if distributed.is_main() else None
+def gather_features(local: dict[str, torch.Tensor], items: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor] | None:
+    """Every rank's features in global item order, on rank 0 (None on the others). `items`: the global index of each
+    local row (None: this rank holds items rank::world, as distributed.shard_indices deals them)."""
+    world = distributed.world_size()
+    if world == 1:
+        return local if items is None else {k: v[items.argsort()] for k, v in local.items()}
+    if items is None:
+        total = sum(distributed.all_gather_objects(len(next(iter(local.values())))))
+        items = torch.arange(distributed.rank(), total, world)
+    parts = distributed.all_gather_objects((items.cpu(), {k: v.cpu() for k, v in local.items()}))
+    if not distributed.is_main():
+        return None
+    order = torch.cat([rows for rows, _ in parts]).argsort()
+    return {k: torch.cat([features[k] for _, features in parts])[order] for k in local}

@@ -6,11 +6,13 @@ allocated, a 2^32-way softmax included) and are turned into hours at `launcher.g
 the default 0.025 gives BAR-B 26 img/s, BAR-L 14, BAR-B/4 276 on a 989-TFLOP/s GPU, against the release's
 measured 24.33, 10.65 and 445):
 
-    tokenizer   training 3 x forward x steps x batch; pretokenization (encoder, image + flip); rFID reconstructions.
+    tokenizer   training 3 x forward x steps x batch; pretokenization (the encoder over every view the code store
+                keeps: image + flip); rFID reconstructions at the evaluation schedule and at the end.
                 Counted once per tokenizer signature, and not at all when already in the cache.
     generator   training 3 x forward x steps x global batch (x 4/3 with activation checkpointing).
-    sampling    per image: the backbone over its sequence + the head's unmasking steps (one head pass per step),
-                x 2 with CFG, for every sampling run (guided, and unguided when gfid_nocfg is measured), plus decoding.
+    sampling    every run of the point's SamplingPlan (bar.orchestration.sampling_plan: guided, unguided for
+                gfid_nocfg, periodic): per image the backbone over its sequence + the head's passes per AR step
+                (`TokenHead.sampling_passes`), x 2 with CFG, plus decoding.
 Infeasible points and points already done cost nothing and are listed apart by the dry run."""
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from bar.orchestration.build import build_generator, build_tokenizer
+from bar.data.codes import VIEWS
+from bar.orchestration.build import build_generator, build_tokenizer, sampling_schedule
 from bar.orchestration.config import data_identity, signature, tokenizer_signature
+from bar.orchestration.sampling_plan import SamplingPlan, SamplingRun, sampling_plan
+from bar.training.loop import evaluation_steps
 
 TRAIN_FACTOR = 3.0              # forward + backward ~ 3 forward passes
 CHECKPOINTING_FACTOR = 4 / 3    # activation checkpointing repeats the forward pass
@@ -71,8 +76,10 @@ def _release_tokenizer_flops(tok) -> dict[str, float]:
 
 @torch.no_grad()
 def generator_flops(cfg: DictConfig) -> dict[str, float]:
-    """Forward FLOPs per image of teacher-forced training (backbone + head on every AR step) and of the head alone."""
-    key = signature({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "head", "tokenizer", "data")})
+    """Forward FLOPs per image of teacher-forced training (backbone + head on every AR step) and of the head alone,
+    and the head's passes per AR step when sampling (`passes`)."""
+    key = signature({k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "head", "tokenizer", "data")}
+                    | {"sample": OmegaConf.to_container(cfg.generator.sample, resolve=True)})
     if key not in _COUNTED:
         _COUNTED[key] = _count_generator(cfg)
     return _COUNTED[key]
@@ -89,16 +96,10 @@ def _count_generator(cfg: DictConfig) -> dict[str, float]:
         forward = _forward_flops(lambda: model.training_loss(tokens, labels, None))
         cond = torch.zeros(1, g.steps, model.head.width)
         head = _forward_flops(lambda: model.head.loss(cond, model.group(tokens)))
-    return {"forward": forward, "head": head, "params": float(sum(p.numel() for p in model.parameters()))}
-
-
-def unmasking_steps(cfg: DictConfig, schedule: dict) -> int:
-    """Head passes per AR step when sampling: MBM's allocation length, the diffusion head's denoising steps, else 1."""
-    if schedule.get("allocation"):
-        return len(schedule["allocation"])
-    if cfg.head.name == "diffusion":
-        return int(cfg.head.sampling_steps)
-    return 1
+        schedule = {k: v for k, v in sampling_schedule(cfg, model).items() if v is not None}
+        passes = model.head.sampling_passes(**schedule)
+    return {"forward": forward, "head": head, "passes": float(passes),
+            "params": float(sum(p.numel() for p in model.parameters()))}
 
 
 @dataclass
@@ -106,37 +107,37 @@ class PointCost:
     tokenizer_key: str                                     # tokenizer signature: its work is shared
     tokenizer: dict[str, float] = field(default_factory=dict)   # FLOPs: train, pretokenize, reconstruct
     generator: dict[str, float] = field(default_factory=dict)   # FLOPs: train, sample
+    sampling: list[SamplingRun] = field(default_factory=list)   # the sampling runs priced, in the order they run
 
     @property
     def generator_flops(self) -> float:
         return sum(self.generator.values())
 
 
-def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpointing: bool = False,
-               schedule: dict | None = None) -> PointCost:
+def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpointing: bool = False) -> PointCost:
+    """The FLOPs of one point's work: its tokenizer's (shared by the points with its signature) and its own."""
     tok = tokenizer_flops(cfg)
     t = cfg.tokenizer.train
-    cost = PointCost(tokenizer_signature(cfg), {
-        "train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size,
-        "reconstruct": tok["forward"] * val_images * (1 + evaluations_during(t.steps, cfg.eval.rfid_every))})
+    reconstructions = 1 + len(evaluation_steps(cfg.eval.rfid_every, t.steps))
+    cost = PointCost(tokenizer_signature(cfg), {"train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size,
+                                                "reconstruct": tok["forward"] * val_images * reconstructions})
     if cfg.stage != "all":
         return cost
-    cost.tokenizer["pretokenize"] = tok["encode"] * train_images * 2
-    gen, g, s = generator_flops(cfg), cfg.generator.train, cfg.generator.sample
+    cost.tokenizer["pretokenize"] = tok["encode"] * train_images * VIEWS
+    gen, g = generator_flops(cfg), cfg.generator.train
     factor = TRAIN_FACTOR * (CHECKPOINTING_FACTOR if checkpointing else 1.0)
-    per_image = gen["forward"] + (unmasking_steps(cfg, schedule or {}) - 1) * gen["head"]
-    guided = 2 if s.cfg_scale != 1.0 else 1
-    runs = guided + (1 if s.nocfg and s.cfg_scale != 1.0 else 0)
-    periodic = evaluations_during(g.steps, cfg.eval.gfid_every)        # guided samples only
+    plan = sampling_plan(cfg)
+    cost.sampling = plan.executed()
     cost.generator = {"train": factor * gen["forward"] * g.steps * g.batch_size,
-                      "sample": (per_image * (runs + periodic * guided)
-                                 + tok["decode"] * ((2 if runs > guided else 1) + periodic)) * s.num_samples}
+                      "sample": sampling_flops(plan, gen, tok["decode"])}
     return cost
 
 
-def evaluations_during(steps: int, every: int) -> int:
-    """Evaluations a PeriodicEval makes before the last step (the final evaluation is counted on its own)."""
-    return (int(steps) - 1) // int(every) if every else 0
+def sampling_flops(plan: SamplingPlan, gen: dict[str, float], decode: float) -> float:
+    """Every run the plan executes: per image the backbone over its sequence with one head pass per AR step, the
+    head's further passes, both for each guidance copy; then decoding."""
+    per_copy = gen["forward"] + (gen["passes"] - 1) * gen["head"]
+    return sum(r.num_samples * (per_copy * r.copies + decode) for r in plan.executed())
 
 
 def gpu_hours(flops: float, cfg: DictConfig, sampling: bool = False) -> float:

@@ -5,26 +5,27 @@ job asks again before running (skip, resume, lock), from the same config and the
         action: run        start the point (fresh_start: clear old training checkpoints first)
                 resume     continue the MLflow run (and checkpoint) a killed or requeued job left RUNNING
                 skip       already finished or infeasible in this experiment (status), or held by another job now
-                infeasible its estimated training memory exceeds generator.memory_budget_gb: log it, train nothing
-A point is its config signature (bar.orchestration.config.point_signature); its folder outputs/points/<experiment>/<signature>/
-keeps what outlives a job: the MLflow run id (run.json), a lock held while a job runs it, training checkpoints."""
+                infeasible its estimated training memory exceeds generator.memory_budget_gb: nothing to run
+    record_infeasible(cfg, plan)   an infeasible point's run, written through tracking alone
+A point is its config signature (bar.orchestration.config.point_signature); its folder
+outputs/points/<experiment>/<signature>/ keeps what outlives a job: the MLflow run id (run.json,
+bar.orchestration.tracking.record_run), a lock held while a job runs it, training checkpoints."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bar.orchestration import tracking
 from bar.data.cache import is_locked
 from bar.data.cache import try_lock as try_file_lock
 from bar.orchestration.build import build_generator
-from bar.orchestration.config import point_name, point_signature
+from bar.orchestration.config import point_name, point_signature, run_params
 from bar.core.distributed import resolve_device
 from bar.orchestration.memory import MemoryPlan, plan_memory
 from bar.core.paths import sqlite_path
@@ -75,9 +76,9 @@ def memory_budget_gb(cfg: DictConfig) -> float:
 def memory_plan(cfg: DictConfig, world_size: int = 1) -> MemoryPlan | None:
     """The generator's training memory per device, on the meta device (a 2^32-way softmax is sized without being
     allocated): on GPUs the largest micro-batch that fits with gradient accumulation keeping the global batch, and
-    activation checkpointing only if needed (bar.orchestration.memory.plan_memory); on CPU the whole per-rank batch at once unless
-    generator.train.micro_batch_size says otherwise (no headroom reserved: the budget is what it says). None when
-    the point trains no generator."""
+    activation checkpointing only if needed (bar.orchestration.memory.plan_memory); on CPU the whole per-rank batch at
+    once unless generator.train.micro_batch_size says otherwise (no headroom reserved: the budget is what it says).
+    None when the point trains no generator."""
     if cfg.stage != "all":
         return None
     with torch.device("meta"):
@@ -94,17 +95,6 @@ def memory_plan(cfg: DictConfig, world_size: int = 1) -> MemoryPlan | None:
 def try_lock(folder: Path):
     """The point's lock (held while a job runs it); None if another job holds it."""
     return try_file_lock(folder / ".lock")
-
-
-def recorded_run(folder: Path) -> str | None:
-    record = folder / "run.json"
-    return json.loads(record.read_text()).get("run_id") if record.is_file() else None
-
-
-def record_run(folder: Path, run_id: str, signature: str, experiment: str, name: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").write_text(json.dumps({"run_id": run_id, "signature": signature, "experiment": experiment,
-                                                 "name": name}))
 
 
 def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, world_size: int = 1,
@@ -126,7 +116,7 @@ def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, wo
                                                   "(force=true re-runs it)", earlier["run_id"], earlier["metric"])
     if is_locked(plan.folder / ".lock"):
         return _skip(plan, "held", f"another job is running it now (lock {plan.folder / '.lock'})")
-    previous = recorded_run(plan.folder)
+    previous = tracking.recorded_run(plan.folder)
     state = tracking.run_state(uri, previous) if previous else None
     if state is not None and state[1] in tracking.RESUMABLE_STATUSES and not cfg.force:
         plan.action, plan.run_id, plan.why = "resume", previous, f"continues run {previous}"
@@ -137,6 +127,16 @@ def plan_point(cfg: DictConfig, *, skip_done: bool, done: dict | None = None, wo
         plan.action = "infeasible"
         plan.why = f"estimated training memory {plan.memory.reason} (budget {memory_budget_gb(cfg):.3g} GiB per device)"
     return plan
+
+
+def record_infeasible(cfg: DictConfig, plan: Plan) -> str:
+    """The run of a point planned infeasible, written through tracking alone (nothing to run: no device, no stages)
+    by whoever holds the point's lock. Returns its run id."""
+    return tracking.record_infeasible_point(
+        cfg.tracking.uri, cfg.experiment, point_name(cfg), folder=plan.folder,
+        tags={"sweep": cfg.experiment, "signature": plan.signature, "profile": cfg.profile.name},
+        params=run_params(cfg), config_yaml=OmegaConf.to_yaml(cfg, resolve=True), reason=plan.why,
+        memory_gb=plan.memory_gb, parent_run_id=cfg.tracking.parent_run_id)
 
 
 def _done(uri: str, experiment: str, signature: str) -> dict:

@@ -3,62 +3,55 @@ the run with its status.
 
     execute(cfg, multirun) -> {"status": finished | infeasible | failed | skipped, "metric": headline}
 
-The stages, in order (bar.orchestration.stages): tokenizer (train or reuse) -> reconstruction and rFID -> codes -> generator
-training -> samples -> gFID / IS / precision / recall; `stage=sample` generates from a checkpoint instead. Stage
-functions return plain values; only this module logs them. Several processes (SLURM tasks) run one point together:
-rank 0 plans and logs, the others follow (bar.orchestration.tracking.NullRun)."""
+The stages, in order (bar.orchestration.stages): tokenizer (train or reuse) -> reconstruction and rFID -> codes ->
+generator training -> samples -> gFID / IS / precision / recall; `stage=sample` generates from a checkpoint instead.
+The samples a point makes are its SamplingPlan (bar.orchestration.sampling_plan). Stage functions return plain
+values; only this module logs them. Several processes (SLURM tasks) run one point together: rank 0 plans and logs,
+the others follow (bar.orchestration.tracking.NullRun). How the point's process was started is the launcher's
+business (bar.orchestration.launching for launcher=local, submitit otherwise)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError
-from bar.eval import adm
 from bar.core import distributed
-from bar.orchestration import tracking
+from bar.eval import adm
 from bar.orchestration.build import build_generator, sampling_schedule, sampling_temperature
-from bar.training.checkpoints import CheckpointDir
-from bar.orchestration.config import point_name, run_params, tokenizer_signature
+from bar.orchestration.config import run_params, tokenizer_signature
 from bar.orchestration.cost import TRAIN_FACTOR, generator_flops
 from bar.orchestration.evaluators import adm_evaluator, generation_evaluator, reconstruction_evaluator
-from bar.orchestration.planner import Plan, plan_point, point_folder, record_run, recorded_run, try_lock
-from bar.training.signals import before_acting_on_stop, install_stop_handlers, stop_requested
+from bar.orchestration.planner import Plan, plan_point, record_infeasible, try_lock
+from bar.orchestration.sampling_plan import SamplingPlan, sampling_plan
 from bar.orchestration.stages import generator as gen_stage
 from bar.orchestration.stages import samples
 from bar.orchestration.stages import tokenizer as tok_stage
-from bar.orchestration.tracking import NullRun, PointRun
+from bar.orchestration.tracking import NullRun, PointRun, record_run
+from bar.training.checkpoints import CheckpointDir
 from bar.training.loop import PeriodicEval
+from bar.training.signals import before_acting_on_stop, install_stop_handlers, stop_requested
 
 log = logging.getLogger("bar")
 
 
-CHILD_ENV = "BAR_POINT_PROCESS"   # set in a point's own child process (launcher=local)
-
-
 def execute(cfg: DictConfig, multirun: bool) -> dict:
-    """Run one point inside its MLflow run (see the module docstring). A user mistake is one line on stderr (exit 2
-    for a single run); any other error ends the run FAILED with the error tag, and in a sweep the others go on. In a
-    local sweep each point runs in a child process, so one that dies (killed, out of memory) is recorded as failed
-    and the sweep survives it."""
+    """Run one point, in this process, inside its MLflow run (see the module docstring). A user mistake is one line
+    on stderr (exit 2 for a single run); any other error ends the run FAILED with the error tag, and in a sweep
+    (`multirun`) the others go on."""
     if not multirun and cfg.launcher.name != "local":
         _fail(f"launcher={cfg.launcher.name} launches sweeps: add -m (one point is a sweep of one)", multirun)
-    if multirun and cfg.launcher.name == "local" and not os.environ.get(CHILD_ENV):
-        point = PointProcess(cfg)
-        return point if _start_only else point.wait()
     started = time.time()
     if os.environ.get("SLURM_JOB_ID"):
         install_stop_handlers()   # checkpoint at the end of the step, then submitit requeues the job
@@ -82,7 +75,8 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
         if denv.is_main and lock is None:
             print(f"{plan.name}: skipped, another job is running it now", file=sys.stderr)
             return {"status": "skipped", "metric": math.nan}
-        result = _run_planned(cfg, plan, denv, started)
+        result = _record_infeasible(cfg, plan, denv) if plan.action == "infeasible" else \
+            _run_planned(cfg, plan, denv, started)
         print(f"{plan.name}: {result['status']} in {time.time() - started:.0f} s" + "".join(
             f", {k} {v:.4g}" for k, v in result.get("metrics", {}).items() if k in SUMMARY), file=sys.stderr)
         return result
@@ -103,112 +97,17 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
 SUMMARY = ("gfid", "rfid", "sample_img_per_s")   # what the one-line summary of a finished point shows
 
 
-def record_infeasible_point(cfg: DictConfig, plan: Plan) -> dict:
-    """An infeasible point's run (params, config, the reason, the memory estimate), written by the sweep's driver
-    itself: there is nothing to run, so no job is launched for it (and none queues on SLURM)."""
-    lock = try_lock(plan.folder)
-    if lock is None:
-        return {"status": "skipped", "metric": math.nan}
-    try:
-        return _run_planned(cfg, plan, distributed.DistEnv(), time.time())
-    finally:
-        lock.close()
-
-
 def _fail(message: str, multirun: bool) -> None:
     print(f"error: {message}", file=sys.stderr)
     if not multirun:
         raise SystemExit(2)
 
 
-def run_in_child_process(cfg: DictConfig) -> dict:
-    """Run the point in a child process and return what it returns (see PointProcess)."""
-    return PointProcess(cfg).wait()
-
-
-class PointProcess:
-    """One point running in a child process, forked from a clean server process that has imported the project (not
-    from this one, which holds MLflow connections). When the child dies without returning (SIGKILL, the
-    out-of-memory killer, a crash in native code) its MLflow run is marked failed by `wait`, not left RUNNING; Ctrl-C
-    reaches the child too, which marks its run interrupted."""
-
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["bar.orchestration.runner"])   # imported once by the server: each point forks in milliseconds
-        self.receive, send = context.Pipe(duplex=False)
-        self.child = context.Process(target=_child_main, args=(OmegaConf.to_container(cfg, resolve=True), send))
-        os.environ[CHILD_ENV] = "1"          # the spawned child inherits the environment at start
-        try:
-            self.child.start()
-        finally:
-            del os.environ[CHILD_ENV]
-        send.close()
-
-    def wait(self) -> dict:
-        try:
-            self.child.join()
-        except KeyboardInterrupt:
-            self.child.join(60)              # let it record its run as interrupted
-            raise
-        try:
-            if self.receive.poll():          # also true at end of file, when the child died before sending
-                return self.receive.recv()
-        except EOFError:
-            pass
-        reason = f"its process died ({describe_exit(self.child.exitcode)})"
-        folder = point_folder(self.cfg)
-        run_id = recorded_run(folder)
-        if run_id is not None:
-            tracking.record_dead_point(self.cfg.tracking.uri, run_id,
-                                       f"point process died: {describe_exit(self.child.exitcode)}")
-        print(f"{point_name(self.cfg)}: failed, {reason}" + (f" (run {run_id})" if run_id else ""), file=sys.stderr)
-        return {"status": "failed", "metric": math.nan}
-
-
-_start_only = False   # true while the bar_local launcher starts a batch's points (started_not_awaited)
-
-
-@contextlib.contextmanager
-def started_not_awaited():
-    """Inside, a local point's execute() starts its process and returns it at once (so a launcher can start a whole
-    batch); `await_points` then collects what each returns."""
-    global _start_only
-    _start_only = True
-    try:
-        yield
-    finally:
-        _start_only = False
-
-
-def await_points(returns: list) -> list:
-    """Hydra JobReturns whose value is a started PointProcess get what the point returned. On Ctrl-C every started
-    point is given time to record its run as interrupted."""
-    pending = [r for r in returns if isinstance(getattr(r, "_return_value", None), PointProcess)]
-    try:
-        for r in pending:
-            r.return_value = r._return_value.wait()
-    except KeyboardInterrupt:
-        for r in pending:
-            if isinstance(r._return_value, PointProcess):
-                r._return_value.child.join(60)
-        raise
-    return returns
-
-
-def _child_main(container: dict, send) -> None:
-    try:
-        send.send(execute(OmegaConf.create(container), multirun=True))
-    except KeyboardInterrupt:
-        raise SystemExit(130)
-
-
-def describe_exit(code: int | None) -> str:
-    """A process exit code in words: signals by name (SIGKILL is also what the out-of-memory killer sends)."""
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        return f"{name}: killed, or out of memory" if name == "SIGKILL" else name
-    return f"exit code {code}"
+def _record_infeasible(cfg: DictConfig, plan: Plan, denv) -> dict:
+    """A point that cannot run: its run written through tracking alone (rank 0), nothing set up, nothing run."""
+    if denv.is_main:
+        record_infeasible(cfg, plan)
+    return {"status": "infeasible", "metric": math.nan, "metrics": {}}
 
 
 def _agreed_plan(cfg: DictConfig, multirun: bool, is_main: bool, world_size: int) -> Plan:
@@ -242,7 +141,7 @@ def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
         if run.resumed:
             log.info("%s: resuming MLflow run %s", plan.name, run.run_id)
         run.log_params(run_params(cfg))
-        _log_text(run, "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        run.log_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         try:
             with before_acting_on_stop(run.keep_running):   # tagged before submitit requeues the job
                 metrics = run_stages(cfg, run, plan)
@@ -251,7 +150,7 @@ def _run_planned(cfg: DictConfig, plan: Plan, denv, started: float) -> dict:
                 run.keep_running(stop_requested())
             raise
         run.log_metrics(_launch_metrics(cfg, started, metrics.pop("_first_step_at", None), run.resumed))
-    if run.status in ("finished", "infeasible"):   # the final weights and samples are saved apart (logged as params)
+    if run.status == "finished":   # the final weights and samples are saved apart (logged as params)
         CheckpointDir(plan.folder / "generator").clear()
         shutil.rmtree(plan.folder / "samples", ignore_errors=True)
     log.info("%s %s: %s", plan.name, run.status, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -275,12 +174,6 @@ def _launch_metrics(cfg: DictConfig, started: float, first_step_at: float | None
     return extra
 
 
-def _log_text(run, name: str, text: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / name).write_text(text)
-        run.log_artifact(Path(tmp) / name)
-
-
 # ----------------------------------------------------------------------------------------------------- the stages
 def run_stages(cfg: DictConfig, run, plan: Plan) -> dict[str, float]:
     """All stages of one point, in order; logs through `run` and returns the headline metrics."""
@@ -290,8 +183,6 @@ def run_stages(cfg: DictConfig, run, plan: Plan) -> dict[str, float]:
         # Small CPU models gain little from a second thread and lose 10x when another process holds a core.
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    if plan.action == "infeasible":
-        return _record_infeasible(run, plan)
     if cfg.stage == "sample":
         return _sample_from_checkpoint(cfg, device, run, plan)
     train_set, val_set = tok_stage.load_data(cfg)
@@ -300,14 +191,6 @@ def run_stages(cfg: DictConfig, run, plan: Plan) -> dict[str, float]:
         first_step = metrics.get("_first_step_at")
         metrics.update(_generator_stages(cfg, tokenizer, train_set, device, run, plan))
         metrics["_first_step_at"] = first_step or metrics["_first_step_at"]
-    return metrics
-
-
-def _record_infeasible(run, plan: Plan) -> dict[str, float]:
-    run.mark("infeasible")
-    run.set_tags({"infeasible_reason": plan.why})
-    metrics = {"mem_estimate_gb": plan.memory_gb}
-    run.log_metrics(metrics)
     return metrics
 
 
@@ -321,7 +204,7 @@ def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
         return tok_stage.reconstruction_metrics(evaluator(), originals, recon, val_set).get("rfid")
 
     tokenizer, ckpt, built = tok_stage.obtain_tokenizer(cfg, train_set, device, rfid_of)
-    metrics = tok_stage.latent_metrics(cfg, tokenizer)
+    metrics = tok_stage.latent_metrics(tokenizer)
     run.set_tags({"tokenizer_reused": str(not built), "tokenizer_signature": tokenizer_signature(cfg)})
     run.log_params({"tokenizer.file": ckpt["path"]})   # the tokenizer this point used (cache entry or checkpoint)
     run.log_history("tokenizer_loss", ckpt["history"])
@@ -360,8 +243,9 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
         torch.cuda.reset_peak_memory_stats(device)
     evaluator = functools.cache(lambda: generation_evaluator(cfg, train_set, device))
     tflop_per_step = TRAIN_FACTOR * generator_flops(cfg)["forward"] * cfg.generator.train.batch_size / 1e12
-    hooks = [_periodic_gfid(cfg, tokenizer, schedule, train_set, device, run, evaluator, tflop_per_step)] \
-        if cfg.eval.gfid_every else []
+    sampling, sampler = sampling_plan(cfg), _sampler(cfg, model, tokenizer, schedule, device)
+    hooks = [_periodic_gfid(cfg, sampling, sampler, train_set, run, evaluator, tflop_per_step)] \
+        if sampling.periodic is not None else []
     result = gen_stage.train_generator(cfg, model, codes, device, plan.folder / "generator", memory.accum_steps,
                                        on_checkpoint=lambda r: run.append_history("train_loss", r.history),
                                        extra_hooks=hooks)
@@ -379,7 +263,7 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
         gen_stage.save_generator(model, OmegaConf.to_container(cfg, resolve=True), path)
     run.log_params({"generator.checkpoint": str(path)})
     run.log_metrics(metrics)
-    metrics.update(_sample_and_score(cfg, model, tokenizer, schedule, train_set, device, run, evaluator()))
+    metrics.update(_sample_and_score(cfg, sampling, sampler, train_set, run, evaluator()))
     if cfg.eval.gfid_every and "gfid" in metrics:   # the curve's last point: the final evaluation at the last step
         steps = cfg.generator.train.steps
         run.log_metrics({"gfid": metrics["gfid"], "gfid_nocfg": metrics.get("gfid_nocfg"),
@@ -388,23 +272,21 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     return metrics
 
 
-def _sampling_kwargs(cfg: DictConfig, model, schedule: dict, device) -> dict:
+def _sampler(cfg: DictConfig, model, tokenizer, schedule: dict, device) -> samples.Sampler:
     s = cfg.generator.sample
-    return dict(schedule=schedule, temperature=sampling_temperature(cfg, model, schedule), batch_size=s.batch_size,
-                seed=s.seed, kv_cache=s.kv_cache, device=device, compile=cfg.model.compile)
+    return samples.Sampler(model, tokenizer, schedule, sampling_temperature(cfg, model, schedule), seed=s.seed,
+                           kv_cache=s.kv_cache, compile=cfg.model.compile, bf16=s.bf16, device=device)
 
 
-def _periodic_gfid(cfg: DictConfig, tokenizer, schedule: dict, train_set, device, run, evaluator,
+def _periodic_gfid(cfg: DictConfig, sampling: SamplingPlan, sampler: samples.Sampler, train_set, run, evaluator,
                    tflop_per_step: float) -> PeriodicEval:
-    """eval.gfid_every: guided samples (generator.sample.num_samples, as at the end) scored during training; gFID and
-    the training compute so far logged at the optimizer step."""
-    s = cfg.generator.sample
-    labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
+    """eval.gfid_every: the plan's periodic samples scored during training; gFID and the training compute so far
+    logged at the optimizer step."""
+    labels = samples.balanced_labels(sampling.periodic.num_samples, cfg.data.num_classes)
 
     def gfid_of(model, step: int) -> float | None:
-        images, _ = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale,
-                                            **_sampling_kwargs(cfg, model, schedule, device))
-        scores = evaluator().compare(images, train_set, "train")
+        shard = samples.sample_shard(replace(sampler, model=model), sampling.periodic, labels)
+        scores = evaluator().compare(shard.images, train_set, "train", items=shard.items)
         return scores["fid"] if scores is not None else None
 
     def log(step: int, gfid: float) -> None:
@@ -413,22 +295,20 @@ def _periodic_gfid(cfg: DictConfig, tokenizer, schedule: dict, train_set, device
     return PeriodicEval(cfg.eval.gfid_every, cfg.generator.train.steps, gfid_of, on_value=log)
 
 
-def _sample_and_score(cfg: DictConfig, model, tokenizer, schedule: dict, train_set, device, run,
+def _sample_and_score(cfg: DictConfig, sampling: SamplingPlan, sampler: samples.Sampler, train_set, run,
                       evaluator) -> dict:
-    """Every rank samples its shard of the class-balanced labels; features are gathered and scored on rank 0."""
-    s = cfg.generator.sample
-    labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
-    common = _sampling_kwargs(cfg, model, schedule, device)
-    images, per_s = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=s.cfg_scale, **common)
-    plain = None
-    if s.nocfg and s.cfg_scale != 1.0:
-        plain, _ = gen_stage.sample_images(model, tokenizer, labels, cfg_scale=1.0, **common)
-    metrics = {"sample_img_per_s": per_s, **gen_stage.generation_metrics(evaluator, images, plain, train_set)}
+    """The plan's final runs: every rank samples its share; features are gathered and scored on rank 0 (gFID, IS,
+    precision, recall of the guided samples, gfid_nocfg of the unguided ones)."""
+    made = {r.metric: samples.sample_shard(sampler, r, samples.balanced_labels(r.num_samples, cfg.data.num_classes))
+            for r in sampling.final}
+    guided = made["gfid"]
+    metrics = {"sample_img_per_s": guided.per_s,
+               **gen_stage.generation_metrics(evaluator, guided, made.get("gfid_nocfg"), train_set)}
     run.log_metrics(metrics)
-    mine = labels[distributed.shard_indices(len(labels))]
+    labels = samples.balanced_labels(sampling.final[0].num_samples, cfg.data.num_classes)   # the guided run's
     with tempfile.TemporaryDirectory() as tmp:
-        if distributed.is_main() and gen_stage.save_sample_grid(images, mine, cfg.data.num_classes,
-                                                                Path(tmp) / "sample_grid.png"):
+        if distributed.is_main() and gen_stage.save_sample_grid(guided.images, labels[guided.items],
+                                                                cfg.data.num_classes, Path(tmp) / "sample_grid.png"):
             run.log_artifact(Path(tmp) / "sample_grid.png")
     return metrics
 
@@ -439,14 +319,11 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[st
     write the ADM `.npz` and, with eval.protocol=adm, score it."""
     model, official = gen_stage.load_generator_checkpoint(cfg, cfg.checkpoint, device)
     tokenizer = tok_stage.sampling_tokenizer(cfg, device)
-    s = cfg.generator.sample
-    labels = gen_stage.balanced_labels(s.num_samples, cfg.data.num_classes)
+    (sampling_run,) = sampling_plan(cfg).final
+    labels = samples.balanced_labels(sampling_run.num_samples, cfg.data.num_classes)
     folder = plan.folder / "samples"
-    schedule = sampling_schedule(cfg, model)
-    result = samples.generate_batches(model, tokenizer, labels, folder, schedule=schedule,
-                                      temperature=sampling_temperature(cfg, model, schedule), cfg_scale=s.cfg_scale,
-                                      batch_size=s.batch_size, seed=s.seed, kv_cache=s.kv_cache, device=device,
-                                      bf16=s.bf16, compile=cfg.model.compile)
+    sampler = _sampler(cfg, model, tokenizer, sampling_schedule(cfg, model), device)
+    result = samples.generate_batches(sampler, sampling_run, labels, folder)
     distributed.barrier()
     run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)})
     metrics = {"sample_img_per_s": samples.throughput(result), "samples_generated": result["generated"],

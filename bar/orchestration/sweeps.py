@@ -1,4 +1,5 @@
-"""Sweeps: expand a sweep file into points, plan every point before anything runs, launch the rest.
+"""Sweeps: expand a sweep file into points (bar.orchestration.sweep_points), plan every point before anything runs,
+record the infeasible ones, launch the rest.
 
 A sweep file gives `hydra.sweeper.params` (a Cartesian grid, as in Hydra's basic sweeper) and/or
 `hydra.sweeper.grids` (a list of grids whose points are concatenated), e.g. discrete bits and continuous channels:
@@ -9,10 +10,12 @@ A sweep file gives `hydra.sweeper.params` (a Cartesian grid, as in Hydra's basic
           - {tokenizer: fsq, tokenizer.bits: "2,4,8"}
           - {tokenizer: ae, tokenizer.channels: "1,2,4"}
 
-Every point is composed and planned (bar.orchestration.planner: validated, skipped when already done, held or infeasible) before
-the first job is submitted; a bad point is one line naming it. `dry_run=true` prints the plan and submits nothing.
-The points left run through the configured Hydra launcher (stock basic / submitit local / submitit SLURM) in batches
-of `hydra.sweeper.max_batch_size`, under one MLflow parent run per launch."""
+Every point is composed and planned (bar.orchestration.planner: validated, skipped when already done, held or
+infeasible) before the first job is submitted; a bad point is one line naming it. `dry_run=true` prints the plan
+and submits nothing. Infeasible points are recorded here through tracking alone (no job). The points left run
+through the configured Hydra launcher (launcher=local: bar.orchestration.launching; local_parallel, slurm:
+hydra-submitit-launcher's stock ones) in batches of `hydra.sweeper.max_batch_size`, under one MLflow parent run
+per launch."""
 
 from __future__ import annotations
 
@@ -22,21 +25,19 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, open_dict
 
 from bar import UserError
-from bar.orchestration import tracking
-from bar.orchestration.build import build_generator, sampling_schedule
-from bar.orchestration.config import describe_config_error, is_config_error, point_name
-from bar.orchestration.cost import point_cost, point_hours, sweep_hours
-from bar.data.datasets import build_dataset
 from bar.core.paths import sqlite_path
 from bar.data.cache import is_locked, try_lock
-from bar.orchestration.planner import Plan, plan_point, point_folder, recorded_run
-from bar.orchestration.runner import record_infeasible_point
+from bar.data.datasets import build_dataset
+from bar.orchestration import tracking
+from bar.orchestration.config import describe_config_error, is_config_error, point_name
+from bar.orchestration.cost import point_cost, point_hours, sweep_hours
+from bar.orchestration.planner import Plan, plan_point, point_folder, record_infeasible
+from bar.orchestration.planner import try_lock as try_point_lock
+from bar.orchestration.sweep_points import expand_points
 from bar.orchestration.validate import validate_config
 
 log = logging.getLogger("bar")
@@ -45,27 +46,15 @@ log = logging.getLogger("bar")
 _NAMED_KEYS = {"tokenizer", "head", "tokenizer.bits", "tokenizer.channels", "model.patch_size", "sweep", "model"}
 
 
-def expand_points(parser: OverridesParser, common: dict, grids: Sequence[dict], arguments: Sequence[str]) -> list[list[str]]:
-    """Override lists, one per point: for each grid, the product of (common params, grid params, command line);
-    command-line arguments win over the file's values for the same key. Duplicate points are dropped."""
-    points, seen = [], set()
-    for grid in grids or [{}]:
-        merged = {**{str(k): v for k, v in (common or {}).items()}, **{str(k): v for k, v in grid.items()}}
-        overrides = [f"{k}={v}" for k, v in merged.items()] + list(arguments)
-        for point in BasicSweeper.split_arguments(parser.parse_overrides(overrides), None)[0]:
-            key = tuple(sorted(point))
-            if key not in seen:
-                seen.add(key)
-                points.append(point)
-    return points
-
-
 def run_sweep(sweeper, arguments: Sequence[str]):
     """Expand, plan every point, then print the plan (dry run) or launch the points left in batches."""
     cfg = sweeper.config
     grids, common = [dict(g) for g in (sweeper.grids or [])], dict(sweeper.params or {})
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
-    points = expand_points(parser, common, grids, arguments)
+    try:
+        points = expand_points(parser, common, grids, arguments)
+    except UserError as err:
+        _fail(str(err))
     configs = [_compose_point(sweeper, point) for point in points]
     world, here = planning_world_size(cfg), cfg.launcher.name != "slurm"
     warnings = {}
@@ -125,13 +114,13 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
     try:
         infeasible = [i for i in todo if plans[i].action == "infeasible"]
         for i in infeasible:          # recorded here: nothing runs, so no job is launched (nor queued) for them
-            status = record_infeasible_point(_job_config(sweeper, job_overrides(i)), plans[i])["status"]
+            status = _record_infeasible(_job_config(sweeper, job_overrides(i)), plans[i])
             counts[status] = counts.get(status, 0) + 1
         if infeasible:
             _progress(cfg, counts, total, skipped)
         todo = [i for i in todo if plans[i].action != "infeasible"]
         jobs = [job_overrides(i) for i in todo]
-        batch_size = sweeper.max_batch_size or len(jobs)
+        batch_size = sweeper.max_batch_size if (sweeper.max_batch_size or 0) > 0 else max(1, len(jobs))   # -1: all
         for start in range(0, len(jobs), batch_size):
             batch = [job + [f"launcher.submitted_at={time.time():.3f}"] for job in jobs[start:start + batch_size]]
             results = _launch_batch(sweeper, batch, start, [configs[i] for i in todo[start:start + batch_size]])
@@ -155,6 +144,19 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
     if counts["failed"]:
         raise SystemExit(1)
     return returns
+
+
+def _record_infeasible(point_cfg: DictConfig, plan: Plan) -> str:
+    """An infeasible point's run, written by this driver through tracking alone under the point's lock: "infeasible",
+    or "skipped" when another job holds the point."""
+    lock = try_point_lock(plan.folder)
+    if lock is None:
+        return "skipped"
+    try:
+        record_infeasible(point_cfg, plan)
+    finally:
+        lock.close()
+    return "infeasible"
 
 
 def _job_config(sweeper, job: list[str]) -> DictConfig:
@@ -199,7 +201,7 @@ def _launch_batch(sweeper, batch: list[list[str]], first_index: int, configs: li
 
 def _status_after_death(point_cfg: DictConfig) -> str:
     folder = point_folder(point_cfg)
-    run_id = recorded_run(folder)
+    run_id = tracking.recorded_run(folder)
     state = tracking.run_state(point_cfg.tracking.uri, run_id) if run_id else None
     if state is not None and state[1] in tracking.DONE_STATUSES:
         return state[1]
@@ -230,10 +232,8 @@ def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: lis
             continue
         key = (point_cfg.data.name, point_cfg.data.root, point_cfg.data.resolution)
         sizes.setdefault(key, dataset_sizes(point_cfg))
-        with torch.device("meta"):
-            schedule = sampling_schedule(point_cfg, build_generator(point_cfg)) if point_cfg.stage == "all" else {}
         mem = plan.memory
-        cost = point_cost(point_cfg, *sizes[key], checkpointing=bool(mem and mem.checkpointing), schedule=schedule)
+        cost = point_cost(point_cfg, *sizes[key], checkpointing=bool(mem and mem.checkpointing))
         costs.append(cost)
         shape = (f"micro {mem.micro_batch} x accum {mem.accum_steps} x {mem.world_size} dev"
                  + (" +ckpt" if mem.checkpointing else "") + f", {mem.est_gb_per_gpu:.3g} GiB/dev") if mem else "-"

@@ -4,12 +4,14 @@ Stage code never touches MLflow: it hands metrics and files to a `PointRun`."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import closing
@@ -230,6 +232,35 @@ def record_dead_point(uri: str, run_id: str, reason: str) -> bool:
     return True
 
 
+def recorded_run(folder: Path) -> str | None:
+    """The MLflow run id a point's folder records (run.json), None when it has none."""
+    record = folder / "run.json"
+    return json.loads(record.read_text()).get("run_id") if record.is_file() else None
+
+
+def record_run(folder: Path, run_id: str, signature: str, experiment: str, name: str) -> None:
+    """Record in the point's folder which MLflow run is the point's (the next attempt continues or skips it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "run.json").write_text(json.dumps({"run_id": run_id, "signature": signature, "experiment": experiment,
+                                                 "name": name}))
+
+
+def record_infeasible_point(uri: str, experiment: str, name: str, *, folder: Path, tags: dict[str, str],
+                            params: dict[str, object], config_yaml: str, reason: str, memory_gb: float | None,
+                            parent_run_id: str | None = None) -> str:
+    """The whole run of a point that cannot run (its estimated memory does not fit), written at once: params, the
+    resolved config as `config.yaml`, tags status=infeasible and `infeasible_reason`, the `mem_estimate_gb` metric,
+    and the run record in the point's `folder`. `tags` must hold the point's `signature`. Returns the run id."""
+    with PointRun(uri, experiment, name, tags, parent_run_id) as run:
+        record_run(folder, run.run_id, tags["signature"], experiment, name)
+        run.log_params(params)
+        run.log_text("config.yaml", config_yaml)
+        run.set_tags({"infeasible_reason": reason})
+        run.log_metrics({"mem_estimate_gb": memory_gb})
+        run.mark("infeasible")
+    return run.run_id
+
+
 def _one_line(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".strip().splitlines()
     return (text[0] if text else type(error).__name__)[:500]
@@ -318,6 +349,12 @@ class PointRun:
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
 
+    def log_text(self, name: str, text: str) -> None:
+        """`text` as an artifact file called `name`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_text(text)
+            self.log_artifact(Path(tmp) / name)
+
     def mark(self, status: str) -> None:
         """finished / infeasible: how the point ended when it did not raise."""
         self.status = status
@@ -365,6 +402,7 @@ class NullRun:
     def append_history(self, name, history) -> None: ...
     def set_tags(self, tags) -> None: ...
     def log_artifact(self, path, folder=None) -> None: ...
+    def log_text(self, name, text) -> None: ...
 
     def mark(self, status: str) -> None:
         self.status = status

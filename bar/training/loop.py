@@ -232,21 +232,27 @@ class Checkpointing(TrainHook):
         dist.barrier()
 
 
+def evaluation_steps(every: int, total: int) -> range:
+    """The optimizer steps at which a PeriodicEval evaluates: every `every`-th step before the last (the run's final
+    evaluation covers the last); none when `every` is 0."""
+    return range(int(every), int(total), int(every)) if every else range(0)
+
+
 class PeriodicEval(TrainHook):
-    """Evaluate during training, every `every` optimizer steps before the last (the run's final evaluation covers the
-    last): `evaluate(model, step) -> value` (None on ranks that do not score). It runs on every rank (sampling and
-    features are sharded), in eval mode, with the random state put back afterwards and its time left out of the
-    training throughput, so training goes on exactly as it would without it. `history` [(step, value)] is kept in
-    checkpoints through `state_dict` (bar.training.tokenizer_hooks.CheckpointingWithExtras); `on_value(step, value)` runs on
-    the ranks that scored (e.g. to log the value at its step)."""
+    """Evaluate during training at `evaluation_steps(every, total)` (the run's final evaluation covers the last step):
+    `evaluate(model, step) -> value` (None on ranks that do not score). It runs on every rank (sampling and features
+    are sharded), in eval mode, with the random state put back afterwards and its time left out of the training
+    throughput, so training goes on exactly as it would without it. `history` [(step, value)] is kept in checkpoints
+    through `state_dict` (bar.training.tokenizer_hooks.CheckpointingWithExtras); `on_value(step, value)` runs on the
+    ranks that scored (e.g. to log the value at its step)."""
 
     def __init__(self, every: int, total: int, evaluate: Callable[[torch.nn.Module, int], float | None],
                  on_value: Callable[[int, float], None] | None = None):
-        self.every, self.total, self.evaluate, self.on_value = every, total, evaluate, on_value
+        self.steps, self.evaluate, self.on_value = evaluation_steps(every, total), evaluate, on_value
         self.history: list[tuple[int, float]] = []
 
     def after_step(self, state: TrainState) -> None:
-        if not self.every or state.step % self.every or state.step >= self.total:
+        if state.step not in self.steps:
             return
         start, rng = time.perf_counter(), _rng_state()
         state.model.eval()

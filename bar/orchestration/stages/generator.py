@@ -1,11 +1,10 @@
-"""Generator stages: pretokenize the training set once per tokenizer, train the AR generator on the codes, sample
-with CFG (sharded over ranks), decode, measure gFID / IS / precision / recall; sampling from a saved checkpoint."""
+"""Generator stages: pretokenize the training set once per tokenizer, train the AR generator on the codes, measure
+gFID / IS / precision / recall of its samples (made by bar.orchestration.stages.samples), save and load
+checkpoints."""
 
 from __future__ import annotations
 
 import hashlib
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -19,14 +18,11 @@ from bar.data.cache import load_or_rebuild
 from bar.core.files import read_generator_checkpoint, save_atomic
 from bar.data.codes import CodesStore, pretokenize
 from bar.orchestration.config import tokenizer_signature
-from bar.model.fast import release_decoders
+from bar.orchestration.stages.samples import SampleShard
 from bar.data.loader import codes_loader
 from bar.model.release_keys import load_official
 from bar.training.optim import decays
-from bar.core.progress import Progress
-from bar.model.sampling import generate
 from bar.tokenizers.tokenizer import Tokenizer
-from bar.data.images import float_to_images
 from bar.training.loop import Checkpointing, ProgressHook, Recipe, TrainResult, train
 
 
@@ -66,7 +62,7 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
         x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device)
         # the random draws are made eagerly, outside the (possibly compiled) module: model.compile=true then traces
-        # one deterministic graph that does not recompile as the order annealing moves (bar.model.fast)
+        # one deterministic graph that does not recompile as the order annealing moves (bar.model.generator)
         draws = model.training_draws(x.shape[0], step, device, generator)
         return module(x, y, draws=draws)
 
@@ -94,49 +90,12 @@ def save_generator(model, cfg_container: dict, path: Path) -> Path:
     return save_atomic({"state_dict": model.state_dict(), "config": cfg_container}, path)
 
 
-# ----------------------------------------------------------------------------------------------------- sampling
-def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
-    """As in the paper's protocol: the same number of samples per class."""
-    return torch.arange(num_samples) % num_classes
-
-
-@torch.no_grad()
-def sample_images(model, tokenizer: Tokenizer | None, labels: torch.Tensor, *, schedule: dict, temperature: float,
-                  cfg_scale: float, batch_size: int, seed: int, kv_cache: bool,
-                  device: torch.device, compile: bool = False) -> tuple[torch.Tensor, float]:
-    """This rank's share of the samples for `labels` (items rank::world, seed + rank): uint8 images (or, with no
-    tokenizer, the tokens), and the throughput of all ranks together in images per second (tokens + decoding).
-    With the KV cache, tokens come from the static-cache decoder (bar.model.fast: the eager tokens, faster), compiled
-    with `compile`."""
-    model.eval()
-    world = distributed.world_size()
-    mine = labels[distributed.shard_indices(len(labels))] if world > 1 else labels
-    generator = torch.Generator(device=device).manual_seed(seed + distributed.rank())
-    schedule = {k: v for k, v in schedule.items() if v is not None}
-    images = []
-    start = time.perf_counter()
-    with Progress(len(mine), f"sample (cfg {cfg_scale:g})", unit="img") as bar:
-        for i in range(0, len(mine), batch_size):
-            tokens = generate(model, mine[i:i + batch_size].to(device), cfg_scale=cfg_scale, temperature=temperature,
-                              kv_cache=kv_cache, compile=compile and kv_cache, generator=generator,
-                              **schedule)
-            images.append((float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else tokens).cpu())
-            bar.update(len(images[-1]))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    release_decoders(model)     # their KV caches would otherwise stay allocated (e.g. while training goes on)
-    out = torch.cat(images) if images else torch.empty(0)
-    if world > 1:
-        seconds = max(distributed.all_gather_objects(seconds))
-    return out, len(labels) / seconds if seconds else math.nan
-
-
-def generation_metrics(evaluator, images: torch.Tensor, plain: torch.Tensor | None, reference) -> dict[str, float]:
+# ----------------------------------------------------------------------------------------------------- scoring
+def generation_metrics(evaluator, guided: SampleShard, plain: SampleShard | None, reference) -> dict[str, float]:
     """gFID, IS, precision, recall (sFID with the ADM protocol) of the guided samples of all ranks (and gFID of the
-    unguided ones) against `reference`; this rank holds its shard. On rank 0; an empty dict on the others."""
-    scores = evaluator.compare(images, reference, "train", isc=True, prc=True)
-    unguided = evaluator.compare(plain, reference, "train") if plain is not None else None
+    unguided ones) against `reference`; this rank holds its shards. On rank 0; an empty dict on the others."""
+    scores = evaluator.compare(guided.images, reference, "train", isc=True, prc=True, items=guided.items)
+    unguided = evaluator.compare(plain.images, reference, "train", items=plain.items) if plain is not None else None
     if scores is None:
         return {}
     metrics = {"gfid": scores["fid"], "inception_score": scores["inception_score"], "precision": scores["precision"],

@@ -1,65 +1,136 @@
-"""Sample generation for the paper protocol (stage=sample): class-balanced labels (50 per class for 50k samples),
-in global batches spread over the ranks of the job, each batch written once to its own file so that a killed job
-continues from the batches already written; then one `.npz` in the layout guided-diffusion's evaluator reads (`arr_0`,
-uint8 NHWC) for the ADM protocol, and the tokens.
+"""Sampling, one loop for every caller: the pipeline's gFID (final, unguided, periodic) keeps its samples in memory,
+stage=sample writes each batch to its own file (a killed job continues from the batches already written), then one
+`.npz` in the layout guided-diffusion's evaluator reads (`arr_0`, uint8 NHWC) for the ADM protocol, and the tokens.
 
-A batch's random stream depends on its index only (seed, batch), not on the rank that draws it, so the samples do not
-depend on how many GPUs made them, or on whether the job was interrupted."""
+A run's labels are cut into global batches of its batch size; global batch j draws from its own generator seeded
+`batch_seed(seed, j)` and rank r makes batches r::world. The samples therefore depend on the seed, the labels and
+the batch size, not on how many ranks made them or on whether the job was interrupted. Precision: bf16 autocast on
+CUDA when generator.sample.bf16, fp32 on CPU."""
 
 from __future__ import annotations
 
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from bar.core import distributed
-from bar.eval.adm import SampleNpzWriter
 from bar.core.progress import Progress
-from bar.model.sampling import generate
 from bar.data.images import float_to_images
+from bar.eval.adm import SampleNpzWriter
+from bar.model.decoding import release_decoders
+from bar.model.sampling import generate
+from bar.orchestration.sampling_plan import SamplingRun
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A generator ready to sample, and what every sampling run of a point shares. `tokenizer` None: the samples
+    are the tokens, not decoded."""
+    model: torch.nn.Module
+    tokenizer: object | None
+    schedule: dict
+    temperature: float
+    seed: int
+    kv_cache: bool
+    compile: bool
+    bf16: bool
+    device: torch.device
+
+
+def batch_seed(seed: int, j: int) -> int:
+    """The seed of global batch j's random stream."""
+    return seed * 1_000_003 + j
+
+
+def balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
+    """As in the paper's protocol: the same number of samples per class."""
+    return torch.arange(num_samples) % num_classes
 
 
 def batch_labels(labels: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(labels.split(batch_size))
 
 
-def _batch_path(folder: Path, index: int) -> Path:
-    return folder / f"batch-{index:06d}.npz"
+@torch.no_grad()
+def sample_batch(sampler: Sampler, labels_B: torch.Tensor, cfg_scale: float, j: int):
+    """Global batch j: (tokens, uint8 images or None without a tokenizer)."""
+    device = sampler.device
+    generator = torch.Generator(device=device).manual_seed(batch_seed(sampler.seed, j))
+    schedule = {k: v for k, v in sampler.schedule.items() if v is not None}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=sampler.bf16 and device.type == "cuda"):
+        tokens = generate(sampler.model, labels_B.to(device), cfg_scale=cfg_scale, temperature=sampler.temperature,
+                          generator=generator, kv_cache=sampler.kv_cache,
+                          compile=sampler.compile and sampler.kv_cache, **schedule)
+        images = float_to_images(sampler.tokenizer.decode(tokens)) if sampler.tokenizer is not None else None
+    return tokens, images
 
 
 @torch.no_grad()
-def generate_batches(model, tokenizer, labels: torch.Tensor, folder: Path, *, schedule: dict, temperature: float,
-                     cfg_scale: float, batch_size: int, seed: int, kv_cache: bool, device: torch.device,
-                     bf16: bool, compile: bool = False) -> dict:
-    """This rank's batches (index % world == rank) that are not on disk yet: generated, decoded (with a tokenizer),
-    written atomically. Returns {"generated": images made now by all ranks, "seconds": wall time}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    batches = batch_labels(labels, batch_size)
-    mine = [j for j in range(len(batches)) if j % distributed.world_size() == distributed.rank()
-            and not _batch_path(folder, j).is_file()]
-    schedule = {k: v for k, v in schedule.items() if v is not None}
-    model.eval()
-    start, made = time.perf_counter(), 0
-    with Progress(sum(len(batches[j]) for j in mine), f"sample (cfg {cfg_scale:g})", unit="img") as bar:
+def sample_batches(sampler: Sampler, labels: torch.Tensor, run: SamplingRun,
+                   keep: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor | None], None],
+                   done: Callable[[int], bool] = lambda j: False) -> dict:
+    """The loop: this rank's global batches (j % world == rank) that are not `done`, each handed to
+    `keep(j, labels_B, tokens, images)` as it is made. Returns {"generated": images made now by all ranks,
+    "seconds": the slowest rank's wall time (sampling + decoding)}."""
+    batches = batch_labels(labels, run.batch_size)
+    mine = [j for j in range(distributed.rank(), len(batches), distributed.world_size()) if not done(j)]
+    sampler.model.eval()
+    start = time.perf_counter()
+    with Progress(sum(len(batches[j]) for j in mine), f"sample (cfg {run.cfg_scale:g})", unit="img") as bar:
         for j in mine:
-            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + j)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-                tokens = generate(model, batches[j].to(device), cfg_scale=cfg_scale, temperature=temperature,
-                                  kv_cache=kv_cache, compile=compile and kv_cache,
-                                  generator=generator, **schedule)
-                images = float_to_images(tokenizer.decode(tokens)) if tokenizer is not None else None
-            _write_batch(_batch_path(folder, j), tokens, images, batches[j])
-            made += len(batches[j])
+            tokens, images = sample_batch(sampler, batches[j], run.cfg_scale, j)
+            keep(j, batches[j], tokens, images)
             bar.update(len(batches[j]))
-    if device.type == "cuda":
+    if sampler.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    totals = distributed.all_gather_objects((made, seconds))
+    release_decoders(sampler.model)   # their KV caches would otherwise stay allocated (e.g. while training goes on)
+    totals = distributed.all_gather_objects((sum(len(batches[j]) for j in mine), seconds))
     return {"generated": sum(m for m, _ in totals), "seconds": max(s for _, s in totals)}
+
+
+@dataclass
+class SampleShard:
+    """This rank's samples of one run: uint8 images (the tokens without a tokenizer), the global index of each in the
+    run's labels (what the evaluators order features by), and the throughput of all ranks together (img/s)."""
+    images: torch.Tensor
+    items: torch.Tensor
+    per_s: float
+
+
+def sample_shard(sampler: Sampler, run: SamplingRun, labels: torch.Tensor) -> SampleShard:
+    """The pipeline's sampling, kept in memory: this rank's global batches of `labels`, in batch order."""
+    made: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(j, labels_B, tokens, images):
+        first = j * run.batch_size
+        made.append(((images if images is not None else tokens).cpu(), torch.arange(first, first + len(labels_B))))
+
+    result = sample_batches(sampler, labels, run, keep)
+    if not made:
+        return SampleShard(torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), throughput(result))
+    return SampleShard(torch.cat([m for m, _ in made]), torch.cat([i for _, i in made]), throughput(result))
+
+
+def generate_batches(sampler: Sampler, run: SamplingRun, labels: torch.Tensor, folder: Path) -> dict:
+    """stage=sample: this rank's batches that are not on disk yet, each written atomically to its own file in
+    `folder` (tokens, labels, and the decoded images with a tokenizer). Returns what `sample_batches` does."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def keep(j, labels_B, tokens, images):
+        _write_batch(_batch_path(folder, j), tokens, images, labels_B)
+
+    return sample_batches(sampler, labels, run, keep, done=lambda j: _batch_path(folder, j).is_file())
+
+
+def _batch_path(folder: Path, index: int) -> Path:
+    return folder / f"batch-{index:06d}.npz"
 
 
 def _write_batch(path: Path, tokens: torch.Tensor, images: torch.Tensor | None, labels: torch.Tensor) -> None:

@@ -166,10 +166,10 @@ def sampling_tokenizer(cfg: DictConfig, device: torch.device):
     return tokenizer.eval()
 
 
-def latent_metrics(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, float]:
-    """The latent's size facts that `cfg` does not hold: total bits (h * w * bits per token, or h * w * 16 * channels)
-    and tokens in the grid. Bits per token (log2 C) and channels are cfg's tokenizer.bits / tokenizer.channels, logged
-    once, as params (CONVENTIONS.md)."""
+def latent_metrics(tokenizer: Tokenizer) -> dict[str, float]:
+    """The latent's size facts the config does not hold: total bits (h * w * bits per token, or h * w * 16 * channels)
+    and tokens in the grid. Bits per token (log2 C) and channels are the params tokenizer.bits / tokenizer.channels,
+    logged once (CONVENTIONS.md)."""
     return {"total_bits": tokenizer.total_bits, "grid_tokens": tokenizer.grid ** 2}
 
 
