@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all figures dashboard bench clean
+.PHONY: install demo test check test-cli test-compile test-slow test-faults test-all figures dashboard bench clean
 
 install: $(STAMP)
 
@@ -28,18 +28,32 @@ demo: install
 	$(PY) run.py -m sweep=bits_vs_rfid launcher=$(DEMO_LAUNCHER) hydra.sweeper.max_batch_size=$(DEMO_JOBS)
 	$(PY) analysis/make_figures.py --out paper_figs
 
-# Layers first (a lower layer importing a higher one fails the build), then the main suite; `test-all` adds the slow
-# end-to-end tests, which .ci/run also runs.
-test: install
+# Static checks first (import contracts, ruff, mypy), then the in-process tests. The other tiers (CLI processes,
+# torch.compile, long end-to-end runs, faults) run from .ci/run; `make test-all` runs every tier here.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
+IN_PROCESS := not cli and not compile and not slow and not faults and not slurm and not dashboard
+
+test: install check
+	$(PYTEST) -m "$(IN_PROCESS)"
+
+check: install
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not slow and not slurm and not dashboard"
+	$(VENV)/bin/ruff check bar analysis hydra_plugins run.py
+	$(VENV)/bin/mypy
+
+test-cli: install
+	$(PYTEST) -m "cli and not slow and not slurm and not dashboard"
+
+test-compile: install
+	$(PYTEST) -m "compile and not slow"
 
 test-slow: install
-	$(PY) -m pytest -q -m "slow and not slurm and not dashboard"
+	$(PYTEST) -m "slow and not slurm and not dashboard"
 
-test-all: install
-	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+test-faults: install
+	$(PYTEST) -m "faults"
+
+test-all: test test-cli test-compile test-slow test-faults
 
 figures: install
 	$(PY) analysis/make_figures.py

@@ -17,7 +17,7 @@ This project's names differ (`blocks.i.ada` for `blocks.i.adaLN_modulation.1`, `
 `input_merge`, `head.out` for `lm_head.output_embed`, ...), so the same substring rule on our names would decay a
 different set. Here each of our names is first translated to the release's (`release_name`: the inverse of
 bar.model.release_keys's key mapping for the backbone and the MBM head) and the release's rule is applied to that. The decayed
-set of a BAR generator with the MBM head is then exactly the release's (tests/test_optim.py checks it against the
+set of a BAR generator with the MBM head is then exactly the release's (tests/training/test_optim.py checks it against the
 release's key names through bar.model.release_keys).
 
 Heads the release does not have (softmax, bitwise, diffusion) are named by role, as the release names the MBM head's

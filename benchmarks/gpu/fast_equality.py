@@ -2,7 +2,7 @@
 reference's on CUDA? At BAR-B's sizes and sampling settings (random weights), one batch from the same seed through
 the reference (`kv_cache=False`), the cached decoder and the compiled one (CUDA graphs), in fp32 without TF32 and
 under bf16 autocast: the share of tokens equal to the reference's, and the first AR step where they part. On CPU in
-fp32 they are identical (tests/test_fast_paths.py).
+fp32 they are identical (tests/model/test_fast_paths.py).
 
     python benchmarks/gpu/fast_equality.py [--batch 16] [--no-compile]
 """

@@ -8,7 +8,7 @@ then averaged over the batch (losses.py:189) and weighted 1.1 in the total, so i
   v0.1 linear layers): inputs in [-1, 1], shifted/scaled by the LPIPS constants, features at relu1_2, relu2_2,
   relu3_3, relu4_3, relu5_3, each unit-normalised over channels (eps 1e-10), squared difference, 1x1 linear layer,
   spatial mean, summed over the 5 layers. Run at the input resolution (no resize). Same numbers as
-  `lpips.LPIPS(net='vgg')` (tests/test_tokenizer_losses.py checks it against the package).
+  `lpips.LPIPS(net='vgg')` (tests/tokenizers/test_tokenizer_losses.py checks it against the package).
 - ConvNeXt-S (perceptual_loss.py:78-92): torchvision convnext_small (IMAGENET1K_V1) including its classifier, so
   the distance is the MSE between the 1000 ImageNet logits; inputs resized to 224 (bicubic, antialias), mapped
   [-1, 1] -> [0, 1], ImageNet-normalised.

@@ -158,6 +158,7 @@ def _check_cli(args, message, tmp_path, env=None, code=2):
     assert _digest(outputs) == before and not (outputs / "cache").exists()
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("case", ["steps-0", "negative-cfg", "batch-over-dataset"])
 def test_cli_prints_one_line(case, tmp_path):
     overrides, message = next((o, m) for c, o, m in CONFIG_CASES if c == case)
@@ -207,6 +208,7 @@ def test_store_checks_in_process(tmp_path):
         assert message in str(err.value) and "\n" not in str(err.value) and time.time() - start < 10
 
 
+@pytest.mark.cli
 def test_launcher_without_m_and_dry_run_without_m(tmp_path):
     _check_cli(["launcher=slurm"], "launcher=slurm launches sweeps: add -m", tmp_path)
     proc = run_cli(["profile=smoke", "dry_run=true"], tmp_path)
@@ -214,6 +216,7 @@ def test_launcher_without_m_and_dry_run_without_m(tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.cli
 def test_unreadable_image_is_one_line_naming_the_file(tmp_path):
     root = _folder(tmp_path / "images", 2, per_class=4, corrupt=True)
     proc = run_cli(["profile=smoke", "data=imagefolder", f"data.root={root}", "data.num_classes=2",
@@ -226,6 +229,7 @@ def test_unreadable_image_is_one_line_naming_the_file(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.cli
 def test_make_figures_on_a_corrupt_store_is_one_line(tmp_path):
     corrupt = tmp_path / "m.db"
     corrupt.write_bytes(b"garbage" * 200)

@@ -2,9 +2,12 @@
 memory wall listed apart, GPU-hours with each distinct tokenizer counted once. Nothing is submitted."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import run_cli
+
+pytestmark = pytest.mark.cli
 
 
 def test_paper_dry_run_plans_micro_batches_and_lists_the_memory_wall(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from conftest import child_runs, run_cli
 
 
+@pytest.mark.cli
 def test_smoke_sweep_logs_one_finished_run_per_point(smoke_sweep):
     outputs, proc = smoke_sweep
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,6 +36,7 @@ def test_smoke_sweep_logs_one_finished_run_per_point(smoke_sweep):
     assert len({r.data.tags["fid_extractor"] for r in points}) == 1
 
 
+@pytest.mark.cli
 def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     # lr=-1 passes validation but AdamW rejects it at run time: a genuine failure inside the job
     proc = run_cli(["-m", "profile=smoke", "experiment=failing", "tokenizer.train.lr=-1,0.002"], tmp_path)
@@ -50,6 +52,7 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert parents[0].info.status == "FAILED"
 
 
+@pytest.mark.cli
 def test_local_points_of_a_batch_run_at_the_same_time(tmp_path):
     """launcher=local with hydra.sweeper.max_batch_size=2 (what make demo runs): both points' processes, forked from
     the one preloaded server, run together; the sweep counts them once, after the batch."""
@@ -75,6 +78,7 @@ def test_second_run_with_same_tokenizer_trains_nothing(tmp_path):
     assert runs[0].data.metrics["rfid"] == runs[1].data.metrics["rfid"]   # same tokenizer, same reconstructions
 
 
+@pytest.mark.cli
 def test_dry_run_lists_points_and_submits_nothing(tmp_path):
     proc = run_cli(["-m", "sweep=bits_vs_rfid", "profile=smoke", "dry_run=true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -82,6 +86,7 @@ def test_dry_run_lists_points_and_submits_nothing(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.cli
 def test_an_infeasible_point_is_recorded_without_launching_a_job(tmp_path):
     proc = run_cli(["-m", "profile=smoke", "experiment=wall", "head=softmax", "tokenizer.bits=24"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

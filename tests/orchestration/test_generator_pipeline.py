@@ -19,6 +19,7 @@ def codebook_store(tmp_path_factory):
     return outputs, proc
 
 
+@pytest.mark.cli
 def test_codebook_scaling_finishes_every_point_as_finished_or_infeasible(codebook_store):
     outputs, proc = codebook_store
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,6 +52,7 @@ def test_mbm_memory_estimate_is_flat_in_bits_while_softmax_explodes(codebook_sto
     assert mem["softmax-24b"] > 1000 * mem["softmax-8b"]
 
 
+@pytest.mark.cli
 def test_figures_from_the_sweep_store(codebook_store, tmp_path):
     outputs, _ = codebook_store
     proc = subprocess.run([sys.executable, str(ROOT / "analysis" / "make_figures.py"), "--sweep", "codebook_scaling",
@@ -88,6 +90,7 @@ def test_continuous_path_and_sampling_from_a_checkpoint(tmp_path):
     assert tokens["tokens"].shape == (12, 16, 8) and tokens["tokens"].dtype == torch.uint8
 
 
+@pytest.mark.cli
 def test_bad_generator_config_fails_before_training(tmp_path):
     proc = run_cli(["profile=smoke", "tokenizer.bits=16", "generator.sample.allocation=[2,2,5]"], tmp_path)
     assert proc.returncode == 2

@@ -136,6 +136,7 @@ def test_prefill_runs_once_per_label_and_fills_every_row():
 # compiled decode step (torch.compile, default mode on CPU): tiny models, ~10-60 s per test on a cold compile cache
 # ---------------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.compile
 @pytest.mark.parametrize("head", sorted(HEADS))
 def test_compiled_decode_gives_the_reference_tokens(head):
     _, schedule = HEADS[head]
@@ -187,6 +188,7 @@ def compiled_loss(model):
     return compiled, loss_fn
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("head", ["mbm", "diffusion"])
 def test_compiled_training_loss_matches_eager(head):
     model = small_model(head, depth=1).train()
@@ -214,6 +216,7 @@ def test_compiled_training_loss_matches_eager(head):
             assert torch.allclose(a, loss_fn(tokens, labels, step), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.compile
 @pytest.mark.slow
 def test_compiled_training_step_trains():
     model = small_model("mbm", depth=1).train()
@@ -243,6 +246,7 @@ def test_cached_decoding_under_bf16_autocast():
     assert (got == ref).float().mean() > 0.9          # bf16 rounding may flip a near-tie now and then
 
 
+@pytest.mark.compile
 def test_model_compile_in_the_training_loop():
     """model.compile=true: the training loop compiles the module; the stage draws the randomness eagerly and passes
     it in (bar/orchestration/stages/generator.py), so the compiled run follows the eager one step for step."""

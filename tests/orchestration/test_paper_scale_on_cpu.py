@@ -25,7 +25,7 @@ SHRUNK = ["profile=paper", "device=cpu", "num_threads=1", "data.num_classes=4",
           "tokenizer.loss.gan=0", "tokenizer.train.steps=4", "tokenizer.train.batch_size=8", "tokenizer.train.warmup=1",
           # generator: BAR-B's recipe, tiny
           "model.dim=32", "model.depth=2", "model.heads=2", "model.head_width=32", "model.head_depth=1",
-          "model.compile=false",            # compiled paths: tests/test_fast_paths.py (a cold compile takes minutes)
+          "model.compile=false",            # compiled paths: tests/model/test_fast_paths.py (a cold compile takes minutes)
           "model.class_repeat=2", "generator.train.steps=3", "generator.train.batch_size=8",
           "generator.train.warmup=1", "generator.train.micro_batch_size=2",
           "generator.sample.num_samples=8", "generator.sample.batch_size=4", "generator.sample.nocfg=false",

@@ -12,7 +12,7 @@ from bar.orchestration.build import build_generator
 from bar.orchestration.config import compose
 from bar.model.release_keys import to_release_state_dict
 from conftest import child_runs, run_cli
-from test_release_tokenizer import release_state_dict
+from release_files import release_state_dict
 
 SMALL = ["model.compile=false", "model.dim=32", "model.depth=1", "model.heads=2", "model.head_width=32",
          "model.head_depth=1"]

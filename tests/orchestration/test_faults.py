@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, child_runs, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.faults
 
 LONG = ["profile=smoke", "generator.train.steps=400", "launcher.checkpoint_every=20",
         "generator.sample.nocfg=false", "generator.sample.num_samples=20", "generator.sample.batch_size=20"]

@@ -101,6 +101,7 @@ def test_cpu_presets_train_and_sample(profile):
     assert out.shape == bits.shape
 
 
+@pytest.mark.cli
 def test_cfg_job_shows_every_release_value():
     out = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=bar_b", "--cfg", "job"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120).stdout

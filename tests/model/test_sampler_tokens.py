@@ -11,7 +11,7 @@ from bar.model.generator import BARGenerator, GeneratorConfig
 from bar.model.heads import build_head
 from bar.model.sampling import generate
 
-FIXTURE = Path(__file__).parent / "fixtures" / "sampler_tokens_before.pt"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "sampler_tokens_before.pt"
 CASES = ["mbm", "mbm_p2", "bitwise", "softmax", "diffusion", "diffusion_ddim"]
 LABELS = torch.tensor([0, 1, 2, 3, 4, 5, 1])   # 5 = null class
 # The old fixture's own static vs cache-free gap on the diffusion cases: up to 6.3e-3 (tokens clamped to +-10; near

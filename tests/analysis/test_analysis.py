@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from analysis import canvas, claims, convergence, figures, report, tables  # noqa: E402
@@ -732,6 +732,7 @@ def _run_cli(*args, env=None):
                           capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
 
 
+@pytest.mark.cli
 def test_cli_missing_store_exit_2(tmp_path):
     proc = _run_cli("--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
@@ -739,6 +740,7 @@ def test_cli_missing_store_exit_2(tmp_path):
     assert "no MLflow store" in proc.stderr
 
 
+@pytest.mark.cli
 def test_cli_empty_store_and_unknown_sweep(tmp_path, store, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -760,6 +762,7 @@ def _digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.cli
 def test_cli_draws_logs_and_is_deterministic(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 

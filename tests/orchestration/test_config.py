@@ -142,6 +142,7 @@ def _cli(*args):
     (["data=imagefolder", "data.root=/no/such/folder"], "data folder /no/such/folder does not exist"),
     (["eval.extractor=inception", "eval.inception_weights=/missing.pth"], "Inception weights not found"),
 ])
+@pytest.mark.cli
 def test_cli_bad_input_is_one_line_and_nothing_runs(args, message, tmp_path):
     proc = _cli(*args) if "sweep=no_such_sweep" in args else _cli(*args, f"paths.outputs={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -151,6 +152,7 @@ def test_cli_bad_input_is_one_line_and_nothing_runs(args, message, tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing trained
 
 
+@pytest.mark.cli
 def test_help_lists_sweeps_and_groups():
     proc = _cli("--help")
     assert proc.returncode == 0

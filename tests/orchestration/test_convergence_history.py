@@ -1,6 +1,7 @@
 """Evaluations during training (eval.gfid_every / eval.rfid_every): they leave training exactly as it would be without
 them, their time is not training time, and the metric history they log is what analysis/ reads back as curves."""
 
+import pytest
 import math
 import time
 
@@ -54,6 +55,7 @@ def _history(client, run, key):
     return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
 
+@pytest.mark.cli
 def test_curves_logged_during_training_and_read_back(tmp_path):
     """One smoke point with gFID every 2 generator steps and rFID every 3 tokenizer steps, beside the same point
     without: identical tokenizer and generator weights, and the curves read back by analysis/."""

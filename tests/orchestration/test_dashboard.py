@@ -23,14 +23,14 @@ import pytest
 
 pytestmark = pytest.mark.dashboard
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 CHROMIUM = "/usr/bin/chromium"
 
 
 def _store_builder():
-    """tests/test_analysis.py's build_store, loaded by path (works whether or not tests/ is a package)."""
-    spec = importlib.util.spec_from_file_location("_analysis_store", Path(__file__).with_name("test_analysis.py"))
+    """tests/analysis/test_analysis.py's build_store, loaded by path (works whether or not tests/ is a package)."""
+    spec = importlib.util.spec_from_file_location("_analysis_store", ROOT / "tests" / "analysis" / "test_analysis.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build_store

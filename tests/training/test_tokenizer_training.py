@@ -8,7 +8,7 @@ from bar.orchestration.config import compose
 from bar.tokenizers.release import ReleaseTokenizer
 from bar.orchestration.stages.tokenizer import new_tokenizer, tokenizer_recipe
 from bar.training.loop import TrainHook, train
-from test_release_tokenizer import release_state_dict
+from release_files import release_state_dict
 
 PAPER_TINY = ["profile=paper", "data.root=/unused", "device=cpu", "tokenizer.size=tiny", "tokenizer.loss.perceptual=0",
               "tokenizer.loss.gram=0", "tokenizer.loss.gan=0"]

@@ -1,0 +1,66 @@
+"""Stand-ins for the release's BAR-FSQ tokenizer files: its state dict layout (written here from the release's code,
+at a small size) filled with seeded random tensors. Shared by the tests that load release files."""
+
+import torch
+
+from bar.tokenizers.release import TINY
+
+BITS, RES = 16, 256
+
+
+def release_layout(bits: int, res: int, s=TINY) -> dict[str, tuple]:
+    """Key -> shape of the release's BAR_FSQ state dict, from modeling/tokenizer.py, modeling/modules/blocks.py
+    (SigLIP2Encoder, SigLIP2Decoder, Block with timm Mlp), modeling/quantizer.py and transformers' SigLIP2 vision
+    model (embeddings, encoder.layers, post_layernorm, head)."""
+    g, E, D, P, M = res // 16, s.enc_width, s.dec_width, s.projector_width, s.enc_mlp
+    out = {"decoder.class_embedding": (1, D), "decoder.positional_embedding": (g * g + 1, D),
+           "decoder.ln_pre.weight": (D,), "decoder.ln_pre.bias": (D,),
+           "decoder.ln_post.weight": (D,), "decoder.ln_post.bias": (D,),
+           "decoder.ffn.0.weight": (768, D, 1, 1), "decoder.ffn.0.bias": (768,),
+           "decoder.conv_out.weight": (3, 3, 3, 3), "decoder.conv_out.bias": (3,),
+           "decoder.clip_projector.0.weight": (P, D), "decoder.clip_projector.0.bias": (P,),
+           "decoder.clip_projector.2.weight": (P, P), "decoder.clip_projector.2.bias": (P,),
+           "decoder.clip_projector.4.weight": (E, P), "decoder.clip_projector.4.bias": (E,),
+           "quantize.in_proj.weight": (bits, E), "quantize.in_proj.bias": (bits,),
+           "quantize.out_proj.weight": (D, bits), "quantize.out_proj.bias": (D,)}
+    for i in range(s.dec_depth):
+        b = f"decoder.transformer.{i}."
+        H = int(D * s.dec_mlp_ratio)
+        out.update({b + "norm1.weight": (D,), b + "norm1.bias": (D,), b + "norm2.weight": (D,), b + "norm2.bias": (D,),
+                    b + "attn.qkv.weight": (3 * D, D), b + "attn.qkv.bias": (3 * D,),
+                    b + "attn.proj.weight": (D, D), b + "attn.proj.bias": (D,),
+                    b + "mlp.fc1.weight": (H, D), b + "mlp.fc1.bias": (H,),
+                    b + "mlp.fc2.weight": (D, H), b + "mlp.fc2.bias": (D,)})
+    sig = "encoder.siglip."
+    out.update({sig + "embeddings.patch_embedding.weight": (E, 768), sig + "embeddings.patch_embedding.bias": (E,),
+                sig + "embeddings.position_embedding.weight": (s.enc_pos_grid ** 2, E),
+                sig + "head.probe": (1, 1, E), sig + "head.attention.in_proj_weight": (3 * E, E),
+                sig + "head.attention.in_proj_bias": (3 * E,), sig + "head.attention.out_proj.weight": (E, E),
+                sig + "head.attention.out_proj.bias": (E,), sig + "head.layernorm.weight": (E,),
+                sig + "head.layernorm.bias": (E,), sig + "head.mlp.fc1.weight": (M, E), sig + "head.mlp.fc1.bias": (M,),
+                sig + "head.mlp.fc2.weight": (E, M), sig + "head.mlp.fc2.bias": (E,)})
+    for ln in ("encoder.siglip.post_layernorm.", "encoder.frozen_post_layernorm.",
+               "encoder.trainable_post_layernorm."):
+        out.update({ln + "weight": (E,), ln + "bias": (E,)})
+    for stack in ("encoder.siglip.encoder.", "encoder.frozen_encoder.", "encoder.trainable_encoder."):
+        for i in range(s.enc_depth):
+            b = f"{stack}layers.{i}."
+            out.update({b + "layer_norm1.weight": (E,), b + "layer_norm1.bias": (E,),
+                        b + "layer_norm2.weight": (E,), b + "layer_norm2.bias": (E,),
+                        b + "mlp.fc1.weight": (M, E), b + "mlp.fc1.bias": (M,),
+                        b + "mlp.fc2.weight": (E, M), b + "mlp.fc2.bias": (E,)})
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                out.update({b + f"self_attn.{proj}.weight": (E, E), b + f"self_attn.{proj}.bias": (E,)})
+    return out
+
+
+def release_state_dict(bits=BITS, res=RES, prefix="", seed=0) -> dict:
+    """Random tensors in the release's layout; the frozen SigLIP modules' two names share one tensor (as torch.save
+    of the release's module stores them)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in release_layout(bits, res).items():
+        twin = key.replace("encoder.frozen_encoder.", "encoder.siglip.encoder.").replace(
+            "encoder.frozen_post_layernorm.", "encoder.siglip.post_layernorm.")
+        sd[key] = sd[twin] if twin != key and twin in sd else torch.randn(shape, generator=gen) * 0.05
+    return {prefix + k: v for k, v in sd.items()}
