@@ -39,4 +39,4 @@ if __name__ == "__main__":
                   "writable folder", file=sys.stderr)
         else:
             raise
-        raise SystemExit(2)
+        raise SystemExit(2) from None

@@ -11,21 +11,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib as mpl
 import pandas as pd
 import seaborn as sns
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Annotation, Text
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType   # the rc names matplotlib's stubs know (for the checker only)
+
 DEFAULT_FORMATS = ("png", "pdf")
 # Fixed metadata: no creation dates, no software strings -> reruns give identical bytes.
 _METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "ModDate": None},
              "svg": {"Date": None}}
-_RC = {"svg.hashsalt": "bar-analysis", "font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8,
-       "figure.dpi": 100, "savefig.dpi": 150, "pdf.fonttype": 42}
+_RC: dict[RcKeyType, Any] = {"svg.hashsalt": "bar-analysis", "font.size": 9, "axes.titlesize": 10,
+                              "legend.fontsize": 8, "figure.dpi": 100, "savefig.dpi": 150, "pdf.fonttype": 42}
 MARKERS = ["o", "s", "D", "^", "v", "P", "<", ">", "p", "h"]  # no "x": it marks infeasible points
 
 
@@ -91,7 +96,7 @@ def style_kwargs(style: str | None, data: pd.DataFrame) -> dict:
 
 def figure_legend(fig: Figure, axes, extra: list | None = None) -> None:
     """One legend for the whole figure, outside on the right: the union of the panels' entries (first seen order)."""
-    entries = {}
+    entries: dict[str, Artist] = {}     # label -> its first handle
     for ax in axes:
         handles, labels = ax.get_legend_handles_labels()
         for h, lab in zip(handles, labels):

@@ -243,6 +243,7 @@ def convergence_verdict(conv: pd.DataFrame) -> tuple[str, str]:
     summary = series_summary(finished, target)
     bar = _best(summary[summary[HEAD_NAME] == MBM])
     cont = _best(summary[summary[TOKENIZER_KIND] == AE])
+    assert bar is not None and cont is not None, "both sides have a finished run (`missing` above)"
     faster_steps = bool(bar["steps_to_target"] < cont["steps_to_target"])
     compute = pd.notna(bar["tflop_to_target"]) and pd.notna(cont["tflop_to_target"])
     faster_compute = bool(bar["tflop_to_target"] < cont["tflop_to_target"]) if compute else None

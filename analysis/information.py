@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -62,7 +63,7 @@ def latent_sizes(sweeps=LATENT_SWEEPS, profile: str = "tiny", resolution: int | 
             owners = latents.setdefault(tuple(sorted(o for o in point if o.split("=")[0] in wanted)), [])
             if sweep not in owners:
                 owners.append(sweep)
-    rows = {}
+    rows: dict[tuple[str, int, int], dict[str, Any]] = {}    # one per latent shape (kind, grid, per token)
     for overrides, in_sweeps in latents.items():
         base = [f"sweep={in_sweeps[0]}", f"profile={profile}"] + ([f"data.resolution={resolution}"] if resolution
                                                                    else [])

@@ -19,8 +19,12 @@ BITS_PER_CONTINUOUS_CHANNEL = 16
 def latent_bits(kind: str, grid_h: int, grid_w: int, bits: int | None = None, channels: int | None = None) -> int:
     """Total bits a latent of this shape carries (the paper's x axis)."""
     if kind == "fsq":
+        if bits is None:
+            raise UserError("tokenizer.kind=fsq needs tokenizer.bits (bits per token)")
         return grid_h * grid_w * bits
     if kind == "ae":
+        if channels is None:
+            raise UserError("tokenizer.kind=ae needs tokenizer.channels (latent channels)")
         return grid_h * grid_w * BITS_PER_CONTINUOUS_CHANNEL * channels
     raise UserError(f"unknown tokenizer.kind {kind!r}: use fsq (discrete) or ae (continuous)")
 

@@ -14,13 +14,14 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from bar import UserError
 from bar.core import distributed
 from bar.core.files import CorruptCheckpoint
 
 log = logging.getLogger("bar")
+T = TypeVar("T")   # what an entry's `load` returns
 
 
 @contextmanager
@@ -61,7 +62,7 @@ def entry_path(root: str | Path, kind: str, sig: str) -> Path:
     return Path(root) / kind / sig
 
 
-def get_or_build(root: str | Path, kind: str, sig: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+def get_or_build(root: str | Path, kind: str, sig: str, build: Callable[[Path], object]) -> tuple[Path, bool]:
     """The entry's folder, building it with `build(folder)` if absent. Returns (folder, built_now)."""
     final = entry_path(root, kind, sig)
     if final.is_dir():
@@ -86,7 +87,8 @@ def work_path(root: str | Path, kind: str, sig: str) -> Path:
     return Path(root) / kind / f".work-{sig}"
 
 
-def get_or_build_together(root: str | Path, kind: str, sig: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+def get_or_build_together(root: str | Path, kind: str, sig: str,
+                          build: Callable[[Path], object]) -> tuple[Path, bool]:
     """`get_or_build` for the ranks of one job building one entry together: rank 0 holds the lock and picks the
     staging folder, every rank runs `build(staging)` (its share of the work), rank 0 renames it into place. All ranks
     must call it. Returns (folder, built_now) on every rank."""
@@ -119,8 +121,8 @@ def get_or_build_together(root: str | Path, kind: str, sig: str, build: Callable
     return final, staging is not None
 
 
-def load_or_rebuild(root: str | Path, kind: str, sig: str, build: Callable[[Path], None],
-                    load: Callable[[Path], object], together: bool = False) -> tuple[object, bool]:
+def load_or_rebuild(root: str | Path, kind: str, sig: str, build: Callable[[Path], object],
+                    load: Callable[[Path], T], together: bool = False) -> tuple[T, bool]:
     """`load(folder)` of the entry, building it if absent (`together`: by all ranks of the job). An entry that cannot
     be loaded (fails its checksum, truncated, deleted while in use) is removed and built once more instead of failing
     every later launch. Returns (loaded, built_now)."""

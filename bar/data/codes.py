@@ -102,7 +102,8 @@ class ShardWriter:
         (self.root / f"{self.stem}.json").unlink(missing_ok=True)          # not complete until close()
         shape = (self.count, views, tokens, _row(kind, values_per_token))
         np_dtype = np.uint8 if kind == "bits" else np.dtype(dtype)
-        self.codes = self.labels = None
+        self.codes: np.memmap | None = None          # mapped iff count > 0 (until close)
+        self.labels: np.memmap | None = None
         if self.count:
             self.codes = np.memmap(self.root / f"{self.stem}.codes", dtype=np_dtype, mode="w+", shape=shape)
             self.labels = np.memmap(self.root / f"{self.stem}.labels", dtype=np.int64, mode="w+", shape=(self.count,))
@@ -127,6 +128,9 @@ class ShardWriter:
             if stacked.min(initial=0) < 0 or stacked.max(initial=0) > 1:
                 raise ValueError("discrete tokens must be {0, 1} bits")
             stacked = pack_bits(stacked)
+        if B == 0:
+            return                                   # nothing to write (an empty shard maps no files)
+        assert self.codes is not None and self.labels is not None, f"shard {self.stem} is closed"
         self.codes[self.filled:self.filled + B] = stacked
         labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         self.labels[self.filled:self.filled + B] = labels.astype(np.int64)
@@ -137,6 +141,7 @@ class ShardWriter:
         if self.filled != self.count:
             raise ValueError(f"shard {self.stem}: {self.filled} of {self.count} items written")
         if self.count:
+            assert self.codes is not None and self.labels is not None, f"shard {self.stem} is already closed"
             self.codes.flush()
             self.labels.flush()
             self.codes = self.labels = None
@@ -234,7 +239,8 @@ class _ShardFiles:
         self.count, self.views, self.view_shape, self.dtype = count, views, view_shape, np.dtype(dtype)
         self.access = access
         self.view_bytes = int(np.prod(view_shape)) * self.dtype.itemsize
-        self._fds = self._maps = None
+        self._fds: tuple[int, int] | None = None                   # opened on first read ("pread")
+        self._maps: tuple[np.memmap, np.memmap] | None = None      # mapped on first read ("mmap")
 
     def __getstate__(self):
         return {**self.__dict__, "_fds": None, "_maps": None}

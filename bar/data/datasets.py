@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,25 +29,36 @@ from bar import UserError
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 
+class ImageDataset(Protocol):
+    """What the image pipeline needs of a dataset (TensorImages, ImageFolderImages, a Subset of one): a length and
+    items (uint8 image (C, H, W), int label)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]: ...
+
+
 class TensorImages(Dataset):
     """Images held in memory as one uint8 tensor (N, C, H, W) with int labels.
 
     raw_bits: the most information one image can hold given how it was made (e.g. the digits' 64 source pixels of 17
-    grey levels); None means every stored value is free (C * H * W * 8 bits). classes: a name per label, if known."""
+    grey levels); None means every stored value is free (C * H * W * 8 bits). classes: a name per label, if known.
+    boxes: the crop boxes (N, 5) the images were cut from (photo_crops; see `photo_crop_boxes`), else None."""
 
     def __init__(self, images_NCHW: torch.Tensor, labels_N: torch.Tensor, num_classes: int,
-                 raw_bits: float | None = None, classes: list[str] | None = None):
+                 raw_bits: float | None = None, classes: list[str] | None = None, boxes: np.ndarray | None = None):
         assert images_NCHW.dtype == torch.uint8 and images_NCHW.ndim == 4
         self.images = images_NCHW
         self.labels = labels_N.long()
         self.num_classes = num_classes
         self.raw_bits = raw_bits
         self.classes = classes
+        self.boxes = boxes
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
 
@@ -206,8 +218,7 @@ def load_photo_crops(split: str, resolution: int = 16, crop_size: int = 64, trai
     images = _crop_and_downsample(photos, boxes, crop_size, resolution)
     dataset = TensorImages(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(boxes[:, 0]),
                            num_classes=len(PHOTOS) * PHOTO_STRIPS, raw_bits=None,
-                           classes=[r.name for r in photo_regions(crop_size, shape)])
-    dataset.boxes = boxes
+                           classes=[r.name for r in photo_regions(crop_size, shape)], boxes=boxes)
     return dataset
 
 
@@ -217,9 +228,10 @@ def center_crop_arr(pil_image, image_size: int):
     resize bicubically so that the short side is image_size (each side round(side * image_size / short side)); then
     crop image_size x image_size at offsets ((h - image_size) // 2, (w - image_size) // 2). Returns a PIL image."""
     while min(pil_image.size) >= 2 * image_size:
-        pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.BOX)
+        pil_image = pil_image.resize(tuple(side // 2 for side in pil_image.size), resample=Image.Resampling.BOX)
     scale = image_size / min(pil_image.size)
-    pil_image = pil_image.resize(tuple(round(side * scale) for side in pil_image.size), resample=Image.BICUBIC)
+    size = tuple(round(side * scale) for side in pil_image.size)
+    pil_image = pil_image.resize(size, resample=Image.Resampling.BICUBIC)
     arr = np.asarray(pil_image)
     top, left = (arr.shape[0] - image_size) // 2, (arr.shape[1] - image_size) // 2
     return Image.fromarray(arr[top:top + image_size, left:left + image_size])
@@ -253,7 +265,7 @@ class ImageFolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
         return load_image(path, self.resolution), label
 
@@ -277,7 +289,7 @@ def split_size(data_cfg, split: str) -> int:
     return folder_summary(str(root))[1]
 
 
-def build_dataset(data_cfg, split: str) -> Dataset:
+def build_dataset(data_cfg, split: str) -> TensorImages | ImageFolderImages:
     """The dataset named by `data.name` for `split` (train | val)."""
     if data_cfg.name == "digits":
         return load_digits_split(split, data_cfg.resolution, data_cfg.val_size, data_cfg.split_seed)
@@ -297,7 +309,8 @@ EMBEDDED_DATASETS = ("digits", "photo_crops")  # shipped inside an installed pac
 
 def validate_data_config(data_cfg) -> None:
     """One-line UserErrors for an embedded dataset's settings, without loading anything (photo_crops: sizes, crop
-    size, channels, classes); nothing to check for digits. imagefolder's folders are checked by bar.orchestration.validate."""
+    size, channels, classes); nothing to check for digits. imagefolder's folders are checked by
+    bar.orchestration.validate."""
     if data_cfg.name != "photo_crops":
         return
     unset = [k for k in ("train_size", "val_size", "crop_size") if data_cfg.get(k) is None]
@@ -312,13 +325,13 @@ def validate_data_config(data_cfg) -> None:
                         f"data.num_classes={classes}")
 
 
-def images_only(dataset: Dataset) -> Dataset:
+def images_only(dataset: ImageDataset) -> Dataset:
     """The uint8 images of a dataset without labels, as torch-fidelity wants them."""
     return _ImagesOnly(dataset)
 
 
 class _ImagesOnly(Dataset):
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -367,7 +380,9 @@ def information_bits(dataset, max_images: int | None = None) -> dict[str, float 
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n == 0:
         raise ValueError("information_bits needs a non-empty dataset")
-    png, xz, shape = [], [], None
+    png: list[int] = []
+    xz: list[int] = []
+    shape: tuple[int, ...] = ()                    # (C, H, W), set by the first image (n > 0)
     for i in range(n):
         image = dataset[i][0]
         shape = tuple(image.shape)
@@ -378,7 +393,7 @@ def information_bits(dataset, max_images: int | None = None) -> dict[str, float 
     raw = getattr(dataset, "raw_bits", None)
     codes = {"raw": float(raw) if raw is not None else float(c * h * w * 8), "png": float(np.mean(png)),
              "lzma": float(np.mean(xz))}
-    best = min(codes, key=codes.get)
+    best = min(codes, key=codes.__getitem__)
     return {"images": n, "channels": c, "resolution": h, "values": c * h * w, "raw_bits": codes["raw"],
             "png_bits": codes["png"], "lzma_bits": codes["lzma"], "estimate_bits": codes[best],
             "estimate_from": best}

@@ -13,10 +13,10 @@ The sampler plays DistributedSampler's role, with a position that can be saved. 
 permutation drawn from numpy's generator seeded with (seed, e) and, for stores holding views (image and flip), draws a
 view per item from the same generator; batch j of the epoch is items [j * G, (j + 1) * G) of that order (G = global
 batch; the last n mod G items of an epoch are dropped). Rank r takes the r-th of `world_size` equal contiguous parts
-of each global batch (as bar.training.loop.BatchStream does), so the union of the ranks' parts is the 1-rank global batch and
-the averaged gradient does not depend on the number of ranks. The RNG state is a function of (seed, epoch); the
-position is (epoch, offset = batches of the epoch already consumed): that is the whole state, and it is the same on
-every rank, so a run can resume on another number of ranks with the same global batch.
+of each global batch (as bar.training.loop.BatchStream does), so the union of the ranks' parts is the 1-rank global
+batch and the averaged gradient does not depend on the number of ranks. The RNG state is a function of (seed,
+epoch); the position is (epoch, offset = batches of the epoch already consumed): that is the whole state, and it is
+the same on every rank, so a run can resume on another number of ranks with the same global batch.
 
 A DataLoader with workers runs ahead of the training loop (prefetch), so the position is counted where batches are
 handed to the loop (`ResumableLoader`), not where the sampler is: a restored loader yields exactly the batch the
@@ -25,11 +25,16 @@ interrupted one would have yielded next.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bar import UserError
+
+if TYPE_CHECKING:                                # annotations only: keep PIL and sklearn out of the loader's imports
+    from bar.data.datasets import ImageDataset
 
 
 class ShardedBatchSampler(Sampler):
@@ -148,7 +153,7 @@ class ImageBatches(Dataset):
     """Fetches a batch of an image dataset: (indices, views) -> (uint8 images (b, C, H, W), labels (b,)); view 1 is
     the horizontal flip."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: ImageDataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -178,8 +183,9 @@ class CodesBatches(Dataset):
         return self.store.read(indices, views)
 
 
-def image_loader(dataset: Dataset, global_batch: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, flip: bool = True, pin_memory: bool = False) -> ResumableLoader:
+def image_loader(dataset: ImageDataset, global_batch: int, *, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, flip: bool = True,
+                 pin_memory: bool = False) -> ResumableLoader:
     """Shuffled, sharded, resumable batches of images (random horizontal flip per item when `flip`)."""
     sampler = ShardedBatchSampler(len(dataset), global_batch, seed, rank, world_size, views=2 if flip else 1)
     return ResumableLoader(ImageBatches(dataset), sampler, num_workers=num_workers, pin_memory=pin_memory)

@@ -116,7 +116,8 @@ def iter_npz_images(path, batch_size: int, array: str = "arr_0") -> Iterator[np.
             n = min(batch_size, shape[0] - start)
             data = f.read(n * per_image)
             if len(data) != n * per_image:
-                raise UserError(f"{str(path)!r} is truncated: {array} ends before image {start + len(data) // per_image}")
+                raise UserError(f"{str(path)!r} is truncated: {array} ends before image "
+                                f"{start + len(data) // per_image}")
             yield np.frombuffer(bytearray(data), dtype=np.uint8).reshape(n, *shape[1:])   # writable
 
 
@@ -206,7 +207,8 @@ def read_reference(path) -> ReferenceBatch:
             missing = next(a for a in STAT_ARRAYS if a not in present)
             raise UserError(f"reference batch {str(path)!r} has {present} but no array {missing!r}")
         stats = {a: npz[a].astype(np.float64) for a in present}
-    ref = ReferenceBatch(path, shape[0], tuple(shape[1:]), **stats)
+    n, h, w, channels = shape                        # 4-D: checked by _check_images
+    ref = ReferenceBatch(path, n, (h, w, channels), **stats)
     for m, c in (("mu", "sigma"), ("mu_s", "sigma_s")):
         mean, cov = getattr(ref, m), getattr(ref, c)
         if mean is not None and (mean.ndim != 1 or cov.shape != (len(mean), len(mean))):
@@ -290,10 +292,10 @@ def compute_features(batches: Iterable, extractor: Extractor, device: str | torc
         x = batch if torch.is_tensor(batch) else torch.from_numpy(np.ascontiguousarray(batch))
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
             raise UserError(f"images must be uint8 (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-        p, s, l = extractor(x.permute(0, 3, 1, 2).contiguous().to(device))
-        pools.append(p.float().cpu().numpy())
-        spatials.append(s.float().cpu().numpy())
-        logits.append(l.float().cpu().numpy())
+        pool, spatial, logit = extractor(x.permute(0, 3, 1, 2).contiguous().to(device))
+        pools.append(pool.float().cpu().numpy())
+        spatials.append(spatial.float().cpu().numpy())
+        logits.append(logit.float().cpu().numpy())
     if not pools:
         raise UserError("no images to evaluate")
     return Features(np.concatenate(pools), np.concatenate(spatials), np.concatenate(logits))
@@ -375,6 +377,7 @@ def manifold_radii(features, k: int = PR_K, row_block: int = 2048, col_block: in
             d = squared_distances(rows, x[c0:c0 + col_block], distance)
             d = d if best is None else torch.cat([best, d], dim=1)
             best = d.topk(min(k + 1, d.shape[1]), dim=1, largest=False).values
+        assert best is not None                      # n > k >= 0: the column loop ran
         radii[r0:r0 + row_block] = best[:, k]
     return radii.cpu().numpy()
 
@@ -388,9 +391,9 @@ def precision_recall(reference, samples, k: int = PR_K, row_block: int = 2048, c
     smp = torch.as_tensor(np.asarray(samples, dtype=np.float32), device=device)
     if ref.shape[1] != smp.shape[1]:
         raise UserError(f"reference features have {ref.shape[1]} dims, samples {smp.shape[1]}")
-    r_ref = reference_radii if reference_radii is not None else manifold_radii(
+    radii_ref = reference_radii if reference_radii is not None else manifold_radii(
         reference, k, row_block, col_block, distance, device)
-    r_ref = torch.as_tensor(r_ref, device=device)
+    r_ref = torch.as_tensor(radii_ref, device=device)
     r_smp = torch.as_tensor(manifold_radii(samples, k, row_block, col_block, distance, device), device=device)
     ref_in = torch.zeros(len(ref), dtype=torch.bool, device=device)
     smp_in = torch.zeros(len(smp), dtype=torch.bool, device=device)

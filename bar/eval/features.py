@@ -22,7 +22,7 @@ import torch_fidelity
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from bar import UserError
-from bar.core.files import load_verified, save_atomic
+from bar.core.files import load_verified
 
 CLASSIFIER_EXTRACTOR = "bar-classifier"
 
@@ -48,6 +48,8 @@ class DigitClassifier(nn.Module):
 
 class RandomMultiscale(nn.Module):
     """Per-layer (mean, std) over positions of a random-weight DigitClassifier body's activations, layer-scaled."""
+
+    scales: torch.Tensor          # buffer (layers,): each layer's spread over the training images
 
     def __init__(self, in_channels: int, width: int):
         super().__init__()

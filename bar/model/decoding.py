@@ -24,6 +24,7 @@ correctly without recompiling.
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
 import torch
 
@@ -101,16 +102,17 @@ class Decoder:
         P, L = model.cfg.prefix, model.cfg.steps
         self.positions = torch.arange(P, P + L, device=device)           # sequence position of AR step i
         self.fused = head.fused_sample
-        self.step = _fused_step if self.fused else _backbone_step
-        self.head_step = None if self.fused else head.denoise_step
+        # fused: _fused_step's signature, else _backbone_step's; either may be wrapped by torch.compile/_GraphCall
+        self.step: Callable[..., torch.Tensor] = _fused_step if self.fused else _backbone_step
+        self.head_step: Callable[..., torch.Tensor] | None = None if self.fused else head.denoise_step
         if self.compile_kwargs is not None:
-            self._compile()
+            self._compile(self.compile_kwargs)
 
-    def _compile(self) -> None:
-        self.step = torch.compile(_own_copy(self.step), **self.compile_kwargs)
+    def _compile(self, kwargs: dict) -> None:
+        self.step = torch.compile(_own_copy(self.step), **kwargs)
         if self.head_step is not None:
-            self.head_step = torch.compile(_own_copy(self.head_step), **self.compile_kwargs)
-        if _uses_cuda_graphs(self.compile_kwargs, self.device):
+            self.head_step = torch.compile(_own_copy(self.head_step), **kwargs)
+        if _uses_cuda_graphs(kwargs, self.device):
             for buf in self.cache.buffers_kv():
                 torch._dynamo.mark_static_address(buf)
             self.step = _GraphCall(self.step)
@@ -139,15 +141,16 @@ class Decoder:
                        generator: torch.Generator | None) -> torch.Tensor:
         """Steps (B, L, K) in AR order; scales_L: the CFG scale of each AR step (None: no CFG)."""
         head, B, L = model.head, labels_B.shape[0], model.cfg.steps
+        assert (scales_L is not None) == self.use_cfg, "decoder_for(use_cfg=...) must match scales_L"
         labels = torch.cat([labels_B, torch.full_like(labels_B, model.null_class)]) if self.use_cfg else labels_B
 
         def noise():
             return head.draw_noise(B, self.temperature, generator, self.device, **self.schedule)
 
-        tok = self._sample_head(model, self.prefill(model, labels), scales_L[0] if self.use_cfg else None, noise())
+        tok = self._sample_head(model, self.prefill(model, labels), None if scales_L is None else scales_L[0], noise())
         toks = [tok]
         for i in range(1, L):
-            scale = scales_L[i] if self.use_cfg else None
+            scale = None if scales_L is None else scales_L[i]
             if self.fused:
                 tok = self.step(model, self.cache, labels, tok, self.positions[i - 1], scale, noise(), self.consts,
                                 self.schedule)

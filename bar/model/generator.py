@@ -221,6 +221,8 @@ class StaticKVCache(nn.Module):
     a position (which may be a tensor) and read whole under a mask: every decode step has the same shapes and no
     host-side bookkeeping, so it can be compiled and captured in a CUDA graph (bar.model.decoding)."""
 
+    slots: torch.Tensor                       # buffer (max_len,): 0 .. max_len - 1
+
     def __init__(self, depth: int, batch: int, heads: int, max_len: int, head_dim: int, dtype=torch.float32,
                  device=None):
         super().__init__()
@@ -327,7 +329,8 @@ class BARGenerator(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(S, D))                  # where a position is
         self.target_pos_embed = nn.Parameter(torch.zeros(S, D))           # what a position predicts next
         self.ada_pos_embed = nn.Parameter(torch.zeros(S, D))              # per-sequence-index AdaLN embedding
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        blocks = [Block(cfg) for _ in range(cfg.depth)]
+        self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(D)
         self.cond_proj = nn.Linear(D, head.width)
         self.head = head
@@ -340,7 +343,7 @@ class BARGenerator(nn.Module):
                 child.apply(init_weights)
         for p in (self.cls_token, self.pos_embed, self.target_pos_embed, self.ada_pos_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        zero_init(*(block.ada for block in self.blocks))
+        zero_init(*(block.ada for block in blocks))
 
     @property
     def null_class(self) -> int:
@@ -442,7 +445,7 @@ class BARGenerator(nn.Module):
         deterministic: it compiles as one graph with no recompile per step (bar.training.loop) and gives the same loss
         compiled as eager from the same draws."""
         device = device if device is not None else self.pos_embed.device
-        draws = {}
+        draws: dict[str, torch.Tensor | dict] = {}
         if self.training and self.cfg.label_dropout > 0:
             draws["drop"] = self._draw_drop(batch, device, generator)
         p_random = 0.0 if step is None else order_probability(step, *self.cfg.order_anneal)

@@ -15,15 +15,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bar import UserError
 from bar.core.files import load_verified
 from bar.model.generator import BARGenerator, GeneratorConfig
 from bar.model.heads import HEADS, build_head
+from bar.orchestration.config import resolved_dict
 from bar.tokenizers.release import ReleaseTokenizer
 from bar.tokenizers.tokenizer import Tokenizer, validate_tokenizer_config
 from bar.tokenizers.tokenizer import latent_shape as tokenizer_latent_shape
+
+AnyTokenizer = Tokenizer | ReleaseTokenizer   # what build_tokenizer gives: this project's family or the release's
 
 
 def latent_shape(cfg: DictConfig) -> tuple[str, int, int]:
@@ -32,7 +35,7 @@ def latent_shape(cfg: DictConfig) -> tuple[str, int, int]:
     return tokenizer_latent_shape(cfg.tokenizer, cfg.data.resolution)
 
 
-def build_tokenizer(cfg: DictConfig, with_encoder: bool = True) -> Tokenizer | ReleaseTokenizer:
+def build_tokenizer(cfg: DictConfig, with_encoder: bool = True) -> AnyTokenizer:
     """The tokenizer's architecture (untrained): this project's conv / ViT family, or the release's BAR-FSQ."""
     tok = cfg.tokenizer
     if tok.arch == "release":
@@ -41,7 +44,7 @@ def build_tokenizer(cfg: DictConfig, with_encoder: bool = True) -> Tokenizer | R
     return Tokenizer(tok, cfg.data.in_channels, cfg.data.resolution)
 
 
-def load_tokenizer_checkpoint(cfg: DictConfig, with_encoder: bool = True):
+def load_tokenizer_checkpoint(cfg: DictConfig, with_encoder: bool = True) -> AnyTokenizer:
     """`tokenizer.checkpoint`: the release's BAR-FSQ file (strict, key for key), or a tokenizer this project
     trained (bar's checksummed format)."""
     path = Path(str(cfg.tokenizer.checkpoint)).expanduser()
@@ -54,7 +57,7 @@ def load_tokenizer_checkpoint(cfg: DictConfig, with_encoder: bool = True):
 
 def head_options(cfg: DictConfig) -> dict:
     """The head node without its name: keyword options of the head's config dataclass."""
-    options = OmegaConf.to_container(cfg.head, resolve=True)
+    options = resolved_dict(cfg.head)
     options.pop("name")
     return options
 

@@ -56,7 +56,8 @@ def result_values(cfg: DictConfig, at: str = "") -> dict:
     node, gives the job's values."""
     node = OmegaConf.select(cfg, at) if at else cfg
     prefix = f"{at}." if at else ""
-    return _results_only({k: _resolved(node, k) for k in node if is_result_key(prefix + k)}, prefix)
+    keys = [str(k) for k in node]        # the project's config keys are all strings (YAML and dataclass fields)
+    return _results_only({k: _resolved(node, k) for k in keys if is_result_key(prefix + k)}, prefix)
 
 
 def _results_only(values: dict, prefix: str) -> dict:
@@ -69,6 +70,13 @@ def _resolved(node: DictConfig, key: str):
         return "???"                     # as OmegaConf.to_container gives a missing value
     value = node[key]
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def resolved_dict(node: DictConfig) -> dict:
+    """`node` resolved to plain values (OmegaConf.to_container of a DictConfig is always a dict)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    return values
 
 
 def signature(identity, length: int = 12) -> str:

@@ -114,7 +114,7 @@ def _point_main(container: dict, send) -> None:
     try:
         send.send(execute(OmegaConf.create(container), multirun=True))
     except KeyboardInterrupt:
-        raise SystemExit(130)
+        raise SystemExit(130) from None
 
 
 def describe_exit(code: int | None) -> str:

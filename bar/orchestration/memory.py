@@ -37,6 +37,7 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 from bar import UserError
+from bar.model.generator import BARGenerator
 from bar.model.heads import TokenHead
 from bar.model.layers import swiglu_hidden
 
@@ -58,8 +59,9 @@ def backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: int = 4) -> i
     return (cfg.depth * per_layer + batch_size * S * (8 * D + cfg.cond_width)) * bytes_per_act
 
 
-def train_memory_breakdown(model: nn.Module, batch_size: int, *, steps: int | None = None, bytes_per_param: int = 4,
-                           bytes_per_act: int = 4, optimizer_states: int = 2) -> dict[str, int]:
+def train_memory_breakdown(model: BARGenerator | TokenHead, batch_size: int, *, steps: int | None = None,
+                           bytes_per_param: int = 4, bytes_per_act: int = 4,
+                           optimizer_states: int = 2) -> dict[str, int]:
     """The parts of `estimate_train_memory`, in bytes. `model` is a BARGenerator (AR steps from its config) or a bare
     TokenHead (then `steps`, the AR steps per sample, is required)."""
     if isinstance(model, TokenHead):
@@ -80,8 +82,8 @@ def train_memory_breakdown(model: nn.Module, batch_size: int, *, steps: int | No
     }
 
 
-def estimate_train_memory(model: nn.Module, batch_size: int, *, steps: int | None = None, bytes_per_param: int = 4,
-                          bytes_per_act: int = 4, optimizer_states: int = 2) -> int:
+def estimate_train_memory(model: BARGenerator | TokenHead, batch_size: int, *, steps: int | None = None,
+                          bytes_per_param: int = 4, bytes_per_act: int = 4, optimizer_states: int = 2) -> int:
     """Peak bytes of one AdamW training step of `model` at `batch_size` (see the module docstring). Use
     bytes_per_act=2 for bf16 autocast (the softmax loss still upcasts its logits to fp32)."""
     return sum(train_memory_breakdown(model, batch_size, steps=steps, bytes_per_param=bytes_per_param,
@@ -112,7 +114,7 @@ def checkpointed_backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: 
 EAGER_AUTOCAST_ACTIVATIONS = 1.42
 
 
-def per_gpu_breakdown(model: nn.Module, micro_batch: int, *, checkpointing: bool = False,
+def per_gpu_breakdown(model: BARGenerator, micro_batch: int, *, checkpointing: bool = False,
                       bytes_per_act: int = 2, compiled: bool = True) -> dict[str, int]:
     """Bytes one data-parallel rank holds at the peak of a training step of `micro_batch` samples (a BARGenerator,
     possibly on the meta device): fp32 parameters, fp32 gradients, AdamW's two fp32 moments, under mixed precision
@@ -129,6 +131,12 @@ def per_gpu_breakdown(model: nn.Module, micro_batch: int, *, checkpointing: bool
         for part in ("backbone_activations", "head_activations"):
             parts[part] = int(parts[part] * EAGER_AUTOCAST_ACTIVATIONS)
     return parts
+
+
+# plan_memory's default margins on a GPU: a fraction of the budget for fragmentation, GiB for the CUDA context,
+# kernels' workspaces and communication buffers
+HEADROOM = 0.05
+RESERVE_GB = 1.0
 
 
 @dataclass
@@ -151,8 +159,8 @@ def _divisors_desc(n: int) -> list[int]:
     return sorted((d for d in range(1, n + 1) if n % d == 0), reverse=True)
 
 
-def plan_memory(model: nn.Module, global_batch: int, world_size: int, gpu_gb: float, bytes_per_act: int = 2, *,
-                headroom: float = 0.05, reserve_gb: float = 1.0, min_micro_batch: int = 1,
+def plan_memory(model: BARGenerator, global_batch: int, world_size: int, gpu_gb: float, bytes_per_act: int = 2, *,
+                headroom: float = HEADROOM, reserve_gb: float = RESERVE_GB, min_micro_batch: int = 1,
                 micro_batch: int | None = None, checkpointing: bool | None = None, compiled: bool = True) -> MemoryPlan:
     """Largest micro-batch per GPU that fits `gpu_gb` GiB per GPU (less `headroom` of it for fragmentation and
     `reserve_gb` for the CUDA context, kernels' workspaces and communication buffers), with the gradient

@@ -1,7 +1,9 @@
 """The MLflow UI and a shared MLflow tracking server, as commands:
 
-    python -m bar.orchestration.mlflow_server ui [--host H] [--port P]        the UI on the default store (or MLFLOW_TRACKING_URI)
-    python -m bar.orchestration.mlflow_server serve [--host 0.0.0.0] [--port P]   a server for many jobs (tracking=server)
+    python -m bar.orchestration.mlflow_server ui [--host H] [--port P]
+        the UI on the default store (or MLFLOW_TRACKING_URI)
+    python -m bar.orchestration.mlflow_server serve [--host 0.0.0.0] [--port P]
+        a server for many jobs (tracking=server)
 
 The server keeps its sqlite file on local disk (not the shared outputs folder) and artifacts under outputs/."""
 
@@ -60,8 +62,8 @@ def _supervise(cmd: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bar.orchestration.mlflow_server ui` opens the MLflow UI on the default store; `serve` starts the tracking server that
-    `tracking=server` points jobs at."""
+    """`python -m bar.orchestration.mlflow_server ui` opens the MLflow UI on the default store; `serve` starts the
+    tracking server that `tracking=server` points jobs at."""
     parser = argparse.ArgumentParser(prog="python -m bar.orchestration.mlflow_server")
     sub = parser.add_subparsers(dest="command", required=True)
     ui = sub.add_parser("ui", help="mlflow ui on the default store (or MLFLOW_TRACKING_URI)")
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 for a cluster)")
     serve.add_argument("--port", default="5000")
     serve.add_argument("--backend", default=str(default_server_backend()), help="sqlite file, on local disk")
-    serve.add_argument("--artifacts", default=str(outputs_dir() / "mlartifacts"), help="artifact folder (shared storage)")
+    serve.add_argument("--artifacts", default=str(outputs_dir() / "mlartifacts"),
+                       help="artifact folder (shared storage)")
     serve.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -27,7 +27,7 @@ from bar.data.cache import try_lock as try_file_lock
 from bar.orchestration.build import build_generator
 from bar.orchestration.config import point_name, point_signature, run_params
 from bar.core.distributed import resolve_device
-from bar.orchestration.memory import MemoryPlan, plan_memory
+from bar.orchestration.memory import HEADROOM, RESERVE_GB, MemoryPlan, plan_memory
 from bar.core.paths import sqlite_path
 from bar.orchestration.validate import validate_config
 
@@ -86,10 +86,10 @@ def memory_plan(cfg: DictConfig, world_size: int = 1) -> MemoryPlan | None:
     t = cfg.generator.train
     gpu = resolve_device(cfg.device).type == "cuda"
     micro = t.micro_batch_size or (None if gpu else t.batch_size // max(1, world_size))
-    margins = {} if gpu else {"headroom": 0.0, "reserve_gb": 0.0}
+    headroom, reserve_gb = (HEADROOM, RESERVE_GB) if gpu else (0.0, 0.0)
     return plan_memory(model, t.batch_size, world_size, memory_budget_gb(cfg), 2 if gpu and t.bf16 else 4,
                        micro_batch=micro, checkpointing=t.activation_checkpointing, compiled=cfg.model.compile,
-                       **margins)
+                       headroom=headroom, reserve_gb=reserve_gb)
 
 
 def try_lock(folder: Path):

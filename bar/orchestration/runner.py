@@ -30,11 +30,11 @@ from bar import UserError
 from bar.core import distributed
 from bar.eval import adm
 from bar.orchestration.build import build_generator, sampling_schedule, sampling_temperature
-from bar.orchestration.config import run_params, tokenizer_signature
+from bar.orchestration.config import resolved_dict, run_params, tokenizer_signature
 from bar.orchestration.cost import TRAIN_FACTOR, generator_flops
 from bar.orchestration.evaluators import adm_evaluator, generation_evaluator, reconstruction_evaluator
 from bar.orchestration.planner import Plan, plan_point, record_infeasible, try_lock
-from bar.orchestration.sampling_plan import SamplingPlan, sampling_plan
+from bar.orchestration.sampling_plan import SamplingPlan, SamplingRun, sampling_plan
 from bar.orchestration.stages import generator as gen_stage
 from bar.orchestration.stages import samples
 from bar.orchestration.stages import tokenizer as tok_stage
@@ -231,6 +231,7 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     codes = gen_stage.obtain_codes(cfg, tokenizer, train_set, device)
     torch.manual_seed(cfg.seed)   # the same initial weights whether or not the tokenizer was just trained
     memory = plan.memory
+    assert memory is not None, "memory_plan sizes every point of stage=all"
     model = build_generator(cfg, checkpoint_blocks=memory.checkpointing)
     schedule = sampling_schedule(cfg, model)
     run.log_params({f"generator.resolved.{k}": v for k, v in schedule.items()}
@@ -244,7 +245,7 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     evaluator = functools.cache(lambda: generation_evaluator(cfg, train_set, device))
     tflop_per_step = TRAIN_FACTOR * generator_flops(cfg)["forward"] * cfg.generator.train.batch_size / 1e12
     sampling, sampler = sampling_plan(cfg), _sampler(cfg, model, tokenizer, schedule, device)
-    hooks = [_periodic_gfid(cfg, sampling, sampler, train_set, run, evaluator, tflop_per_step)] \
+    hooks = [_periodic_gfid(cfg, sampling.periodic, sampler, train_set, run, evaluator, tflop_per_step)] \
         if sampling.periodic is not None else []
     result = gen_stage.train_generator(cfg, model, codes, device, plan.folder / "generator", memory.accum_steps,
                                        on_checkpoint=lambda r: run.append_history("train_loss", r.history),
@@ -260,7 +261,7 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
         metrics["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     path = Path(cfg.paths.outputs) / "checkpoints" / run.run_id / "generator.pt"
     if distributed.is_main():
-        gen_stage.save_generator(model, OmegaConf.to_container(cfg, resolve=True), path)
+        gen_stage.save_generator(model, resolved_dict(cfg), path)
     run.log_params({"generator.checkpoint": str(path)})
     run.log_metrics(metrics)
     metrics.update(_sample_and_score(cfg, sampling, sampler, train_set, run, evaluator()))
@@ -278,14 +279,14 @@ def _sampler(cfg: DictConfig, model, tokenizer, schedule: dict, device) -> sampl
                            kv_cache=s.kv_cache, compile=cfg.model.compile, bf16=s.bf16, device=device)
 
 
-def _periodic_gfid(cfg: DictConfig, sampling: SamplingPlan, sampler: samples.Sampler, train_set, run, evaluator,
+def _periodic_gfid(cfg: DictConfig, periodic: SamplingRun, sampler: samples.Sampler, train_set, run, evaluator,
                    tflop_per_step: float) -> PeriodicEval:
     """eval.gfid_every: the plan's periodic samples scored during training; gFID and the training compute so far
     logged at the optimizer step."""
-    labels = samples.balanced_labels(sampling.periodic.num_samples, cfg.data.num_classes)
+    labels = samples.balanced_labels(periodic.num_samples, cfg.data.num_classes)
 
     def gfid_of(model, step: int) -> float | None:
-        shard = samples.sample_shard(replace(sampler, model=model), sampling.periodic, labels)
+        shard = samples.sample_shard(replace(sampler, model=model), periodic, labels)
         scores = evaluator().compare(shard.images, train_set, "train", items=shard.items)
         return scores["fid"] if scores is not None else None
 

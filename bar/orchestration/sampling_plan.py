@@ -48,7 +48,7 @@ def sampling_plan(cfg: DictConfig) -> SamplingPlan:
     guided = SamplingRun("gfid", float(s.cfg_scale), int(s.num_samples), int(s.batch_size))
     if cfg.stage == "sample":
         return SamplingPlan((guided,), None)
-    final = (guided,)
+    final: tuple[SamplingRun, ...] = (guided,)
     if s.nocfg and guided.cfg_scale != 1.0:
         final += (replace(guided, metric="gfid_nocfg", cfg_scale=1.0),)
     steps = evaluation_steps(cfg.eval.gfid_every, cfg.generator.train.steps)

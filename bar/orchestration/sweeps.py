@@ -132,7 +132,7 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
         interrupted = True
         print(f"sweep {cfg.experiment}: interrupted; launch the same command again to continue its unfinished points",
               file=sys.stderr)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     finally:
         tracking.end_parent_run(uri, parent, counts, interrupted)
         if alive is not None:
@@ -221,18 +221,20 @@ def planning_world_size(cfg: DictConfig) -> int:
 def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: list[str]) -> None:
     """Each point (micro-batch, accumulation, memory per device, GPU-hours), infeasible ones apart, then the totals
     with each distinct tokenizer counted once (bar.orchestration.cost)."""
-    sizes, costs, rows, infeasible = {}, [], [], []
+    sizes: dict[tuple, tuple[int, int]] = {}        # (training, validation) images per data set
+    costs, rows, infeasible = [], [], []
     for point_cfg, plan, label in zip(configs, plans, labels):
+        mem = plan.memory
         if plan.action == "skip":
             rows.append(f"  {label:<28} {plan.signature}  done ({plan.status})")
             continue
         if plan.action == "infeasible":
-            infeasible.append(f"  {label:<28} {plan.signature}  {plan.memory.est_gb_per_gpu:.4g} GiB per device: "
-                              f"{plan.memory.reason}")
+            assert mem is not None, "only a memory plan makes a point infeasible"
+            infeasible.append(f"  {label:<28} {plan.signature}  {mem.est_gb_per_gpu:.4g} GiB per device: "
+                              f"{mem.reason}")
             continue
         key = (point_cfg.data.name, point_cfg.data.root, point_cfg.data.resolution)
         sizes.setdefault(key, dataset_sizes(point_cfg))
-        mem = plan.memory
         cost = point_cost(point_cfg, *sizes[key], checkpointing=bool(mem and mem.checkpointing))
         costs.append(cost)
         shape = (f"micro {mem.micro_batch} x accum {mem.accum_steps} x {mem.world_size} dev"

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from contextlib import closing
 from pathlib import Path
+from typing import Literal, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -142,7 +143,8 @@ def done_points(uri: str, experiment: str, signature: str | None = None) -> dict
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    out, token = {}, None
+    out: dict[str, dict] = {}
+    token: str | None = None
     while True:
         query = "tags.role = 'point' and attributes.status = 'FINISHED'"
         if signature:
@@ -177,9 +179,9 @@ def experiment_id(client, name: str, uri: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if sqlite_path(uri) is not None:
-        location = (sqlite_path(uri).parent / "mlartifacts" / name).as_uri()
+    location, db = None, sqlite_path(uri)
+    if db is not None:
+        location = (db.parent / "mlartifacts" / name).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another job created it first
@@ -306,8 +308,9 @@ class PointRun:
         for i in range(0, len(items), PARAM_BATCH):
             self.client.log_batch(self.run_id, params=items[i:i + PARAM_BATCH])
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Metrics at `step`; in a resumed run, step-0 metrics it already has are not logged twice."""
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        """Metrics at `step` (None and non-finite values are left out); in a resumed run, step-0 metrics it already
+        has are not logged twice."""
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
                  and not (self.resumed and step == 0 and k in self._logged_keys)]
@@ -371,7 +374,7 @@ class PointRun:
             self.client.set_tag(self.run_id, "stopped_by_signal", str(signum))
         self._kept_running = signum
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if self._kept_running:
             return False
         if exc is None:

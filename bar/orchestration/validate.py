@@ -17,6 +17,7 @@ from bar.core.files import read_generator_checkpoint
 from bar.data.datasets import EMBEDDED_DATASETS, IMAGE_SUFFIXES, folder_summary, split_size, validate_data_config
 from bar.model.release_keys import convert_official_state_dict
 from bar.orchestration.build import build_generator, sampling_schedule
+from bar.orchestration.config import resolved_dict
 from bar.tokenizers.losses.combined import LossWeights, needed_weight_keys
 from bar.tokenizers.losses.weights import check_weight_files
 from bar.tokenizers.tokenizer import stride, validate_tokenizer_config
@@ -261,13 +262,15 @@ def check_generator_checkpoint(cfg: DictConfig) -> None:
     if isinstance(blob, dict) and "config" in blob and "state_dict" in blob:
         _check_saved_config(path, blob["config"], cfg)
         return
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of a generator")
     with torch.device("meta"):
         model = build_generator(cfg)
     convert_official_state_dict(state, model)   # raises a UserError naming the first key or shape that does not fit
 
 
 def _check_saved_config(path: Path, saved: dict, cfg: DictConfig) -> None:
-    current = OmegaConf.to_container(cfg, resolve=True)
+    current = resolved_dict(cfg)
     keys = [("model", k) for k in ("preset", "dim", "depth", "heads", "patch_size", "head_width", "class_repeat")]
     size = "bits" if saved.get("tokenizer", {}).get("kind") == "fsq" else "channels"   # the other one is unused
     keys += [("head", "name"), ("tokenizer", "kind"), ("tokenizer", size), ("data", "num_classes")]

@@ -20,10 +20,10 @@ The model, in the order the release runs it (modeling/modules/blocks.py, modelin
           token -> ln_post -> (B, 1024, g, g) -> 1x1 conv to 16*16*3 channels ordered (row, col, channel) per
           token -> pixels (B, 3, 16g, 16g) -> 3x3 conv_out. The output is unbounded; the release clamps
           (x + 1) / 2 to [0, 1] and truncates x * 255 to uint8 (sample_imagenet.py).
-The frozen SigLIP copy (`encoder.siglip.*`, also reachable as `encoder.frozen_encoder` / `encoder.frozen_post_layernorm`,
-the same modules under two names, so their keys appear twice in the state dict), its attention-pooling head and the
-`decoder.clip_projector` (decoder layer 2 -> 2048 -> 2048 -> 1152, the SigLIP-feature prediction) only matter in
-training; they are kept so that the state dict is the release's, key for key.
+The frozen SigLIP copy (`encoder.siglip.*`, also reachable as `encoder.frozen_encoder` /
+`encoder.frozen_post_layernorm`, the same modules under two names, so their keys appear twice in the state dict), its
+attention-pooling head and the `decoder.clip_projector` (decoder layer 2 -> 2048 -> 2048 -> 1152, the SigLIP-feature
+prediction) only matter in training; they are kept so that the state dict is the release's, key for key.
 """
 
 from __future__ import annotations
@@ -82,11 +82,13 @@ def siglip_config(size: ReleaseSize):
                                num_hidden_layers=size.enc_depth, num_attention_heads=size.enc_heads, num_channels=3,
                                patch_size=PATCH, num_patches=size.enc_pos_grid ** 2, hidden_act="gelu_pytorch_tanh",
                                layer_norm_eps=1e-6, attention_dropout=0.0, vision_use_head=True,
-                               attn_implementation="sdpa")
+                               # accepted by PretrainedConfig's **kwargs, which transformers 5's typed __init__ hides
+                               attn_implementation="sdpa")  # type: ignore[call-arg]
 
 
 class SiglipTower(nn.Module):
-    """The release's `encoder.siglip` (SigLIP2's vision_model): embeddings, encoder layers, post layernorm, pooling head.
+    """The release's `encoder.siglip` (SigLIP2's vision_model): embeddings, encoder layers, post layernorm, pooling
+    head.
 
     Built from transformers' SigLIP2 parts, so the key names are SigLIP2's in transformers 4.x and 5.x alike."""
 
@@ -299,9 +301,15 @@ class ReleaseTokenizer(nn.Module):
         if self.encoder is not None:   # the SigLIP tower (and the patch embedding both paths share) stays frozen
             self.encoder.siglip.requires_grad_(False)
 
+    def _need_encoder(self, what: str) -> ReleaseEncoder:
+        """The encoder, or a one-line UserError for a decoder-only model (with_encoder=False)."""
+        if self.encoder is None:
+            raise UserError(f"this release tokenizer was built with with_encoder=False: it cannot {what}")
+        return self.encoder
+
     def _latent(self, x_B3HW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: decoder input (straight-through FSQ codes, or the continuous latent) and the KL term."""
-        z = self.quantize.in_proj(self.encoder(x_B3HW))
+        z = self.quantize.in_proj(self._need_encoder("train")(x_B3HW))
         if self.kind == "fsq":
             return self.quantize.straight_through(z), z.new_zeros(())
         if not self.kl:
@@ -320,7 +328,7 @@ class ReleaseTokenizer(nn.Module):
         if not with_features:
             return out, aux
         with torch.no_grad():
-            target = self.encoder.frozen_features(x_B3HW)
+            target = self._need_encoder("give SigLIP2 features").frozen_features(x_B3HW)
         return out[0], aux, out[1], target
 
     def init_siglip(self, path_or_state) -> None:
@@ -330,9 +338,10 @@ class ReleaseTokenizer(nn.Module):
         tower = {k[len("encoder.siglip."):]: v for k, v in state.items() if k.startswith("encoder.siglip.")}
         if not tower:
             raise UserError(f"{describe(path_or_state)} has no encoder.siglip.* weights to initialise SigLIP2 from")
-        self.encoder.siglip.load_state_dict(tower, strict=True)
-        self.encoder.trainable_encoder.load_state_dict(self.encoder.siglip.encoder.state_dict())
-        self.encoder.trainable_post_layernorm.load_state_dict(self.encoder.siglip.post_layernorm.state_dict())
+        encoder = self._need_encoder("initialise SigLIP2")
+        encoder.siglip.load_state_dict(tower, strict=True)
+        encoder.trainable_encoder.load_state_dict(encoder.siglip.encoder.state_dict())
+        encoder.trainable_post_layernorm.load_state_dict(encoder.siglip.post_layernorm.state_dict())
 
     @classmethod
     def from_checkpoint(cls, path_or_state, size: ReleaseSize | str = FULL, with_encoder: bool = True):
@@ -464,7 +473,8 @@ def check_release_state_dict(state: dict, bits: int, resolution: int, size: Rele
     missing = [k for k in layout if k not in state]
     wrong = [k for k in layout if k in state and tuple(state[k].shape) != layout[k]]
     if unexpected:
-        problems.append(f"unexpected key {unexpected[0]!r}" + (f" (+{len(unexpected) - 1} more)" * (len(unexpected) > 1)))
+        problems.append(f"unexpected key {unexpected[0]!r}"
+                        + (f" (+{len(unexpected) - 1} more)" * (len(unexpected) > 1)))
     if missing:
         problems.append(f"missing key {missing[0]!r}" + (f" (+{len(missing) - 1} more)" * (len(missing) > 1)))
     if wrong:
@@ -482,6 +492,8 @@ def check_release_state_dict(state: dict, bits: int, resolution: int, size: Rele
 def load_release_checkpoint(model: ReleaseTokenizer, path_or_state, _name: str | None = None) -> ReleaseTokenizer:
     """Load a release BAR-FSQ checkpoint (path to the .bin or a state dict) into `model`, strictly; eval mode."""
     name = _name or describe(path_or_state)
+    if model.bits is None:
+        raise UserError(f"release checkpoint {name} is a BAR-FSQ tokenizer; this model has no bits (channels twin)")
     state = check_release_state_dict(read_state_dict(path_or_state), model.bits, model.resolution, model.size, name)
     if model.encoder is None:
         state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
@@ -495,6 +507,7 @@ def parameter_count(bits: int = 16, resolution: int = 256, size: ReleaseSize = F
         model = ReleaseTokenizer(bits, resolution, size)
     count = lambda m: sum(p.numel() for p in m.parameters())   # noqa: E731
     enc = model.encoder
+    assert enc is not None                                   # built with its encoder above
     out = {"siglip_frozen": count(enc.siglip), "encoder_trainable": count(enc.trainable_encoder)
            + count(enc.trainable_post_layernorm), "quantize": count(model.quantize),
            "decoder": count(model.decoder) - count(model.decoder.clip_projector),

@@ -94,7 +94,8 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, in_channels: int, width: int, num_down: int, out_channels: int):
         super().__init__()
-        layers, ch = [nn.Conv2d(in_channels, width, 3, padding=1)], width
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1)]
+        ch = width
         for i in range(num_down):
             nxt = width * 2 ** min(i + 1, 2)
             layers += [ResBlock(ch, nxt), nn.Conv2d(nxt, nxt, 3, stride=2, padding=1)]
@@ -112,10 +113,11 @@ class ConvDecoder(nn.Module):
     def __init__(self, in_channels: int, width: int, num_down: int, out_channels: int):
         super().__init__()
         ch = width * 2 ** min(num_down, 2)
-        layers = [nn.Conv2d(in_channels, ch, 3, padding=1), ResBlock(ch, ch)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch, 3, padding=1), ResBlock(ch, ch)]
         for i in reversed(range(num_down)):
             nxt = width * 2 ** min(i, 2)
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, nxt, 3, padding=1), ResBlock(nxt, nxt)]
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, nxt, 3, padding=1),
+                       ResBlock(nxt, nxt)]
             ch = nxt
         layers += [nn.GroupNorm(min(8, ch), ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
@@ -142,7 +144,8 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """Plain bidirectional ViT over a token grid (used at the paper's sizes: SigLIP2-so400m-shaped encoder, ViT-L decoder)."""
+    """Plain bidirectional ViT over a token grid (used at the paper's sizes: SigLIP2-so400m-shaped encoder, ViT-L
+    decoder)."""
 
     def __init__(self, in_dim: int, width: int, depth: int, heads: int, num_tokens: int, out_dim: int):
         super().__init__()
@@ -186,7 +189,8 @@ class ViTDecoder(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------- tokenizer
 class Tokenizer(nn.Module):
-    """Encoder -> quantizer -> decoder. `encode` gives generator tokens (B, L, k|d); `decode` gives images in [-1, 1]."""
+    """Encoder -> quantizer -> decoder. `encode` gives generator tokens (B, L, k|d); `decode` gives images in
+    [-1, 1]."""
 
     def __init__(self, tok, in_channels: int, resolution: int):
         super().__init__()
@@ -196,6 +200,8 @@ class Tokenizer(nn.Module):
         kl = tok.kind == "ae" and tok.kl
         enc_out = 2 * self.latent_dim if kl else self.latent_dim
         _, self.grid, _ = latent_shape(tok, resolution)
+        self.encoder: ConvEncoder | ViTEncoder
+        self.decoder: ConvDecoder | ViTDecoder
         if tok.arch == "conv":
             self.encoder = ConvEncoder(in_channels, tok.width, tok.num_down, enc_out)
             self.decoder = ConvDecoder(self.latent_dim, tok.width, tok.num_down, in_channels)

@@ -1,1 +1,2 @@
-"""Training: one loop for every model, optimizer groups, EMA, checkpoints, stop signals, the tokenizer recipe's hooks."""
+"""Training: one loop for every model, optimizer groups, EMA, checkpoints, stop signals, the tokenizer recipe's
+hooks."""

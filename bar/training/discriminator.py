@@ -40,7 +40,7 @@ class DiscriminatorTrainer:
         groups = [{"params": [p for n, p in named if release_no_decay(n, p.ndim)], "weight_decay": 0.0},
                   {"params": [p for n, p in named if not release_no_decay(n, p.ndim)],
                    "weight_decay": float(weight_decay)}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(betas[0], betas[1]))
         self.steps = 0                       # discriminator updates done
 
     def active(self, step: int) -> bool:

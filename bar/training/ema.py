@@ -89,7 +89,8 @@ class EMA:
 class EMAHook(TrainHook):
     """Updates `ema` after each optimizer step of bar.training.loop's loop; twice per step from generator step
     `extra_update_from` on (0-based), where the release also steps its EMA after each discriminator iteration.
-    Checkpoint its state with `state_dict` / `load_state_dict` (bar.training.tokenizer_hooks.CheckpointingWithExtras)."""
+    Checkpoint its state with `state_dict` / `load_state_dict`
+    (bar.training.tokenizer_hooks.CheckpointingWithExtras)."""
 
     def __init__(self, ema: EMA, extra_update_from: int | None = None):
         self.ema, self.extra_update_from = ema, extra_update_from

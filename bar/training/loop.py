@@ -52,6 +52,7 @@ class BatchStream:
     `batch_size` items (so the global batch, and the averaged gradient, do not depend on the number of ranks)."""
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.tensors: tuple[torch.Tensor, torch.Tensor] | None
         if isinstance(dataset, tuple):
             self.tensors = dataset
         elif hasattr(dataset, "images") and hasattr(dataset, "labels"):
@@ -285,9 +286,11 @@ class ProgressHook(TrainHook):
         self.bar = Progress(self.steps, self.desc, unit="step", scale=self.batch_size, initial=state.step)
 
     def after_step(self, state: TrainState) -> None:
+        assert self.bar is not None, "on_start makes the bar"
         self.bar.update(1)
 
     def on_end(self, state: TrainState) -> None:
+        assert self.bar is not None, "on_start makes the bar"
         self.bar.close()
 
 
@@ -300,7 +303,7 @@ def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     else:
         groups = [{"params": [p for n, p in named if recipe.decays(n, p)], "weight_decay": recipe.weight_decay},
                   {"params": [p for n, p in named if not recipe.decays(n, p)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.betas[0], recipe.betas[1]))
 
 
 def micro_generator(seed: int, step: int, index: int, device) -> torch.Generator:
@@ -336,11 +339,11 @@ def _step(state: TrainState, module, loss_fn, recipe: Recipe) -> float:
     batch = next(state.batches)
     micros = split_batch(batch, recipe.accum_steps)
     state.optimizer.zero_grad(set_to_none=True)
-    device, total = next(state.model.parameters()).device, 0.0
+    device, total, ddp = next(state.model.parameters()).device, 0.0, ddp_of(module)
     for j, micro in enumerate(micros):
-        sync = j == len(micros) - 1 or world_size_of(module) == 1
+        sync = j == len(micros) - 1 or world_size_of(module) == 1   # without a DDP wrapper (ddp None) always
         generator = micro_generator(recipe.seed, state.step, dist.rank() * len(micros) + j, device)
-        with (nullcontext() if sync else ddp_of(module).no_sync()), torch.autocast(
+        with (nullcontext() if sync or ddp is None else ddp.no_sync()), torch.autocast(
                 recipe.device_type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None):
             loss = loss_fn(module, micro, state.step, generator) / len(micros)
         loss.backward()
@@ -360,8 +363,8 @@ def train(model: torch.nn.Module, loss_fn: Callable, batches: Iterator, recipe: 
     random stream. With `distributed`, the model is wrapped in DistributedDataParallel (each rank's `batches` yields
     its own part of every global batch; gradients and the logged loss are averaged over the ranks)."""
     world = dist.world_size() if distributed else 1
-    module = DistributedDataParallel(model, device_ids=dist.device_ids(model)) if world > 1 else model
-    module = torch.compile(module) if recipe.compile else module
+    wrapped = DistributedDataParallel(model, device_ids=dist.device_ids(model)) if world > 1 else model
+    module = torch.compile(wrapped) if recipe.compile else wrapped
     state = TrainState(model, _optimizer(model, recipe), batches, world)
     for hook in hooks:
         hook.on_start(state)

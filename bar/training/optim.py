@@ -16,9 +16,9 @@ modulation layers (`adaLN_modulation`, `adaln_before_head`), and `embed` matches
 This project's names differ (`blocks.i.ada` for `blocks.i.adaLN_modulation.1`, `token_embed.proj` for
 `input_merge`, `head.out` for `lm_head.output_embed`, ...), so the same substring rule on our names would decay a
 different set. Here each of our names is first translated to the release's (`release_name`: the inverse of
-bar.model.release_keys's key mapping for the backbone and the MBM head) and the release's rule is applied to that. The decayed
-set of a BAR generator with the MBM head is then exactly the release's (tests/training/test_optim.py checks it against the
-release's key names through bar.model.release_keys).
+bar.model.release_keys's key mapping for the backbone and the MBM head) and the release's rule is applied to that.
+The decayed set of a BAR generator with the MBM head is then exactly the release's (tests/training/test_optim.py
+checks it against the release's key names through bar.model.release_keys).
 
 Heads the release does not have (softmax, bitwise, diffusion) are named by role, as the release names the MBM head's
 modules: `head.out` (the layer that gives the token's logits or values) -> `lm_head.output_embed` (exempt),
@@ -53,7 +53,8 @@ def decays(name: str, param: nn.Parameter) -> bool:
 
 def decay_split(model: nn.Module) -> tuple[list[str], list[str]]:
     """(decayed, exempt) names of the trainable parameters of `model`, in model order."""
-    decayed, exempt = [], []
+    decayed: list[str] = []
+    exempt: list[str] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decayed if decays(name, p) else exempt).append(name)

@@ -18,11 +18,10 @@ Release facts (read from the files named):
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Mapping, Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bar.core import distributed as dist
 from bar.training.discriminator import DiscriminatorTrainer
@@ -30,6 +29,13 @@ from bar.training.optim import release_no_decay
 from bar.training.loop import Checkpointing, TrainHook, TrainState
 
 log = logging.getLogger("bar")
+
+
+class Stateful(Protocol):
+    """What CheckpointingWithExtras saves and restores: an object with state_dict / load_state_dict."""
+
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 # ----------------------------------------------------------------------------------------------------- optimizer
@@ -88,7 +94,7 @@ class CheckpointingWithExtras(Checkpointing):
     load_state_dict}, e.g. the EMA and discriminator hooks), restored on resume after the training state. Put it
     after those hooks in the hook list, so a checkpoint sees their updates of the same step."""
 
-    def __init__(self, folder, extras: dict[str, object], every: int = 0, keep: int = 2, on_checkpoint=None):
+    def __init__(self, folder, extras: Mapping[str, Stateful], every: int = 0, keep: int = 2, on_checkpoint=None):
         super().__init__(folder, every, keep, on_checkpoint)
         self.extras = extras
 

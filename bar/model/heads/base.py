@@ -53,7 +53,10 @@ class TokenHead(nn.Module):
     # is a long loop that takes `step_fn=`, the compiled form of its body `denoise_step`
     fused_sample: bool = True
 
-    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor, generator: torch.Generator | None = None,
+             draws: dict | None = None) -> torch.Tensor:
+        """The training loss of conditions (B, L, W) for targets (B, L, k). Heads with random draws (`loss_draws`)
+        draw them from `generator` or take them as `draws`; heads without ignore both."""
         raise NotImplementedError
 
     def loss_draws(self, rows: int, device, generator: torch.Generator | None = None) -> dict:

@@ -4,7 +4,9 @@ prediction, DDPM or DDIM sampling on a respaced chain."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -53,6 +55,7 @@ class DiffusionHead(TokenHead):
     token_dim_name = "channels"
     schedule_options = ("steps", "sampler")
     fused_sample = False          # 100 denoising steps: the decoder compiles one step (`denoise_step`), not the loop
+    alphas_cumprod: torch.Tensor  # buffer (T,)
 
     def __init__(self, token_dim: int, cfg: DiffusionConfig | None = None):
         super().__init__()
@@ -65,13 +68,14 @@ class DiffusionHead(TokenHead):
         self.width = W = cfg.width
         self.in_proj = nn.Linear(d, W)
         self.t_mlp = nn.Sequential(nn.Linear(cfg.freq_dim, W), nn.SiLU(), nn.Linear(W, W))
-        self.blocks = nn.ModuleList(mar_block(W) for _ in range(cfg.depth))
+        blocks = [mar_block(W) for _ in range(cfg.depth)]
+        self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
         self.final_ada = nn.Linear(W, 2 * W)
         self.out = nn.Linear(W, d)
         self.register_buffer("alphas_cumprod", cosine_schedule(cfg.num_timesteps).float(), persistent=False)
         self.apply(init_weights)
-        zero_init(*(b.ada for b in self.blocks), self.final_ada, self.out)
+        zero_init(*(b.ada for b in blocks), self.final_ada, self.out)
         self.check_schedule(steps=cfg.sampling_steps, sampler=cfg.sampler)
 
     # -- network -------------------------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ class DiffusionHead(TokenHead):
         t_emb = self.t_mlp(timestep_features(t_N, self.cfg.freq_dim).to(self.in_proj.weight.dtype))
         y = cond_NW + t_emb.to(cond_NW.dtype)
         silu_y = F.silu(y)
-        for block in self.blocks:
+        for block in cast("Iterable[AdaLNBlock]", self.blocks):  # nn.ModuleList iterates as plain Modules
             x = block(x, block.ada(silu_y))
         shift, scale = self.final_ada(silu_y).chunk(2, dim=-1)
         return self.out(modulate(self.final_norm(x), shift, scale))
@@ -122,18 +126,19 @@ class DiffusionHead(TokenHead):
             raise UserError(f"diffusion sampler {sampler!r} must be one of {list(SAMPLERS)}")
         return int(steps or self.cfg.sampling_steps), sampler or self.cfg.sampler
 
-    def draw_noise(self, batch, temperature, generator, device, steps=None, sampler=None) -> list[torch.Tensor]:
+    def draw_noise(self, batch: int, temperature: float, generator: torch.Generator | None, device,
+                   **schedule) -> list[torch.Tensor]:
         """The starting noise (B, d) and, for "ddpm", the noise of every chain step but the last."""
-        steps, sampler = self._schedule(steps=steps, sampler=sampler)
+        steps, sampler = self._schedule(**schedule)
         later = steps - 1 if sampler == "ddpm" else 0
         return [torch.randn(batch, self.token_dim, device=device, generator=generator) for _ in range(1 + later)]
 
-    def sampling_constants(self, temperature, device, steps=None, sampler=None) -> dict:
+    def sampling_constants(self, temperature: float, device, **schedule) -> dict:
         """The chain, last timestep first: training timesteps `t` and coefficients `coef` (steps, 6), in double and
         rounded once: x0 = (x - c0 eps) / c1, x <- c2 x0 + c3 x + c4 eps + c5 noise. "ddpm": the respaced chain's
         posterior, its noise scaled by the temperature (MAR's); "ddim": deterministic (eta = 0), its initial noise
         scaled by the temperature (`start`)."""
-        steps, sampler = self._schedule(steps=steps, sampler=sampler)
+        steps, sampler = self._schedule(**schedule)
         ab_all = self.alphas_cumprod.double().cpu()
         ts = respaced_timesteps(self.cfg.num_timesteps, steps)
         previous = [1.0] + [float(ab_all[t]) for t in ts[:-1]]

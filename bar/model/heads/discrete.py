@@ -31,6 +31,10 @@ class LinearHead(TokenHead):
     def logits(self, cond_NW: torch.Tensor) -> torch.Tensor:
         return self.out(cond_NW).reshape(cond_NW.shape[0], *self.logits_shape)
 
+    def to_tokens(self, chosen: torch.Tensor) -> torch.Tensor:
+        """The chosen classes (B, *logits_shape[:-1]) -> uint8 bits (B, k)."""
+        raise NotImplementedError
+
     def check_schedule(self, **schedule) -> None:
         if schedule:
             raise UserError(f"{self.name} head takes no sampling options, got {sorted(schedule)}")
@@ -68,7 +72,8 @@ class SoftmaxHead(LinearHead):
         super().__init__(token_dim, cfg.width, (2 ** token_dim,))
         self.cfg, self.num_codes = cfg, 2 ** token_dim
 
-    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor, generator: torch.Generator | None = None,
+             draws: dict | None = None) -> torch.Tensor:
         index_N = bits_to_index(target_BLk.reshape(-1, self.token_dim))
         return F.cross_entropy(self.logits(cond_BLW.reshape(-1, self.width)).float(), index_N)
 
@@ -97,7 +102,8 @@ class BitwiseHead(LinearHead):
         super().__init__(token_dim, cfg.width, (token_dim, 2))
         self.cfg = cfg
 
-    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor) -> torch.Tensor:
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor, generator: torch.Generator | None = None,
+             draws: dict | None = None) -> torch.Tensor:
         logits_Nk2 = self.logits(cond_BLW.reshape(-1, self.width))
         return F.cross_entropy(logits_Nk2.float().reshape(-1, 2), target_BLk.reshape(-1).long())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,8 @@ class MBMConfig:
 class FourierEmbedding(nn.Module):
     """Gaussian-Fourier features of a scalar in [0, 1] (fixed random frequencies) followed by an MLP."""
 
+    freqs: torch.Tensor          # buffer (num_freqs,): the fixed random frequencies
+
     def __init__(self, width: int, num_freqs: int = 256, scale: float = 1.0):
         super().__init__()
         self.register_buffer("freqs", torch.randn(num_freqs) * scale)
@@ -43,7 +46,8 @@ class FourierEmbedding(nn.Module):
 
     def forward(self, t_N: torch.Tensor) -> torch.Tensor:
         angles = t_N.float()[:, None] * self.freqs[None, :].float() * (2 * math.pi)
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.mlp[0].weight.dtype))
+        first = cast(nn.Linear, self.mlp[0])                    # nn.Sequential indexes as a plain Module
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(first.weight.dtype))
 
 
 class AdaLNFinal(nn.Module):
@@ -82,12 +86,12 @@ class MBMHead(TokenHead):
         self.bit_proj = nn.Linear(e * k, W)
         self.in_norm = RMSNorm(W)
         self.t_embed = FourierEmbedding(W, cfg.fourier_freqs, cfg.fourier_scale)
-        self.blocks = nn.ModuleList(AdaLNBlock(RMSNorm(W), SwiGLU(W, swiglu_hidden(W, cfg.mlp_ratio)), W)
-                                    for _ in range(cfg.depth))
+        blocks = [AdaLNBlock(RMSNorm(W), SwiGLU(W, swiglu_hidden(W, cfg.mlp_ratio)), W) for _ in range(cfg.depth)]
+        self.blocks = nn.ModuleList(blocks)
         self.final = AdaLNFinal(W)
         self.out = nn.Linear(W, 2 * k)                     # bit-major: [bit0 logit0, bit0 logit1, bit1 logit0, ...]
         self.apply(init_weights)
-        zero_init(*(b.ada for b in self.blocks), self.final.ada)
+        zero_init(*(b.ada for b in blocks), self.final.ada)
 
     # -- network -------------------------------------------------------------------------------------------------------
     def logits(self, ids_Nk: torch.Tensor, cond_NW: torch.Tensor, mask_ratio_N: torch.Tensor) -> torch.Tensor:
@@ -164,26 +168,28 @@ class MBMHead(TokenHead):
             raise UserError(f"allocation {shown} must be non-decreasing")
         return alloc
 
-    def draw_noise(self, batch, temperature, generator, device, allocation=None) -> list[torch.Tensor]:
+    def draw_noise(self, batch: int, temperature: float, generator: torch.Generator | None, device,
+                   **schedule) -> list[torch.Tensor]:
         """Per unmasking step, uniforms for the bits' Gumbel noise (B, k, 2) and, except at the last step, for the
         confidences (B, k)."""
-        K, k = len(self._allocation(allocation)), self.token_dim
+        K, k = len(self._allocation(**schedule)), self.token_dim
         shapes = [(batch, k, 2), (batch, k)] * K
         return [uniform(shape, generator, device) for shape in shapes[:-1]]
 
-    def sampling_constants(self, temperature, device, allocation=None) -> dict:
+    def sampling_constants(self, temperature: float, device, **schedule) -> dict:
         """Per unmasking step, computed in double and rounded once: temperature T (1 - step / K), mask ratio."""
-        alloc = self._allocation(allocation)
+        alloc = self._allocation(**schedule)
         K, k = len(alloc), self.token_dim
         return {"tau": torch.tensor([temperature * (1.0 - step / K) for step in range(K)], device=device),
                 "ratio": torch.tensor([1.0 - sum(alloc[:step]) / k for step in range(K)], device=device)}
 
-    def sample_with_noise(self, cond_BW, cfg_scale, noise, consts, allocation=None) -> torch.Tensor:
+    def sample_with_noise(self, cond_BW: torch.Tensor, cfg_scale: torch.Tensor | None, noise: list[torch.Tensor],
+                          consts: dict, **schedule) -> torch.Tensor:
         """Reveal the k bits of one token in K = len(allocation) steps; uint8 bits (B, k). Each step samples every
         masked bit (Gumbel-argmax of the guided logits at the step's temperature), then re-masks the (k - revealed)
         least confident of them (revealed bits never re-mask). Each step's mask ratio is known up front, so every
         AdaLN modulation of all K steps comes from one matmul per layer."""
-        alloc = self._allocation(allocation)
+        alloc = self._allocation(**schedule)
         k, N = self.token_dim, cond_BW.shape[0]
         B = N // 2 if cfg_scale is not None else N
         s_KNW = F.silu(cond_BW[None] + self.t_embed(consts["ratio"]).to(cond_BW.dtype)[:, None])

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torchvision.utils import save_image
 
 from bar.core import distributed
-from bar.orchestration.build import build_generator
+from bar.orchestration.build import AnyTokenizer, build_generator
 from bar.data.cache import load_or_rebuild
 from bar.core.files import read_generator_checkpoint, save_atomic
 from bar.data.codes import CodesStore, pretokenize
@@ -22,12 +22,11 @@ from bar.orchestration.stages.samples import SampleShard
 from bar.data.loader import codes_loader
 from bar.model.release_keys import load_official
 from bar.training.optim import decays
-from bar.tokenizers.tokenizer import Tokenizer
 from bar.training.loop import Checkpointing, ProgressHook, Recipe, TrainResult, train
 
 
 # ----------------------------------------------------------------------------------------------------- codes
-def obtain_codes(cfg: DictConfig, tokenizer: Tokenizer, train_set, device) -> CodesStore:
+def obtain_codes(cfg: DictConfig, tokenizer: AnyTokenizer, train_set, device) -> CodesStore:
     """The pretokenized training set (each image and its horizontal flip; packed bits or float16 latents, in
     memory-mapped shards), built once per tokenizer signature by all ranks of the job together, each encoding its
     slice; every rank then reads it without loading it."""

@@ -25,6 +25,7 @@ from bar.data.images import float_to_images
 from bar.eval.adm import SampleNpzWriter
 from bar.model.decoding import release_decoders
 from bar.model.sampling import generate
+from bar.orchestration.build import AnyTokenizer
 from bar.orchestration.sampling_plan import SamplingRun
 
 
@@ -33,7 +34,7 @@ class Sampler:
     """A generator ready to sample, and what every sampling run of a point shares. `tokenizer` None: the samples
     are the tokens, not decoded."""
     model: torch.nn.Module
-    tokenizer: object | None
+    tokenizer: AnyTokenizer | None
     schedule: dict
     temperature: float
     seed: int
@@ -138,7 +139,7 @@ def _write_batch(path: Path, tokens: torch.Tensor, images: torch.Tensor | None, 
     if images is not None:
         arrays["images"] = images.permute(0, 2, 3, 1).cpu().numpy()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)   # type: ignore[arg-type]  # mypy maps **arrays onto numpy's keyword-only allow_pickle
     os.replace(tmp, path)
 
 

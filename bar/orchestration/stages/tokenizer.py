@@ -13,20 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from bar.core import distributed
-from bar.orchestration.build import build_tokenizer, load_tokenizer_checkpoint
+from bar.orchestration.build import AnyTokenizer, build_tokenizer, load_tokenizer_checkpoint
 from bar.data.cache import entry_path, load_or_rebuild, work_path
 from bar.core.files import load_verified, save_atomic
 from bar.orchestration.config import tokenizer_signature
 from bar.data.datasets import TensorImages, build_dataset
 from bar.data.loader import image_loader
-from bar.tokenizers.tokenizer import Tokenizer
+from bar.tokenizers.release import ReleaseTokenizer
 from bar.data.images import float_to_images, images_to_float
 from bar.training.ema import EMA, EMAHook
 from bar.training.discriminator import DiscriminatorTrainer
 from bar.tokenizers.losses.combined import TokenizerLoss, build_tokenizer_loss
-from bar.training.tokenizer_hooks import CheckpointingWithExtras, DiscriminatorHook, tokenizer_param_groups
+from bar.training.tokenizer_hooks import CheckpointingWithExtras, DiscriminatorHook, Stateful, tokenizer_param_groups
 from bar.tokenizers.augment import augment
-from bar.training.loop import PeriodicEval, ProgressHook, Recipe, train
+from bar.training.loop import PeriodicEval, ProgressHook, Recipe, TrainHook, train
 
 
 def load_data(cfg: DictConfig):
@@ -62,16 +62,21 @@ def tokenizer_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
 
 
 def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: Path,
-                 rfid_of: Callable[[Tokenizer], float | None] | None = None) -> tuple[list, object, PeriodicEval | None]:
+                 rfid_of: Callable[[AnyTokenizer], float | None] | None = None
+                 ) -> tuple[list[TrainHook], EMA | None, PeriodicEval | None]:
     """EMA, discriminator, periodic rFID (eval.rfid_every, with `rfid_of`) and checkpointing hooks of the recipe
     (what the config turns on); returns (hooks, ema, the periodic rFID hook)."""
-    t, extras, hooks = cfg.tokenizer.train, {}, []
+    t = cfg.tokenizer.train
+    hooks: list[TrainHook] = []
+    extras: dict[str, Stateful] = {}       # hook states the checkpoints carry
     gan_start = cfg.tokenizer.loss.gan_start if loss.weights.gan > 0 else None
     ema = EMA(tokenizer, t.ema) if t.ema else None
     if ema is not None:
-        hooks.append(EMAHook(ema, extra_update_from=gan_start))
-        extras["ema"] = hooks[-1]
+        ema_hook = EMAHook(ema, extra_update_from=gan_start)
+        hooks.append(ema_hook)
+        extras["ema"] = ema_hook
     if loss.discriminator is not None:
+        assert gan_start is not None, "build_tokenizer_loss builds a discriminator only for a GAN weight > 0"
         d = cfg.tokenizer.discriminator
         trainer = DiscriminatorTrainer(loss.discriminator, start=gan_start, lr=d.lr, min_lr=d.min_lr,
                                        warmup=d.warmup, total=d.total, betas=tuple(d.betas),
@@ -79,8 +84,9 @@ def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: 
                                        distributed=distributed.world_size() > 1)
         images_of = (lambda b: augment(b[0].to(device), cfg.data.resolution)) if t.augment else \
             (lambda b: images_to_float(b[0].to(device)))
-        hooks.append(DiscriminatorHook(trainer, images_of, lambda model, x: model(x)[0]))
-        extras["discriminator"] = hooks[-1]
+        d_hook = DiscriminatorHook(trainer, images_of, lambda model, x: model(x)[0])
+        hooks.append(d_hook)
+        extras["discriminator"] = d_hook
     periodic = None
     if cfg.eval.rfid_every and rfid_of is not None:
         def evaluate(model, step):
@@ -100,13 +106,13 @@ def new_tokenizer(cfg: DictConfig, device: torch.device):
     names a release tokenizer checkpoint."""
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg)
-    if cfg.tokenizer.arch == "release" and cfg.tokenizer.weights.siglip2:
+    if isinstance(tokenizer, ReleaseTokenizer) and cfg.tokenizer.weights.siglip2:   # tokenizer.arch=release
         tokenizer.init_siglip(Path(str(cfg.tokenizer.weights.siglip2)).expanduser())
     return tokenizer.to(device)
 
 
 def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Path, work: Path,
-                    rfid_of: Callable[[Tokenizer], float | None] | None = None) -> None:
+                    rfid_of: Callable[[AnyTokenizer], float | None] | None = None) -> None:
     """The release's recipe (the parts the config turns on): every rank trains on its part of each global batch
     (DDP); checkpoints in `work` let the next job that builds this tokenizer resume; rank 0 writes the result (the
     EMA copy when there is one) into `folder`, with the rFID history when eval.rfid_every asks for one."""
@@ -131,7 +137,7 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
 
 
 def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device,
-                     rfid_of: Callable[[Tokenizer], float | None] | None = None) -> tuple[Tokenizer, dict, bool]:
+                     rfid_of: Callable[[AnyTokenizer], float | None] | None = None) -> tuple[AnyTokenizer, dict, bool]:
     """The tokenizer for this config: `tokenizer.checkpoint` when given (e.g. the release's), else trained once per
     signature and then reused. `rfid_of(tokenizer)` scores it during training when eval.rfid_every is set. Returns
     (model, checkpoint record, built now)."""
@@ -146,7 +152,8 @@ def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device,
         return ckpt
 
     ckpt, built = load_or_rebuild(cfg.paths.cache, "tokenizer", sig,
-                                  lambda f: train_tokenizer(cfg, train_set, device, f, work, rfid_of), load, together=True)
+                                  lambda f: train_tokenizer(cfg, train_set, device, f, work, rfid_of), load,
+                                  together=True)
     tokenizer = build_tokenizer(cfg).to(device)
     tokenizer.load_state_dict(ckpt["state_dict"])
     tokenizer.eval()
@@ -166,7 +173,7 @@ def sampling_tokenizer(cfg: DictConfig, device: torch.device):
     return tokenizer.eval()
 
 
-def latent_metrics(tokenizer: Tokenizer) -> dict[str, float]:
+def latent_metrics(tokenizer: AnyTokenizer) -> dict[str, float]:
     """The latent's size facts the config does not hold: total bits (h * w * bits per token, or h * w * 16 * channels)
     and tokens in the grid. Bits per token (log2 C) and channels are the params tokenizer.bits / tokenizer.channels,
     logged once (CONVENTIONS.md)."""
@@ -174,12 +181,13 @@ def latent_metrics(tokenizer: Tokenizer) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: Tokenizer, dataset, device: torch.device, batch_size: int = 256):
+def reconstruct(tokenizer: AnyTokenizer, dataset, device: torch.device,
+                batch_size: int = 256) -> tuple[torch.Tensor, TensorImages]:
     """(originals, reconstructions) of this rank's shard of `dataset` (items rank::world), both uint8 (n, C, H, W);
     each image decoded once."""
     indices = distributed.shard_indices(len(dataset)).tolist()
-    images, labels = zip(*[dataset[i] for i in indices])
-    images, labels = torch.stack(images), torch.tensor(labels)
+    items, item_labels = zip(*[dataset[i] for i in indices])
+    images, labels = torch.stack(items), torch.tensor(item_labels)
     out = [float_to_images(tokenizer.decode(tokenizer.encode(images_to_float(images[i:i + batch_size].to(device)))))
            for i in range(0, len(images), batch_size)]
     return images, TensorImages(torch.cat(out).cpu(), labels, getattr(dataset, "num_classes", 0))

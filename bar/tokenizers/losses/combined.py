@@ -9,13 +9,14 @@
     build_tokenizer_loss(loss_node, weights_node, random_init=False) -> TokenizerLoss
     TokenizerLoss(images, recon, step, distill_pred=None, distill_target=None) -> (total, {part: value})
 
-The discriminator is trained separately (`bar.tokenizers.losses.gan.DiscriminatorTrainer`, its own optimizer); the generator
-side only reads it, with its parameters frozen for that forward pass.
+The discriminator is trained separately (`bar.training.discriminator.DiscriminatorTrainer`, its own optimizer); the
+generator side only reads it, with its parameters frozen for that forward pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -53,7 +54,9 @@ class LossWeights:
         if unknown:
             raise UserError(f"{where}.{unknown[0]}: unknown loss weight (known: {', '.join(sorted(known))})")
         values = {k: v for k, v in items.items() if k in known and v is not None}
-        weights = cls(**{k: int(v) if k == "gan_start" else float(v) for k, v in values.items()})
+        # gan_start is an int field, the rest float: one mapping of mixed types, checked by the dataclass itself
+        kwargs: dict[str, Any] = {k: int(v) if k == "gan_start" else float(v) for k, v in values.items()}
+        weights = cls(**kwargs)
         for f in fields(weights):
             if getattr(weights, f.name) < 0:
                 raise UserError(f"{where}.{f.name}={getattr(weights, f.name)} must be >= 0")
@@ -103,18 +106,29 @@ class TokenizerLoss(nn.Module):
         unweighted parts (detached; a disabled part is 0)."""
         w, zero = self.weights, recon.new_zeros(())
         parts = {"l1": l1_loss(images, recon) if w.l1 else zero, "l2": l2_loss(images, recon) if w.l2 else zero,
-                 "perceptual": self.perceptual(images, recon) if w.perceptual else zero, "distillation": zero,
-                 "gram": self.gram(images, recon) if w.gram else zero, "gan": zero}
+                 "perceptual": _frozen_part(self.perceptual, w.perceptual, images, recon, zero),
+                 "distillation": zero, "gram": _frozen_part(self.gram, w.gram, images, recon, zero), "gan": zero}
         if w.distillation:
             if distill_pred is None or distill_target is None:
                 raise ValueError("distillation weight > 0: pass distill_pred (projected decoder features) and "
                                  "distill_target (frozen encoder features)")
             parts["distillation"] = distillation_loss(distill_pred, distill_target)
         if self.gan_active(step):
-            with frozen_params(self.discriminator):
-                parts["gan"] = hinge_g_loss(self.discriminator(recon))
+            disc = self.discriminator
+            assert disc is not None, "gan weight > 0 without a discriminator"    # rejected by __init__
+            with frozen_params(disc):
+                parts["gan"] = hinge_g_loss(disc(recon))
         total = sum(getattr(w, name) * value for name, value in parts.items())
         return total, {name: value.detach() for name, value in parts.items()}
+
+
+def _frozen_part(network: nn.Module | None, weight: float, images: torch.Tensor, recon: torch.Tensor,
+                 zero: torch.Tensor) -> torch.Tensor:
+    """network(images, recon) when its weight is on, else `zero`."""
+    if not weight:
+        return zero
+    assert network is not None, "loss weight > 0 without its network"       # rejected by TokenizerLoss.__init__
+    return network(images, recon)
 
 
 def build_tokenizer_loss(loss_node, weights_node=None, *, random_init: bool = False,

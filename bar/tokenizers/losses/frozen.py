@@ -3,6 +3,8 @@ feature stack that LPIPS and the Gram loss both read (one copy of the weights se
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,12 +15,23 @@ from bar.tokenizers.losses.weights import load_into, load_weights
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+M = TypeVar("M", bound=nn.Module)
 
-def freeze(module: nn.Module) -> nn.Module:
+
+def freeze(module: M) -> M:
     """eval mode and no gradients for the module's own weights (gradients still flow to its input)."""
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+def sum_in_order(terms: list[torch.Tensor]) -> torch.Tensor:
+    """terms[0] + terms[1] + ... left to right (the same values and broadcasting as `0.0 + terms[0] + ...`, typed as
+    a Tensor); at least one term."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def to_rgb(x_BCHW: torch.Tensor) -> torch.Tensor:

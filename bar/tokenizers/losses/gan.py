@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,9 @@ import torch.nn.functional as F
 
 from bar.tokenizers.losses.frozen import freeze, imagenet_normalize, to_rgb
 from bar.tokenizers.losses.weights import load_into, load_weights
+
+if TYPE_CHECKING:                        # timm is imported lazily (only the GAN loss needs it)
+    from timm.models.vision_transformer import VisionTransformer
 
 
 # ----------------------------------------------------------------------------------------------------- losses
@@ -123,7 +126,7 @@ def discriminator_head(channels: int, kernel: int = 9, eps: float = 1e-6) -> nn.
 
 # ----------------------------------------------------------------------------------------------------- backbone
 def dino_vit_small(path=None, random_init: bool = False, patch_size: int = 8, img_size: int = 224,
-                   embed_dim: int = 384, depth: int = 12, num_heads: int = 6) -> nn.Module:
+                   embed_dim: int = 384, depth: int = 12, num_heads: int = 6) -> VisionTransformer:
     """Frozen DINO ViT-S (timm's VisionTransformer layout, tanh GELU as the release runs it). With a file, the patch
     size is read from its patch-embedding weights; the checkpoint's k-biases are zeroed as the release does."""
     from timm.models.vision_transformer import VisionTransformer
@@ -151,7 +154,7 @@ def dino_vit_small(path=None, random_init: bool = False, patch_size: int = 8, im
 class DinoDiscriminator(nn.Module):
     """Images (B, 3, H, W) in [-1, 1] -> logits (B, (len(key_depths) + 1) * L), L = (img_size / patch)^2."""
 
-    def __init__(self, backbone: nn.Module, key_depths: Sequence[int] = (2, 5, 8, 11), kernel: int = 9,
+    def __init__(self, backbone: VisionTransformer, key_depths: Sequence[int] = (2, 5, 8, 11), kernel: int = 9,
                  eps: float = 1e-6, generator: torch.Generator | None = None):
         super().__init__()
         self.backbone = freeze(backbone)
@@ -177,8 +180,10 @@ class DinoDiscriminator(nn.Module):
         vit = self.backbone
         vit.eval()
         x = self._fit(imagenet_normalize(to_rgb(x_pm1.float())))
+        cls_token, pos_embed = vit.cls_token, vit.pos_embed
+        assert cls_token is not None and pos_embed is not None, "the DINO backbone has a class token and positions"
         x = vit.patch_embed(x)
-        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + vit.pos_embed
+        x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos_embed
         outs = [(x[:, 1:] + x[:, :1]).transpose(1, 2)]
         for i, block in enumerate(vit.blocks):
             if i > max(self.key_depths, default=-1):

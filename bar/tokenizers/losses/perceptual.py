@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import convnext_small
 
-from bar.tokenizers.losses.frozen import freeze, imagenet_normalize, resize, to_rgb, vgg16_features
+from bar.tokenizers.losses.frozen import freeze, imagenet_normalize, resize, sum_in_order, to_rgb, vgg16_features
 from bar.tokenizers.losses.weights import load_into, load_weights
 
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -60,6 +60,9 @@ class LPIPS(nn.Module):
     `taps` maps an image to a list of feature maps with `channels` channels; the real one is VGG16
     (`LPIPS.from_files`), tests pass a tiny random stack."""
 
+    shift: torch.Tensor               # buffers (1, 3, 1, 1): LPIPS's input scaling
+    scale: torch.Tensor
+
     def __init__(self, taps: nn.Module, channels: Sequence[int]):
         super().__init__()
         self.taps = taps
@@ -85,10 +88,8 @@ class LPIPS(nn.Module):
     def forward(self, x_pm1: torch.Tensor, y_pm1: torch.Tensor) -> torch.Tensor:
         fx = self.taps((to_rgb(x_pm1) - self.shift) / self.scale)
         fy = self.taps((to_rgb(y_pm1) - self.shift) / self.scale)
-        total = 0.0
-        for lin, a, b in zip(self.lins, fx, fy):
-            total = total + lin((unit_normalize(a) - unit_normalize(b)).pow(2)).mean(dim=(2, 3), keepdim=True)
-        return total
+        return sum_in_order([lin((unit_normalize(a) - unit_normalize(b)).pow(2)).mean(dim=(2, 3), keepdim=True)
+                             for lin, a, b in zip(self.lins, fx, fy)])
 
 
 class LogitsDistance(nn.Module):
@@ -128,11 +129,11 @@ class PerceptualLoss(nn.Module):
 
     def forward(self, images_pm1: torch.Tensor, recon_pm1: torch.Tensor) -> torch.Tensor:
         self.eval()                      # frozen networks: always in eval mode, whatever the caller set
-        total, norm = 0.0, 0.0
+        parts, norm = [], 0.0
         if self.lpips is not None:
-            total = total + self.lpips_weight * self.lpips(images_pm1, recon_pm1).mean()
+            parts.append(self.lpips_weight * self.lpips(images_pm1, recon_pm1).mean())
             norm += self.lpips_weight
         if self.convnext is not None:
-            total = total + self.convnext_weight * self.convnext(images_pm1, recon_pm1)
+            parts.append(self.convnext_weight * self.convnext(images_pm1, recon_pm1))
             norm += self.convnext_weight
-        return total / norm
+        return sum_in_order(parts) / norm
