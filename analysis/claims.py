@@ -15,7 +15,17 @@ import pandas as pd
 
 from analysis import convergence as conv_mod
 from analysis.formatting import fmt, head_label
-from analysis.runs import BITS_PER_TOKEN, CODEBOOK_LOG2, column, latent_size, numeric, profile_of, sweep_of
+from analysis.runs import (
+    BITS_PER_TOKEN,
+    CODEBOOK_LOG2,
+    INFEASIBLE_REASON,
+    MEMORY_BUDGET_GB,
+    column,
+    latent_size,
+    numeric,
+    profile_of,
+    sweep_of,
+)
 from bar.core.vocabulary import (
     AE,
     BITWISE,
@@ -198,8 +208,33 @@ def _claim_mbm(df: pd.DataFrame) -> tuple[str, str]:
     return ("no" if lost else "yes"), evidence
 
 
+def _budget_text(sub: pd.DataFrame, infeasible: pd.Series, oom: pd.Series) -> str:
+    """Which memory made the wall: for infeasible points the budget they were planned against, the param
+    generator.memory_budget_gb where set (a chosen limit, not the memory of the device), else the budget the planner
+    stated in the tag infeasible_reason (the device's own memory); for out-of-memory failures the device's memory."""
+    parts = []
+    profile = profile_of(sub).iloc[0] if not sub.empty else "?"
+    budget = numeric(sub, MEMORY_BUDGET_GB)
+    chosen = sorted(budget[infeasible].dropna().unique())
+    if chosen:
+        parts.append(f"at the {profile} profile's {' / '.join(fmt(float(b)) for b in chosen)} GB budget "
+                     f"({MEMORY_BUDGET_GB}), not a GPU's memory")
+    unset = infeasible & budget.isna()
+    if unset.any():
+        reason = column(sub, INFEASIBLE_REASON).astype(object).fillna("").astype(str)
+        stated = pd.to_numeric(reason[unset].str.extract(r"budget ([0-9.eE+-]+) GiB", expand=False), errors="coerce")
+        values = sorted(stated.dropna().unique())
+        parts.append((f"at {' / '.join(fmt(float(v)) for v in values)} GB, " if values else "at a budget not logged, ")
+                     + f"the device's own memory ({MEMORY_BUDGET_GB} unset: a GPU's memory, or the host's free "
+                       "memory on CPU)")
+    if oom.any():
+        parts.append("out of the memory of the device that ran it (failed out of memory)")
+    return "; ".join(parts)
+
+
 def _claim_wall(df: pd.DataFrame) -> tuple[str, str]:
-    """Yes when some softmax point is infeasible or failed out of memory."""
+    """Yes when some softmax point is infeasible or failed out of memory; the evidence names the memory budget that
+    made it so (`_budget_text`)."""
     sub = df[column(df, HEAD_NAME) == SOFTMAX]
     if sub.empty:
         return NOT_MEASURED, "no softmax-head runs"
@@ -215,8 +250,8 @@ def _claim_wall(df: pd.DataFrame) -> tuple[str, str]:
         est_text = ", ".join(f"{int(s)}: {fmt(float(est[(x == s) & wall].mean()))} GB"
                              for s in walls if est[(x == s) & wall].notna().any())
         return "yes", (f"softmax cannot run at log2 C = {', '.join(str(int(s)) for s in walls)} "
-                       f"(infeasible / out of memory); {ran_text}"
-                       + (f"; memory estimate at the wall {est_text}" if est_text else ""))
+                       f"{_budget_text(sub, sub['status'] == INFEASIBLE, oom)}; {ran_text}"
+                       + (f"; estimated training memory at the wall {est_text}" if est_text else ""))
     return "no", f"every softmax run was feasible: {ran_text}"
 
 

@@ -8,8 +8,8 @@ tables and REPORT.md in OUT/. No figure mixes points of different sweeps.
 Tracking URI: --tracking-uri, else the project default (bar.core.paths: MLFLOW_TRACKING_URI, else the sqlite store under
 BAR_OUTPUTS or <project root>/outputs), the same store `run.py` writes to.
 A sweep's own figures, the tables and the report are also logged to the sweep's latest parent run (tag role=parent)
-under `figures/` (--no-log to skip). Exit code 2 with a one-line message when the store is missing or empty or a sweep
-is unknown.
+under `figures/` (--no-log to skip). Exit code 2 with a one-line message when the store is missing, empty or cannot be
+opened (e.g. a file store, which MLflow 3 refuses), a sweep is unknown, or --out cannot be written.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from analysis.runs import (  # noqa: E402
     load_runs,
     numeric,
 )
+from bar.core.files import folder_problem  # noqa: E402
 from bar.core.vocabulary import EVALUATION_HISTORIES, LOSS_HISTORIES  # noqa: E402
 from bar.data.datasets import EMBEDDED_DATASETS  # noqa: E402
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         formats = formats_of(args.format)
     except ValueError as exc:
         return _fail(str(exc))
+    unwritable = folder_problem(args.out)          # before the store is read: nothing drawn for nothing
+    if unwritable:
+        return _fail(f"--out {args.out} cannot be written: {unwritable}: pass --out DIR")
     try:
         df = load_runs(args.tracking_uri, sweep=args.sweep, profile=args.profile)
     except StoreError as exc:

@@ -14,7 +14,14 @@ from analysis import convergence as conv_mod
 from analysis.claims import CONVERGENCE_RULE, evaluate_claims
 from analysis.formatting import fmt
 from analysis.runs import column, numeric, profile_of
-from analysis.tables import main_results_table, to_markdown
+from analysis.tables import (
+    MAIN_CAPTION,
+    main_results_note,
+    main_results_table,
+    profile_caption,
+    profile_tables,
+    to_markdown,
+)
 from bar.core.vocabulary import FAILED, FSQ, RECON_MSE, RFID, TOKENIZER_KIND, TOTAL_BITS
 
 BITS_CLAIMS = ("rfid_falls", "gfid_falls", "discrete_matches_continuous")  # need tokenizers that use their bits
@@ -162,6 +169,21 @@ def _data_lines(df: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
+def results_lines(df: pd.DataFrame, reported: pd.DataFrame | None) -> list[str]:
+    """The main results table (the paper's numbers; beside them only paper-profile runs of the same model, resolution
+    and head, with a line saying so when there are none), then each profile's measured table under its own heading."""
+    table = main_results_table(df, reported)
+    lines = ["## Main results", "", MAIN_CAPTION, "",
+             to_markdown(table, main_results_note(df, reported)).rstrip(), ""]
+    measured = profile_tables(df, reported)
+    if measured:
+        lines += ["## Measured, per profile", "",
+                  "Each profile's runs in a table of their own, never beside the paper's numbers.", ""]
+    for profile, frame in measured.items():
+        lines += [f"### Profile {profile}", "", profile_caption(profile), "", to_markdown(frame).rstrip(), ""]
+    return lines
+
+
 def _claims_header(match_tol: float, flat_ratio: float) -> list[str]:
     return ["## Claims", "",
             f"Verdicts per sweep and profile. Discrete 'matches' continuous within {match_tol:.0%} gFID; memory is "
@@ -210,7 +232,7 @@ def report_markdown(df: pd.DataFrame, figures=None, reported: pd.DataFrame | Non
               for c in claims]
     lines += [""] + testbed_lines(df, claims, information)
     lines += budget_lines(conv_mod.convergence_frame(history, df) if history is not None and not df.empty else None)
-    lines += ["## Main results", "", to_markdown(main_results_table(df, reported)).rstrip(), ""]
+    lines += results_lines(df, reported)
     if figures:
         lines += _figures_lines(figures)
     return "\n".join(lines)

@@ -47,6 +47,15 @@ HISTORY_KEYS = LOSS_HISTORIES
 BITS_PER_TOKEN = "bits_per_token"
 CODEBOOK_LOG2 = "codebook_log2"
 CHANNELS = "channels"
+# Names the runs carry (CONVENTIONS.md, bar/orchestration) that bar.core.vocabulary does not spell: the tables and
+# claims read them here, once.
+DATA_NAME = "data.name"
+DATA_RESOLUTION = "data.resolution"                 # param: image side in pixels
+MEMORY_BUDGET_GB = "generator.memory_budget_gb"     # param: per-device budget; None: the device's own memory
+INFEASIBLE_REASON = "infeasible_reason"             # tag of an infeasible point: the planner's estimate and budget
+TOKENIZER_SIGNATURE = "tokenizer_signature"         # tag: hash of what the trained tokenizer depends on
+FID_EXTRACTOR = "fid_extractor"                     # tag: the features FID was computed with
+GENERATOR_PARAMS = "generator_params"               # metric: the generator's parameter count
 IDENTITY_COLUMNS = ["run_id", "run_name", "experiment", "experiment_id", "parent_run_id", "start_time", "end_time",
                     "mlflow_status", "n_attempts"]
 

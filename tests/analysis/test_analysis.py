@@ -365,7 +365,7 @@ def test_head_labels_have_one_spelling_and_tables_use_its_short_form(runs):
     assert vocabulary.HEAD_SHORT_LABEL["bitwise"] == vocabulary.HEAD_LABEL["bitwise"] == "per-bit"
     plotted = figures.codebook_scaling_frame(runs).plotted
     assert set(plotted["head"]) == {vocabulary.HEAD_LABEL[h] for h in vocabulary.DISCRETE_HEADS}
-    measured = tables.main_results_table(runs)
+    measured = pd.concat(tables.profile_tables(runs).values())
     assert "tiny MBM fsq-16b" in set(measured["model"])
     assert not measured["model"].str.contains("(BAR)", regex=False).any()
     assert "MBM (BAR)" not in "".join(c.evidence for c in claims.evaluate_claims(runs))
@@ -460,34 +460,42 @@ def test_partial_sweep_draws_what_exists(runs, tmp_path):
 # ------------------------------------------------------------------------------------------------------- tables
 
 def test_main_results_table(runs):
+    # this store's runs are at profiles smoke and cpu with no data.resolution: none stands beside a reported row
     table = tables.main_results_table(runs)
-    rep = table[table["source"] != "measured"]
-    assert len(rep) == len(tables.load_reported())
-    b4 = table[(table["model"] == "BAR-B/4")]
-    assert list(b4["source"].str.startswith("BAR release")) == [True, False]
-    measured = b4[b4["source"] == "measured"].iloc[0]
+    assert list(table["source"]) == list(tables.load_reported()["source"])
+    assert table.loc[table["model"] == "BAR-B/4", "gfid"].tolist() == [2.34]
+    note = tables.main_results_note(runs)
+    assert note.startswith("No measured run at the paper's resolution (256 px or 512 px, profile paper) exists yet")
+    assert "measured_cpu.md, measured_smoke.md" in note
+    # the bar_b4 point of the cpu profile is in the cpu profile's own table
+    cpu = tables.profile_tables(runs)["cpu"]
     src = runs[runs["model.preset"] == "bar_b4"].iloc[0]
-    assert measured["gfid"] == src["gfid"] and measured["profile"] == "cpu" and measured["n"] == 1
-    assert b4[b4["source"] != "measured"].iloc[0]["gfid"] == 2.34
-    only = table[table["section"] == "measured"]
-    assert len(only) > 0 and "BAR-B/4" not in set(only["model"])
+    row = cpu[cpu["point"] == src["run_name"]].iloc[0]
+    assert row["gfid"] == src["gfid"] and row["section"].startswith("cpu profile, synthetic, resolution not logged")
 
-    md = tables.to_markdown(table)
+    md = tables.to_markdown(table, note)
     assert md.splitlines()[0].startswith("| Model | Params | Source |") and "| 2.34 |" in md
-    assert f"| {src['gfid']:.2f} |" in md
+    assert md.rstrip().endswith("exists yet: the rows above are the paper's numbers alone. Measured numbers at smaller "
+                                "sizes: measured_cpu.md, measured_smoke.md.")
     tex = tables.to_latex(table, caption="c", label="tab:x")
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\label{tab:x}", "BAR-B/4"):
         assert token in tex
-    assert r"bar\_b" not in tex or True  # underscores escaped where present
     assert "_" not in tex.replace(r"\_", "").replace("tab:x", "")
+    cpu_tex = tables.to_latex(cpu, caption=tables.profile_caption("cpu"), label="tab:measured-cpu")
+    assert "bar\\_b4" in cpu_tex and "_" not in cpu_tex.replace(r"\_", "")
 
 
 def test_write_tables(runs, tmp_path):
     files = tables.write_tables(runs, tmp_path)
     assert {p.name for p in files} == {"main_results.md", "main_results.tex", "main_results.csv",
-                                       "measured_points.md", "measured_points.csv"}
+                                       "measured_points.md", "measured_points.csv",
+                                       *(f"measured_{p}.{s}" for p in ("cpu", "smoke") for s in ("md", "tex", "csv"))}
     points = pd.read_csv(tmp_path / "measured_points.csv")
     assert len(points) == len(runs)
+    assert "No measured run at the paper's resolution" in (tmp_path / "main_results.md").read_text()
+    assert "No measured run at the paper's resolution" in (tmp_path / "main_results.tex").read_text()
+    smoke = pd.read_csv(tmp_path / "measured_smoke.csv")
+    assert set(smoke["profile"]) == {"smoke"} and "n" not in smoke.columns  # one row per point: nothing averaged
 
 
 # ------------------------------------------------------------------------------------------------------- claims
