@@ -1,7 +1,12 @@
 """The GAN discriminator's own optimizer and step (the release's, utils/train_utils.py:220-238, 254-262, 490-498):
 AdamW 1e-4, betas (0.9, 0.999), weight decay 0, grad-norm clip 1.0, its own cosine schedule (warmup 10k, total
-max_train_steps - discriminator_start = 100k, end 1e-5) stepped once per discriminator step. With several ranks the
-heads' gradients are averaged over them before clipping, as DDP would."""
+max_train_steps - discriminator_start = 100k, end 1e-5) stepped once per discriminator step.
+
+With several ranks (`distributed=True`) it does what DDP would do for the heads, which are trained outside DDP (the
+backbone is frozen and shared): rank 0's heads (parameters and spectral-norm vectors) are broadcast when the trainer is
+made, so ranks that built them differently still start alike, and each step averages the heads' gradients over the
+ranks before clipping. The heads then stay identical on every rank: the spectral-norm power iteration only reads the
+(identical) weights, and BatchNormLocal keeps no running statistics."""
 
 from __future__ import annotations
 
@@ -42,6 +47,15 @@ class DiscriminatorTrainer:
                    "weight_decay": float(weight_decay)}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(betas[0], betas[1]))
         self.steps = 0                       # discriminator updates done
+        if distributed:
+            self._broadcast_heads()
+
+    def _broadcast_heads(self) -> None:
+        """Rank 0's heads on every rank (a no-op on one): without it, heads built from different random states would
+        train apart for the whole run, since averaged gradients never pull different weights together."""
+        heads = self.discriminator.heads
+        mine = {k: v.detach().cpu() for k, v in heads.state_dict().items()} if dist.is_main() else None
+        heads.load_state_dict(dist.broadcast_object(mine))
 
     def active(self, step: int) -> bool:
         """Whether the GAN is on at generator step `step` (0-based)."""
@@ -51,7 +65,8 @@ class DiscriminatorTrainer:
         return release_cosine_lr(self.steps, self.lr, self.warmup, self.total, self.min_lr)
 
     def step(self, images_pm1: torch.Tensor, recon_pm1: torch.Tensor) -> dict[str, float]:
-        """One discriminator update on real images and (detached, 8-bit-rounded) reconstructions."""
+        """One discriminator update on real images and (detached, 8-bit-rounded) reconstructions (this rank's part
+        of the batch). The statistics returned are this rank's."""
         D = self.discriminator
         for p in self.params:
             p.requires_grad_(True)

@@ -2,7 +2,7 @@
 bar.tokenizers.augment; EMA: bar.training.ema).
 
     tokenizer_param_groups(model, lr, encoder_lr_mult=0.1, weight_decay=0.0, encoder_substring="encoder") -> groups
-    DiscriminatorHook(trainer, images_of, reconstruct)            a TrainHook: one D step after each G step >= start
+    DiscriminatorHook(trainer, images_of, reconstruct, seed=None) a TrainHook: one D step after each G step >= start
     CheckpointingWithExtras(folder, extras={name: obj}, ...)      Checkpointing that also saves/restores hook states
 
 Release facts (read from the files named):
@@ -58,29 +58,63 @@ def tokenizer_param_groups(model: nn.Module, lr: float, encoder_lr_mult: float =
 
 
 # ----------------------------------------------------------------------------------------------------- hooks
+def stream_seed(seed: int, step: int, index: int, use: int) -> int:
+    """The seed of one random stream of the discriminator iteration after generator step `step`: a function of the
+    run's seed, the step, `index` (a sample's position in the global batch) and `use` (which draws), never of the rank
+    that draws it nor of the global RNG's state."""
+    return (((seed * 1_000_003 + step) * 65_537 + index) * 4 + use) % 2 ** 63
+
+
+AUGMENT, CROPS = 1, 2          # stream_seed's `use`: a sample's augmentation; the discriminator's crop-or-resize draws
+
+
 class DiscriminatorHook(TrainHook):
     """After each generator step at or past `trainer.start`, one discriminator step on the NEXT batch of the
     stream, reconstructed by the tokenizer in eval mode without gradients, as the release alternates G and D
     iterations. `images_of(batch)` -> images in [-1, 1] (augmented as for the G step); `reconstruct(model,
-    images)` -> reconstructions. The last step's D statistics are in `self.last`.
+    images)` -> reconstructions. The last step's D statistics (this rank's) are in `self.last`.
 
     So one step of bar.training.loop's loop past the start is one G plus one D iteration of the release's loop: the
-    release's 200k iterations with the GAN from 100k are 150k steps here (see the report for the LR schedule)."""
+    release's 200k iterations with the GAN from 100k are 150k steps here (see the report for the LR schedule).
+
+    Randomness: `images_of` runs once per sample, under a stream keyed by (seed, step, the sample's position in the
+    global batch), and the discriminator's crop-or-resize draws of the iteration under one keyed by (seed, step), both
+    forked from the global torch RNG, which they leave as they found it. So samples on different ranks are augmented
+    independently (every rank holds the global RNG in the same state: drawing from it, each rank repeated the others'
+    crops and flips), and the D iteration is the same whether the global batch is on one rank or split over several
+    (in equal contiguous shards, as bar.data.loader deals them). `seed` None: torch's initial seed when the hook is
+    made (the run's seed, which the tokenizer stage sets on every rank before building)."""
 
     def __init__(self, trainer: DiscriminatorTrainer, images_of: Callable[[object], torch.Tensor],
-                 reconstruct: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+                 reconstruct: Callable[[nn.Module, torch.Tensor], torch.Tensor], seed: int | None = None):
         self.trainer, self.images_of, self.reconstruct = trainer, images_of, reconstruct
+        self.seed = torch.initial_seed() if seed is None else int(seed)
         self.last: dict[str, float] = {}
 
+    def discriminator_images(self, batch, step: int) -> torch.Tensor:
+        """`images_of` of this rank's part of a global batch (a sequence of tensors sharing dim 0), sample by sample,
+        each under its own stream (this rank's part starts at position rank * its length)."""
+        n = len(batch[0])
+        first = dist.rank() * n
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            for i in range(n):
+                torch.default_generator.manual_seed(stream_seed(self.seed, step, first + i, AUGMENT))
+                out.append(self.images_of([t[i:i + 1] for t in batch]))
+        return torch.cat(out)
+
     def after_step(self, state: TrainState) -> None:
-        if not self.trainer.active(state.step - 1):
+        step = state.step - 1                # the generator step just done (0-based)
+        if not self.trainer.active(step):
             return
-        images = self.images_of(next(state.batches))
+        images = self.discriminator_images(next(state.batches), step)
         state.model.eval()
         with torch.no_grad():
             recon = self.reconstruct(state.model, images)
         state.model.train()
-        self.last = self.trainer.step(images, recon)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(stream_seed(self.seed, step, 0, CROPS))
+            self.last = self.trainer.step(images, recon)
 
     def state_dict(self) -> dict:
         return self.trainer.state_dict()
