@@ -58,8 +58,9 @@ test-all: test test-cli test-compile test-slow test-faults
 figures: install
 	$(PY) analysis/make_figures.py
 
+# The MLflow UI on the default store (MLFLOW_TRACKING_URI, else outputs/mlflow.db); PORT=N when 5000 is taken.
 dashboard: install
-	$(PY) -m bar.orchestration.mlflow_server ui
+	$(PY) -m bar.orchestration.mlflow_server ui --host $(HOST) --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/bench_sweep.py bits_vs_rfid

@@ -1,6 +1,7 @@
 """Single entry point: one sweep point (`python run.py ...`) or a sweep (`python run.py -m sweep=NAME`).
 
-A composition error (an unknown key or option, a value of the wrong type) is one line on stderr, exit code 2."""
+A composition error (an unknown key or option, a value of the wrong type) is one line on stderr, exit code 2; Ctrl-C
+is one line too (exit code 130: the point's run is marked interrupted, the same command continues it)."""
 
 import os
 import sys
@@ -31,6 +32,9 @@ if __name__ == "__main__":
     register()
     try:
         main()
+    except KeyboardInterrupt:   # Ctrl-C before a point ran (a running point or sweep reports its own)
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if is_config_error(err):
             print(f"error: {describe_config_error(err)}", file=sys.stderr)

@@ -238,27 +238,67 @@ def center_crop_arr(pil_image, image_size: int):
 
 
 def load_image(path: str | Path, resolution: int) -> torch.Tensor:
-    """An image file -> RGB -> `center_crop_arr` -> uint8 (3, resolution, resolution)."""
+    """An image file -> RGB -> `center_crop_arr` -> uint8 (3, resolution, resolution). One-line UserError naming the
+    file for one PIL cannot or will not decode (truncated, corrupt, not an image, a decompression bomb: more than
+    2 x Image.MAX_IMAGE_PIXELS pixels)."""
     try:
         with Image.open(path) as img:
             img = center_crop_arr(img.convert("RGB"), resolution)
-    except (OSError, ValueError, SyntaxError) as err:   # PIL's errors for truncated, corrupt or non-image files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot read image {path}: {err} (remove or replace the file)") from None
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES          # by name only: a million files are listed, never stat'ed
+
+
+@lru_cache(maxsize=32)
+def class_folders(root: str) -> tuple[tuple[str, int], ...]:
+    """(name, images directly in it) of each class folder of an image folder tree, sorted by name; listed once per
+    process."""
+    folder = Path(root)
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return tuple((name, sum(1 for f in (folder / name).iterdir() if _is_image(f))) for name in names)
+
+
+def _nested_images(folder: Path) -> str | None:
+    """The first sub-folder of `folder` (relative to its parent) that holds images."""
+    for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
+        if any(_is_image(f) for f in sub.iterdir()):
+            return str(sub.relative_to(folder.parent))
+    return None
+
+
+def check_image_folder(root: str | Path, key: str = "data.root") -> tuple[str, ...]:
+    """The class folder names of an ImageNet-style tree `root/<class>/<image>`, after checking that it exists and
+    that every class folder holds images directly (a class without images would train as a class, unseen)."""
+    folder = Path(root)
+    if not folder.is_dir():
+        raise UserError(f"{key}: data folder {root} does not exist: set {key} to an ImageNet-style folder tree")
+    classes = class_folders(str(folder))
+    if not any(count for _, count in classes):
+        raise UserError(f"{key}: data folder {root} holds no images in class sub-folders (expected "
+                        f"{folder}/<class>/*.JPEG)")
+    empty = [name for name, count in classes if not count]
+    if empty:
+        nested = _nested_images(folder / empty[0])
+        where = f": its images are in {nested}, a level too deep" if nested else ""
+        others = f" (and {len(empty) - 1} more class folders)" if len(empty) > 1 else ""
+        raise UserError(f"{key}: class folder {folder / empty[0]} holds no images{where}{others}: images go directly "
+                        "in a class folder (remove it, or move its images there)")
+    return tuple(name for name, _ in classes)
+
+
 class ImageFolderImages(Dataset):
-    """`root/<class>/<image>`: labels from sorted folder names; images decoded lazily through `load_image`."""
+    """`root/<class>/<image>`: labels from sorted folder names; images decoded lazily through `load_image`. Every
+    class folder must hold images (`check_image_folder`)."""
 
     def __init__(self, root: str | Path, resolution: int):
         root = Path(root)
-        if not root.is_dir():
-            raise UserError(f"data folder {root} does not exist: set data.root to an ImageNet-style folder tree")
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.classes = list(check_image_folder(root))
         self.samples = [(f, label) for label, name in enumerate(self.classes)
-                        for f in sorted((root / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        if not self.samples:
-            raise UserError(f"data folder {root} holds no images in class sub-folders (expected {root}/<class>/*.JPEG)")
+                        for f in sorted((root / name).iterdir()) if _is_image(f)]
         self.resolution = resolution
         self.num_classes = len(self.classes)
 
@@ -270,13 +310,10 @@ class ImageFolderImages(Dataset):
         return load_image(path, self.resolution), label
 
 
-@lru_cache(maxsize=32)
 def folder_summary(root: str) -> tuple[tuple[str, ...], int]:
     """(class folder names, number of images) of an image folder tree, listed once per process."""
-    folder = Path(root)
-    classes = tuple(sorted(p.name for p in folder.iterdir() if p.is_dir()))
-    count = sum(1 for name in classes for f in (folder / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    return classes, count
+    classes = class_folders(root)
+    return tuple(name for name, _ in classes), sum(count for _, count in classes)
 
 
 def split_size(data_cfg, split: str) -> int:

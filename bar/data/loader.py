@@ -4,6 +4,7 @@
         iterates (indices, views) of this rank's slice of every global batch, forever, from a start position
     ResumableLoader(fetch_dataset, sampler, num_workers=0, pin_memory=False, prefetch_factor=2)
         next(loader) -> batch;  state_dict() / load_state_dict(state): the position of the batches consumed so far
+        a UserError met fetching a batch, in a worker or not, is raised by next() as its one line (FetchError)
     image_loader(dataset, global_batch, *, seed, rank, world_size, num_workers, flip=True) -> ResumableLoader
         (uint8 images (b, C, H, W), labels (b,)) of an image dataset (e.g. bar.data.datasets.ImageFolderImages)
     codes_loader(store, global_batch, *, seed, rank, world_size, num_workers) -> ResumableLoader
@@ -25,6 +26,7 @@ interrupted one would have yielded next.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -116,6 +118,8 @@ class ResumableLoader:
         if self._it is None:
             self._it = self._iterator()
         batch = next(self._it)
+        if isinstance(batch, FetchError):       # a worker's (or this process's) one-line mistake
+            raise UserError(batch.message)
         self.consumed += 1
         return batch
 
@@ -149,7 +153,28 @@ class ResumableLoader:
 
 
 # ----------------------------------------------------------------------------------------------------- fetchers
-class ImageBatches(Dataset):
+@dataclass(frozen=True)
+class FetchError:
+    """A user's mistake met while fetching a batch (e.g. an unreadable image), handed back as the batch: raised again
+    where the batch is taken, as the one line it is. (Raised inside a worker, torch would re-raise it with the
+    worker's whole traceback in its message.)"""
+    message: str
+
+
+class Fetcher(Dataset):
+    """Fetches one batch per item; a UserError becomes a FetchError batch (see ResumableLoader.__next__)."""
+
+    def __getitem__(self, batch):
+        try:
+            return self.fetch(batch)
+        except UserError as err:
+            return FetchError(str(err))
+
+    def fetch(self, batch):
+        raise NotImplementedError
+
+
+class ImageBatches(Fetcher):
     """Fetches a batch of an image dataset: (indices, views) -> (uint8 images (b, C, H, W), labels (b,)); view 1 is
     the horizontal flip."""
 
@@ -159,7 +184,7 @@ class ImageBatches(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, batch):
+    def fetch(self, batch):
         indices, views = batch
         images, labels = [], []
         for i, v in zip(indices.tolist(), views.tolist()):
@@ -169,7 +194,7 @@ class ImageBatches(Dataset):
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
-class CodesBatches(Dataset):
+class CodesBatches(Fetcher):
     """Fetches a batch of a CodesStore: (indices, views) -> (tokens (b, L, k|d), labels (b,)), one read per batch."""
 
     def __init__(self, store):
@@ -178,7 +203,7 @@ class CodesBatches(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def __getitem__(self, batch):
+    def fetch(self, batch):
         indices, views = batch
         return self.store.read(indices, views)
 

@@ -9,6 +9,7 @@ Two protocols (`eval.protocol`):
   adm       the paper's (bar.eval.adm): guided-diffusion's evaluator against an ADM reference batch (`eval.reference`):
             FID and sFID from its stored statistics, IS, k=3 precision/recall against its 10,000 images (their
             features cached once per reference file). Needs the Inception weights.
+Both feature caches are bar.data.cache entries: checksummed, and built again when they fail.
 
     scores = evaluator.compare(images_shard, reference, "train", isc=True, prc=True)   # dict on rank 0, None else
 Keys: fid, inception_score, precision, recall (+ sfid for adm). The evaluators are built from a point's config by
@@ -28,9 +29,9 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from bar.eval import adm
 from bar.core import distributed
-from bar.core.files import load_verified, save_atomic
+from bar.core.files import CorruptCheckpoint, load_verified, save_atomic
 from bar.core.hashing import stable_hash
-from bar.data.cache import get_or_build, load_or_rebuild
+from bar.data.cache import load_or_rebuild
 from bar.eval.features import CLASSIFIER_EXTRACTOR
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -132,9 +133,8 @@ class ADMEvaluator:
                                      self.extractor, self.device)
             np.savez(folder / "features.npz", pool=f.pool, spatial=f.spatial, logits=f.logits)
 
-        folder, _ = get_or_build(self.cache_root, "adm-reference", key, build)
-        saved = np.load(folder / "features.npz")
-        return adm.Features(saved["pool"], saved["spatial"], saved["logits"])
+        features, _ = load_or_rebuild(self.cache_root, "adm-reference", key, build, _load_adm_features)
+        return features
 
     def compare(self, images_shard: torch.Tensor, reference=None, reference_name: str = "", *, isc: bool = True,
                 prc: bool = True, items: torch.Tensor | None = None) -> dict[str, float] | None:
@@ -148,6 +148,16 @@ class ADMEvaluator:
         scores = adm.adm_scores(sample, self.reference, self.reference_features(), device=self.device)
         return {"fid": scores["gfid"], "sfid": scores["sfid"], "inception_score": scores["inception_score"],
                 "precision": scores["precision"], "recall": scores["recall"]}
+
+
+def _load_adm_features(folder: Path) -> adm.Features:
+    """The cached features of an ADM reference; CorruptCheckpoint when the file cannot be read (the cache then
+    builds it again)."""
+    try:
+        with np.load(folder / "features.npz") as saved:
+            return adm.Features(saved["pool"], saved["spatial"], saved["logits"])
+    except Exception as err:   # zip, pickle and shape errors of a damaged .npz
+        raise CorruptCheckpoint(f"{folder / 'features.npz'}: unreadable ({type(err).__name__})") from None
 
 
 def gather_features(local: dict[str, torch.Tensor], items: torch.Tensor | None = None

@@ -6,6 +6,7 @@ Sweep files live in `sweeps/`; Hydra finds them as the `sweep` group through bar
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -14,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bar import PROJECT_ROOT
+from bar.core.files import file_identity
 from bar.core.hashing import stable_hash
 from bar.orchestration import schema
+from bar.orchestration.rules import unused_defaults
 
 SWEEPS_DIR = PROJECT_ROOT / "sweeps"
 CONF_DIR = PROJECT_ROOT / "bar" / "conf"
@@ -53,11 +56,25 @@ def is_result_key(key: str) -> bool:
 def result_values(cfg: DictConfig, at: str = "") -> dict:
     """The resolved values of the config node at dotted key `at` ("": the whole config) without NON_RESULT_KEYS.
     Those directly under the node are left out before resolving, so a sweeper's config, which still has its `hydra`
-    node, gives the job's values."""
+    node, gives the job's values. Of the whole config, a setting the point does not read (bar.orchestration.rules.USES)
+    counts as its default: ignored, it changes no signature and no param."""
     node = OmegaConf.select(cfg, at) if at else cfg
     prefix = f"{at}." if at else ""
     keys = [str(k) for k in node]        # the project's config keys are all strings (YAML and dataclass fields)
-    return _results_only({k: _resolved(node, k) for k in keys if is_result_key(prefix + k)}, prefix)
+    values = _results_only({k: _resolved(node, k) for k in keys if is_result_key(prefix + k)}, prefix)
+    for key, default in (unused_defaults(cfg).items() if not at else ()):
+        _replace(values, key, default)
+    return values
+
+
+def _replace(values: dict, key: str, value) -> None:
+    """Set the dotted `key` of nested `values` to `value`, where it is held."""
+    *groups, name = key.split(".")
+    parent: Any = values
+    for group in groups:
+        parent = parent.get(group) if isinstance(parent, dict) else None
+    if isinstance(parent, dict) and name in parent:
+        parent[name] = value
 
 
 def _results_only(values: dict, prefix: str) -> dict:
@@ -102,8 +119,12 @@ def tokenizer_signature(cfg: DictConfig) -> str:
 
 
 def point_signature(cfg: DictConfig) -> str:
-    """Hash of every config value that can change the point's results."""
-    return signature(result_values(cfg))
+    """Hash of every config value that can change the point's results; for stage=sample also of the checkpoint
+    file's size and mtime: weights replaced at the same path are another point (own run, own sample batches)."""
+    identity = result_values(cfg)
+    if cfg.stage == "sample" and cfg.checkpoint:
+        identity["checkpoint_file"] = file_identity(str(cfg.checkpoint))
+    return signature(identity)
 
 
 # ----------------------------------------------------------------------------------------------------- MLflow names

@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError
 from bar.core import distributed
+from bar.core.files import disk_full, file_identity
 from bar.eval import adm
 from bar.orchestration.build import build_generator, sampling_schedule, sampling_temperature
-from bar.orchestration.config import resolved_dict, run_params, tokenizer_signature
+from bar.orchestration.config import point_name, resolved_dict, run_params, tokenizer_signature
 from bar.orchestration.cost import TRAIN_FACTOR, generator_flops
 from bar.orchestration.evaluators import adm_evaluator, generation_evaluator, reconstruction_evaluator
 from bar.orchestration.planner import Plan, plan_point, record_infeasible, try_lock
@@ -82,10 +83,15 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
         return result
     except UserError as err:  # found before work, or at run time (e.g. a corrupt input): still one line
         _fail(str(err), multirun)
-    except Exception as err:
-        if not multirun:
+    except KeyboardInterrupt as err:   # Ctrl-C: its run is marked interrupted (tracking.PointRun)
+        if multirun:          # the sweep's driver reports it
             raise
-        log.exception("point failed (recorded in MLflow as FAILED; the sweep goes on): %s", err)
+        unrecorded = getattr(err, "unrecorded_end", None)
+        print(f"{point_name(cfg)}: interrupted; run the same command again to continue it"
+              + (f" ({unrecorded})" if unrecorded else ""), file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as err:
+        _point_failed(err, multirun)
     finally:
         if lock is not None:
             lock.close()
@@ -95,6 +101,27 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
 
 
 SUMMARY = ("gfid", "rfid", "sample_img_per_s")   # what the one-line summary of a finished point shows
+
+
+def _point_failed(err: Exception, multirun: bool) -> None:
+    """A point that failed while it ran (its run already says so, or stays RUNNING when the store could not be
+    written). A full disk is one line: nothing was half-written and the next launch continues from the last
+    checkpoint. Anything else: a traceback for a single run (exit 1), logged in a sweep, whose other points go on."""
+    unrecorded = getattr(err, "unrecorded_end", None)     # the store could not mark the run (tracking.PointRun)
+    full = disk_full(err)
+    if full is not None:
+        where = getattr(full, "filename", None)
+        print(f"error: no space left on device{f' writing {where}' if where else ''}: free some space and launch "
+              f"again; the point continues from its last checkpoint{f' ({unrecorded})' if unrecorded else ''}",
+              file=sys.stderr)
+        if not multirun:
+            raise SystemExit(1) from None
+        return
+    if unrecorded:
+        print(f"warning: {unrecorded}", file=sys.stderr)
+    if not multirun:
+        raise err
+    log.exception("point failed (recorded in MLflow as FAILED; the sweep goes on): %s", err)
 
 
 def _fail(message: str, multirun: bool) -> None:
@@ -293,7 +320,10 @@ def _periodic_gfid(cfg: DictConfig, periodic: SamplingRun, sampler: samples.Samp
     def log(step: int, gfid: float) -> None:
         run.log_metrics({"gfid": gfid, "train_tflop": tflop_per_step * step}, step=step)
 
-    return PeriodicEval(cfg.eval.gfid_every, cfg.generator.train.steps, gfid_of, on_value=log)
+    # a resumed run already has the evaluations its killed attempt made after its last checkpoint: neither made nor
+    # logged again, so each step is in the run's history once
+    done = distributed.broadcast_object(run.logged_steps("gfid") if distributed.is_main() else None)
+    return PeriodicEval(cfg.eval.gfid_every, cfg.generator.train.steps, gfid_of, on_value=log, done=done)
 
 
 def _sample_and_score(cfg: DictConfig, sampling: SamplingPlan, sampler: samples.Sampler, train_set, run,
@@ -324,7 +354,7 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[st
     labels = samples.balanced_labels(sampling_run.num_samples, cfg.data.num_classes)
     folder = plan.folder / "samples"
     sampler = _sampler(cfg, model, tokenizer, sampling_schedule(cfg, model), device)
-    result = samples.generate_batches(sampler, sampling_run, labels, folder)
+    result = samples.generate_batches(sampler, sampling_run, labels, folder, source=file_identity(cfg.checkpoint))
     distributed.barrier()
     run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)})
     metrics = {"sample_img_per_s": samples.throughput(result), "samples_generated": result["generated"],

@@ -14,8 +14,9 @@ Every point is composed and planned (bar.orchestration.planner: validated, skipp
 infeasible) before the first job is submitted; a bad point is one line naming it. `dry_run=true` prints the plan
 and submits nothing. Infeasible points are recorded here through tracking alone (no job). The points left run
 through the configured Hydra launcher (launcher=local: bar.orchestration.launching; local_parallel, slurm:
-hydra-submitit-launcher's stock ones) in batches of `hydra.sweeper.max_batch_size`, under one MLflow parent run
-per launch."""
+hydra-submitit-launcher's stock ones) in batches of `hydra.sweeper.max_batch_size` (at least 1; -1 or null: the
+whole sweep at once; anything else is refused before any point is planned), under one MLflow parent run per
+launch."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from bar.orchestration.config import describe_config_error, is_config_error, poi
 from bar.orchestration.cost import point_cost, point_hours, sweep_hours
 from bar.orchestration.planner import Plan, plan_point, point_folder, record_infeasible
 from bar.orchestration.planner import try_lock as try_point_lock
+from bar.orchestration.rules import check_value
 from bar.orchestration.sweep_points import expand_points
 from bar.orchestration.validate import validate_config
 
@@ -49,6 +51,10 @@ _NAMED_KEYS = {"tokenizer", "head", "tokenizer.bits", "tokenizer.channels", "mod
 def run_sweep(sweeper, arguments: Sequence[str]):
     """Expand, plan every point, then print the plan (dry run) or launch the points left in batches."""
     cfg = sweeper.config
+    try:
+        check_value("hydra.sweeper.max_batch_size", sweeper.max_batch_size)
+    except UserError as err:
+        _fail(str(err))
     grids, common = [dict(g) for g in (sweeper.grids or [])], dict(sweeper.params or {})
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     try:
@@ -120,7 +126,7 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
             _progress(cfg, counts, total, skipped)
         todo = [i for i in todo if plans[i].action != "infeasible"]
         jobs = [job_overrides(i) for i in todo]
-        batch_size = sweeper.max_batch_size if (sweeper.max_batch_size or 0) > 0 else max(1, len(jobs))   # -1: all
+        batch_size = sweeper.max_batch_size if (sweeper.max_batch_size or 0) > 0 else max(1, len(jobs))   # -1, null
         for start in range(0, len(jobs), batch_size):
             batch = [job + [f"launcher.submitted_at={time.time():.3f}"] for job in jobs[start:start + batch_size]]
             results = _launch_batch(sweeper, batch, start, [configs[i] for i in todo[start:start + batch_size]])

@@ -4,7 +4,9 @@ Stage code never touches MLflow: it hands metrics and files to a `PointRun`."""
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import math
 import os
 import socket
@@ -13,15 +15,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Literal, Mapping
 
+import mlflow
+import mlflow.environment_variables
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import make_url
 
 from bar import PROJECT_ROOT, UserError
+from bar.core.files import folder_problem
 from bar.data.cache import file_lock
 from bar.core.paths import sqlite_path
 
@@ -81,39 +89,114 @@ _ready: set[str] = set()   # stores this process has checked or created
 
 def check_store(uri: str) -> None:
     """A one-line UserError naming the URI and the cause when the store cannot be used, found in seconds and before
-    anything is trained or logged (MLflow itself retries for minutes). Creates nothing."""
+    anything is trained or logged (MLflow itself retries for minutes, or fails with a traceback). Creates nothing.
+    Stores: sqlite (its folder and file writable, the file a database), http(s) (an MLflow server that answers),
+    postgresql / mysql / mssql (their driver installed), file stores (refused: MLflow 3 no longer opens them)."""
     if uri in _ready:
         return
+    scheme = urllib.parse.urlparse(uri).scheme.split("+")[0]
     database = sqlite_path(uri)
     if database is not None:
         _check_sqlite(uri, database)
-    elif uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
-                reply.read()
-        except (OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise UserError(f"MLflow server {uri} does not answer ({reason}): start it (make mlflow-server) or use "
-                            "tracking=local") from None
+    elif scheme in ("", "file"):
+        _check_file_store(uri)
+    elif scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme in DATABASE_SCHEMES:
+        _check_database_driver(uri)
+
+
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")    # the SQLAlchemy stores MLflow opens besides sqlite
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
+                   "pymysql": "pymysql", "pyodbc": "pyodbc"}   # module -> what `pip install` wants
 
 
 def _check_sqlite(uri: str, database: Path) -> None:
-    probe = database.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"MLflow store {uri}: cannot create it, {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"MLflow store {uri}: {probe} is not writable (set MLFLOW_TRACKING_URI or BAR_OUTPUTS)")
+    problem = folder_problem(database.parent)
+    if problem:
+        raise UserError(f"MLflow store {uri}: {problem} (set MLFLOW_TRACKING_URI or BAR_OUTPUTS)")
     if database.exists():
         if not database.is_file():
             raise UserError(f"MLflow store {uri}: {database} is not a file")
+        try:
+            os.close(os.open(database, os.O_RDWR))      # opened for writing, nothing written
+        except OSError as err:
+            raise UserError(f"MLflow store {uri}: {database} is read-only ({err.strerror}): make it writable "
+                            "(chmod u+w) or point MLFLOW_TRACKING_URI elsewhere") from None
         try:
             with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
                 conn.execute("select name from sqlite_master limit 1").fetchall()
         except sqlite3.DatabaseError as err:
             raise UserError(f"MLflow store {uri}: {database} is not an sqlite database ({err}): move it away or "
                             "point MLFLOW_TRACKING_URI elsewhere") from None
+
+
+def _check_file_store(uri: str) -> None:
+    """A folder store (`file://...` or a plain path): MLflow 3 refuses it unless MLFLOW_ALLOW_FILE_STORE is set."""
+    folder = Path(urllib.parse.urlparse(uri).path if uri.startswith("file:") else uri).expanduser().resolve()
+    allowed = getattr(mlflow.environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)
+    if allowed is not None and not allowed.get():
+        raise UserError(f"MLflow store {uri} is a file store, which MLflow {mlflow.__version__} no longer opens: use "
+                        f"MLFLOW_TRACKING_URI=sqlite:///{folder.parent}/mlflow.db (`mlflow migrate-filestore` "
+                        "converts an existing one) or unset MLFLOW_TRACKING_URI")
+    problem = folder_problem(folder)
+    if problem:
+        raise UserError(f"MLflow store {uri}: {problem} (set MLFLOW_TRACKING_URI or BAR_OUTPUTS)")
+
+
+def _check_server(uri: str) -> None:
+    """The server answers /health within seconds, and its REST API is MLflow's."""
+    base = uri.rstrip("/")
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=5) as reply:
+            reply.read()
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(f"MLflow server {uri} does not answer ({reason}): start it (make mlflow-server) or use "
+                        "tracking=local") from None
+    request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            if isinstance(json.loads(reply.read() or b"{}"), dict):
+                return
+        reason = "not a JSON object"
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise UserError(f"MLflow server {uri} refuses us (HTTP {err.code}): set MLFLOW_TRACKING_USERNAME and "
+                            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)") from None
+        reason = f"HTTP {err.code}"
+    except (OSError, ValueError) as err:
+        reason = type(err).__name__
+    raise UserError(f"{uri} answers /health but is not an MLflow tracking server ({reason} from "
+                    "/api/2.0/mlflow/experiments/search): check tracking.host and tracking.port (or "
+                    "MLFLOW_TRACKING_URI)")
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's client would send (its environment variables), for the server check."""
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
+def _check_database_driver(uri: str) -> None:
+    """A database store needs its Python driver (MLflow would fail deep inside SQLAlchemy)."""
+    shown = uri.split("@")[-1]          # never a password in a message
+    try:
+        url = make_url(uri)
+        shown = url.render_as_string(hide_password=True)
+        url.get_dialect().import_dbapi()
+    except ImportError as err:
+        module = err.name or str(err)
+        raise UserError(f"MLflow store {shown}: its database driver {module} is not installed: pip install "
+                        f"{DRIVER_PACKAGES.get(module, module)} (or use tracking=local)") from None
+    except Exception as err:   # a URI SQLAlchemy cannot parse, or a dialect it does not know
+        raise UserError(f"MLflow store {shown}: not a database URI SQLAlchemy knows "
+                        f"({type(err).__name__})") from None
 
 
 def client_for(uri: str):
@@ -263,6 +346,19 @@ def record_infeasible_point(uri: str, experiment: str, name: str, *, folder: Pat
     return run.run_id
 
 
+@contextmanager
+def _store_errors_quiet():
+    """MLflow logs a store error with its whole traceback before raising it; where the caller reports the error in
+    one line (ending a run that already failed), that log is left out."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _one_line(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}".strip().splitlines()
     return (text[0] if text else type(error).__name__)[:500]
@@ -344,6 +440,10 @@ class PointRun:
             self._write_history(name, new)
             self._logged_steps[name] = max(int(s) for s, _ in new)
 
+    def logged_steps(self, name: str) -> set[int]:
+        """The steps at which this run already has metric `name` (an earlier attempt's, in a resumed run)."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, name)}
+
     def set_tags(self, tags: dict[str, str]) -> None:
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for i in range(0, len(items), PARAM_BATCH):
@@ -375,18 +475,33 @@ class PointRun:
         self._kept_running = signum
 
     def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+        """End the run by how the body ended. When the body failed and the store cannot record it (e.g. it sits on
+        the disk that filled up), the run is left RUNNING, which the next launch continues; instead of a second
+        traceback chained to the first, the exception carries `unrecorded_end`, a sentence saying so."""
         if self._kept_running:
             return False
-        if exc is None:
-            self.client.set_tag(self.run_id, "status", self.status)
-            self.client.set_terminated(self.run_id, "FINISHED")
-        elif isinstance(exc, KeyboardInterrupt):   # Ctrl-C: the next launch continues this run
-            self.client.set_tag(self.run_id, "status", "interrupted")
-            self.client.set_terminated(self.run_id, "KILLED")
-        else:
-            self.client.set_tag(self.run_id, "status", "failed")
-            self.client.set_tag(self.run_id, "error", _one_line(exc))
-            self.client.set_terminated(self.run_id, "FAILED")
+        try:
+            if exc is None:
+                self.client.set_tag(self.run_id, "status", self.status)
+                self.client.set_terminated(self.run_id, "FINISHED")
+            elif isinstance(exc, KeyboardInterrupt):   # Ctrl-C: the next launch continues this run
+                with _store_errors_quiet():
+                    self.client.set_tag(self.run_id, "status", "interrupted")
+                    self.client.set_terminated(self.run_id, "KILLED")
+            else:
+                with _store_errors_quiet():
+                    self.client.set_tag(self.run_id, "status", "failed")
+                    self.client.set_tag(self.run_id, "error", _one_line(exc))
+                    self.client.set_terminated(self.run_id, "FAILED")
+        except Exception as err:
+            if exc is None:
+                raise
+            note = (f"its run {self.run_id} stays RUNNING, the store could not record its end "
+                    f"({_one_line(err)[:160]}), and the next launch continues it")
+            try:   # for the caller's one line (bar.orchestration.runner)
+                exc.unrecorded_end = note   # type: ignore[union-attr]
+            except AttributeError:
+                print(f"warning: {note}", file=sys.stderr)
         return False
 
 
@@ -406,6 +521,9 @@ class NullRun:
     def set_tags(self, tags) -> None: ...
     def log_artifact(self, path, folder=None) -> None: ...
     def log_text(self, name, text) -> None: ...
+
+    def logged_steps(self, name) -> set[int]:
+        return set()
 
     def mark(self, status: str) -> None:
         self.status = status

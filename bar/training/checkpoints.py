@@ -1,5 +1,6 @@
 """A training run's checkpoints: `folder/ckpt-<step>.pt` (bar.core.files format: atomic, checksummed), the newest
-few kept, a corrupt newest one set aside for its predecessor."""
+few kept, a corrupt newest one set aside for its predecessor. A write that fails (a full disk) raises and leaves the
+folder as it was: the last complete checkpoint is still the newest."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import re
 from pathlib import Path
 
-from bar.core.files import CorruptCheckpoint, load_verified, save_atomic
+from bar.core.files import CorruptCheckpoint, is_temporary, load_verified, save_atomic
 
 log = logging.getLogger("bar")
 
@@ -37,7 +38,12 @@ class CheckpointDir:
         return path
 
     def load_latest(self, map_location="cpu") -> dict | None:
-        """The newest checkpoint that verifies; corrupt ones are reported, renamed aside and skipped."""
+        """The newest checkpoint that verifies; corrupt ones are reported, renamed aside and skipped. Temp files of
+        writes that never finished (a killed job, a full disk) are removed: one job at a time uses the folder."""
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if is_temporary(path):
+                    path.unlink(missing_ok=True)
         for step in reversed(self.steps()):
             path = self.path(step)
             try:

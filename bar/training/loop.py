@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -245,15 +245,18 @@ class PeriodicEval(TrainHook):
     are sharded), in eval mode, with the random state put back afterwards and its time left out of the training
     throughput, so training goes on exactly as it would without it. `history` [(step, value)] is kept in checkpoints
     through `state_dict` (bar.training.tokenizer_hooks.CheckpointingWithExtras); `on_value(step, value)` runs on the
-    ranks that scored (e.g. to log the value at its step)."""
+    ranks that scored (e.g. to log the value at its step). `done`: steps an earlier attempt of the run already
+    evaluated and logged (it was killed after them, before its next checkpoint): skipped, never logged twice. It
+    must be the same on every rank."""
 
     def __init__(self, every: int, total: int, evaluate: Callable[[torch.nn.Module, int], float | None],
-                 on_value: Callable[[int, float], None] | None = None):
+                 on_value: Callable[[int, float], None] | None = None, done: Iterable[int] | None = None):
         self.steps, self.evaluate, self.on_value = evaluation_steps(every, total), evaluate, on_value
         self.history: list[tuple[int, float]] = []
+        self.done = frozenset(int(step) for step in done or ())
 
     def after_step(self, state: TrainState) -> None:
-        if state.step not in self.steps:
+        if state.step not in self.steps or state.step in self.done:
             return
         start, rng = time.perf_counter(), _rng_state()
         state.model.eval()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 @dataclass
 class BarSweeperConf:
     _target_: str = "hydra_plugins.bar_sweeper.bar_sweeper.BarSweeper"
-    max_batch_size: Optional[int] = None
+    max_batch_size: Optional[int] = None   # points launched at once; -1 or null: all (checked: bar.orchestration.rules)
     params: Optional[Dict[str, Any]] = None
     grids: List[Dict[str, Any]] = field(default_factory=list)
 

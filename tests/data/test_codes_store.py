@@ -173,3 +173,72 @@ def test_pretokenize_two_ranks_equals_one_and_keeps_the_flip(tmp_path):
     x = images_to_float(images)
     assert torch.equal(one.read(np.arange(9), np.zeros(9))[0], tokenizer.encode(x))
     assert torch.equal(one.read(np.arange(9), np.ones(9))[0], tokenizer.encode(x.flip(-1)))
+
+
+# ----------------------------------------------------------------------------------------------------- integrity
+def _overwrite(path):
+    path.write_bytes(__import__("os").urandom(path.stat().st_size))   # same size, other bytes
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-9])
+
+
+SHARD = "shard-00000-of-00002"
+DAMAGE = {"codes-overwritten-same-size": lambda f: _overwrite(f / f"{SHARD}.codes"),
+          "codes-truncated": lambda f: _truncate(f / f"{SHARD}.codes"),
+          "codes-deleted": lambda f: (f / f"{SHARD}.codes").unlink(),
+          "labels-overwritten-same-size": lambda f: _overwrite(f / f"{SHARD}.labels"),
+          "labels-truncated": lambda f: _truncate(f / f"{SHARD}.labels"),
+          "shard-json-deleted": lambda f: (f / f"{SHARD}.json").unlink()}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_cached_store_is_pretokenized_again(damage, tmp_path):
+    from bar.data import cache
+
+    views, labels, calls = _random_views(40, 16, 16, "bits", seed=3), torch.arange(40) % 7, []
+
+    def build(folder):                       # what obtain_codes hands the cache: two ranks' shards
+        calls.append(folder)
+        _write(folder, views, labels, 2, kind="bits")
+
+    store, built = cache.load_or_rebuild(tmp_path, "codes", "sig", build, CodesStore)
+    want = store.read(np.arange(40), np.ones(40))
+    DAMAGE[damage](cache.entry_path(tmp_path, "codes", "sig"))
+    store, built = cache.load_or_rebuild(tmp_path, "codes", "sig", build, CodesStore)
+    assert built and len(calls) == 2
+    got = store.read(np.arange(40), np.ones(40))                 # what training reads: the original codes
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_a_store_whose_file_sizes_disagree_with_its_metadata_fails_when_opened(tmp_path):
+    _write(tmp_path, _random_views(6, 4, 8, "bits", seed=0), torch.zeros(6, dtype=torch.long), 1, kind="bits")
+    labels = tmp_path / "shard-00000-of-00001.labels"
+    labels.write_bytes(labels.read_bytes() + b"\0" * 8)                      # rewritten with one item more
+    with pytest.raises(OSError, match="56 bytes where the store's metadata says 48"):
+        CodesStore(tmp_path)
+
+
+def test_a_full_disk_while_writing_codes_is_an_oserror_not_a_crash(tmp_path):
+    """On a 1 MiB disk, a 4 MiB shard fails with ENOSPC (a memory-mapped shard would take the process down)."""
+    import errno
+    import os
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        writer = ShardWriter(disk, n_total=4096, tokens=256, values_per_token=16, kind="bits")
+        views = _random_views(512, 256, 16, "bits", seed=0)
+        with pytest.raises(OSError) as err:
+            for start in range(0, 4096, 512):
+                writer.append(views, torch.zeros(512, dtype=torch.long))
+                writer._files[0].flush()
+        assert err.value.errno == errno.ENOSPC
+        assert not (disk / "shard-00000-of-00001.json").exists()          # never marked complete
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -118,3 +118,25 @@ def test_bad_batch_or_state_is_refused(store):
     state = loader.state_dict()
     with pytest.raises(UserError, match="global_batch=8, this run has 16"):
         codes_loader(store, 16, seed=0).load_state_dict(state)
+
+
+class _Unreadable(TensorImages):
+    """Item 5 cannot be read: a user's mistake (one line), as an unreadable image file is."""
+
+    def __getitem__(self, i):
+        if i == 5:
+            raise UserError("cannot read image c0/5.png: broken (remove or replace the file)")
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_mistake_met_fetching_is_its_one_line_from_any_worker(num_workers):
+    images = torch.zeros(8, 1, 2, 2, dtype=torch.uint8)
+    loader = image_loader(_Unreadable(images, torch.arange(8), num_classes=8), 8, num_workers=num_workers, flip=False)
+    try:
+        with pytest.raises(UserError) as err:
+            next(loader)
+        assert str(err.value) == "cannot read image c0/5.png: broken (remove or replace the file)"
+        assert loader.position == (0, 0)              # the batch that failed was not consumed
+    finally:
+        loader.close()

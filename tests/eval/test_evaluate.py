@@ -89,3 +89,36 @@ def test_random_multiscale_features_rank_known_degradations_of_photo_crops(tmp_p
                                      "data.train_size=600", "data.val_size=200",
                                      "eval.classifier.features=penultimate"]), train, torch.device("cpu"))
     assert penultimate.tag != ev.tag                            # never compared across judges
+
+
+def test_a_damaged_cached_classifier_is_trained_again(evaluator, monkeypatch):
+    import os
+
+    import bar.orchestration.evaluators as evaluators
+    from bar.core.files import load_verified
+
+    cfg, ev = evaluator
+    val = load_digits_split("val")
+    before = ev.compare(val.images[:200], val, "val")["fid"]
+    (path,) = (Path(cfg.paths.cache) / "classifier").glob("*/classifier.pt")
+    path.write_bytes(os.urandom(path.stat().st_size))            # same size, other bytes
+    trained, real = [], evaluators.train_classifier
+    monkeypatch.setattr(evaluators, "train_classifier", lambda *a, **k: trained.append(1) or real(*a, **k))
+    again = Evaluator(cfg, load_digits_split("train"), torch.device("cpu"))
+    assert trained == [1] and again.tag == ev.tag
+    load_verified(path)                                          # a whole file again
+    assert again.compare(val.images[:200], val, "val")["fid"] == pytest.approx(before, rel=1e-4)
+
+
+def test_damaged_cached_reference_features_are_computed_again(evaluator, monkeypatch):
+    import os
+
+    cfg, ev = evaluator
+    val = load_digits_split("val")
+    first = ev.compare(val.images, val, "val")
+    (cached,) = (Path(cfg.paths.cache) / "fidelity").glob("*-val-*/features.pt")
+    cached.write_bytes(os.urandom(cached.stat().st_size))
+    calls, real = [], ev.features
+    monkeypatch.setattr(ev, "features", lambda images: calls.append(len(images)) or real(images))
+    assert ev.compare(val.images, val, "val")["fid"] == pytest.approx(first["fid"], abs=1e-6)
+    assert calls == [len(val), len(val)]                         # the sample's features, and the reference's again

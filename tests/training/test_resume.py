@@ -178,3 +178,94 @@ def test_keep_running_tags_the_run_at_once(tmp_path):
     run = PointRun(uri, "signals", "p", {})
     run.keep_running(int(signal.SIGUSR2))   # before the context exits: the process may not get that far
     assert run.client.get_run(run.run_id).data.tags["stopped_by_signal"] == str(int(signal.SIGUSR2))
+
+
+# ----------------------------------------------------------------------------------------------------- a full disk
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_write_that_fills_the_disk_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    import bar.core.files as files
+
+    path = save_atomic({"step": 1}, tmp_path / "ckpt.pt")
+    monkeypatch.setattr(files.os, "fsync", _disk_full)           # the data written, the flush fails: ENOSPC
+    with pytest.raises(OSError) as err:
+        save_atomic({"step": 2}, path)
+    assert files.disk_full(err.value) is err.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    assert load_verified(path) == {"step": 1}
+
+
+def test_a_checkpoint_that_fills_the_disk_keeps_the_last_one_and_training_resumes_from_it(tmp_path, monkeypatch):
+    import bar.core.files as files
+
+    model, loss_fn, data = _problem()
+    folder = tmp_path / "ckpt"
+    real_fsync = files.os.fsync
+    writes = []
+
+    def fsync_until_full(fd):
+        writes.append(fd)
+        if len(writes) > 4:                                      # 2 checkpoints fit (a file and its folder each)
+            _disk_full()
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync_until_full)
+    with pytest.raises(OSError):
+        train(model, loss_fn, infinite_batches(data, 16, seed=3), Recipe(steps=30, lr=1e-2, warmup=3, log_every=5),
+              hooks=[Checkpointing(folder, every=7)])
+    assert CheckpointDir(folder).steps() == [7, 14] and not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    monkeypatch.setattr(files.os, "fsync", real_fsync)            # space freed: the next attempt resumes at 14
+    resumed, result, seen = _run(tmp_path, steps=30)
+    assert result.start_step == 14 and seen[0] == 14
+    straight, _, _ = _run(tmp_path / "again", steps=30)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))
+
+
+def test_temp_files_of_killed_writes_are_removed_when_a_run_resumes(tmp_path):
+    folder = tmp_path / "ckpt"
+    CheckpointDir(folder).save({"step": 3}, 3)
+    (folder / ".ckpt-000000010.pt.tmp-4242").write_bytes(b"half a checkpoint")
+    assert CheckpointDir(folder).load_latest() == {"step": 3}
+    assert [p.name for p in folder.iterdir()] == ["ckpt-000000003.pt"]
+
+
+def test_periodic_evaluations_an_earlier_attempt_logged_are_not_made_again(tmp_path):
+    from bar.training.loop import PeriodicEval
+
+    model, loss_fn, data = _problem()
+    made, logged = [], []
+    hook = PeriodicEval(5, 30, lambda m, step: made.append(step) or float(step), on_value=lambda s, v: logged.append(s),
+                        done={5, 10})
+    train(model, loss_fn, infinite_batches(data, 16, seed=3), Recipe(steps=30, lr=1e-2, warmup=3), hooks=[hook])
+    assert made == logged == [15, 20, 25]
+
+
+# ----------------------------------------------------------------------------------------------------- sample batches
+def test_a_replaced_checkpoint_is_another_sample_point(tmp_path):
+    from bar.orchestration.config import compose, point_signature
+
+    weights = tmp_path / "weights.pt"
+    save_atomic({"w": torch.zeros(3)}, weights)
+    sample = ["profile=smoke", "stage=sample", f"checkpoint={weights}"]
+    first = point_signature(compose(sample))
+    assert point_signature(compose(sample)) == first                  # asked again: the same point (resumes)
+    save_atomic({"w": torch.ones(3)}, weights)                       # other weights at the same path
+    assert point_signature(compose(sample)) != first
+    assert point_signature(compose(["profile=smoke"])) == point_signature(compose(["profile=smoke"]))
+
+
+def test_sample_batches_made_from_other_weights_are_removed_before_sampling(tmp_path):
+    from bar.orchestration.stages.samples import SOURCE, _claim_folder
+
+    folder = tmp_path / "samples"
+    _claim_folder(folder, {"checkpoint": {"bytes": 10, "mtime_ns": 1}})
+    for j in range(3):
+        (folder / f"batch-{j:06d}.npz").write_bytes(b"old")
+    _claim_folder(folder, {"checkpoint": {"bytes": 10, "mtime_ns": 1}})       # the same weights: batches kept
+    assert len(list(folder.glob("batch-*.npz"))) == 3
+    _claim_folder(folder, {"checkpoint": {"bytes": 10, "mtime_ns": 2}})       # replaced: none kept
+    assert sorted(p.name for p in folder.iterdir()) == [SOURCE]

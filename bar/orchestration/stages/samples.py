@@ -1,6 +1,7 @@
 """Sampling, one loop for every caller: the pipeline's gFID (final, unguided, periodic) keeps its samples in memory,
 stage=sample writes each batch to its own file (a killed job continues from the batches already written), then one
 `.npz` in the layout guided-diffusion's evaluator reads (`arr_0`, uint8 NHWC) for the ADM protocol, and the tokens.
+The batches on disk belong to the checkpoint's content, not its path: replaced weights never mix with old batches.
 
 A run's labels are cut into global batches of its batch size; global batch j draws from its own generator seeded
 `batch_seed(seed, j)` and rank r makes batches r::world. The samples therefore depend on the seed, the labels and
@@ -9,6 +10,8 @@ CUDA when generator.sample.bf16, fp32 on CPU."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import time
@@ -27,6 +30,8 @@ from bar.model.decoding import release_decoders
 from bar.model.sampling import generate
 from bar.orchestration.build import AnyTokenizer
 from bar.orchestration.sampling_plan import SamplingRun
+
+log = logging.getLogger("bar")
 
 
 @dataclass(frozen=True)
@@ -119,15 +124,43 @@ def sample_shard(sampler: Sampler, run: SamplingRun, labels: torch.Tensor) -> Sa
     return SampleShard(torch.cat([m for m, _ in made]), torch.cat([i for _, i in made]), throughput(result))
 
 
-def generate_batches(sampler: Sampler, run: SamplingRun, labels: torch.Tensor, folder: Path) -> dict:
+SOURCE = "source.json"   # in a samples folder: what its batches were made from
+
+
+def generate_batches(sampler: Sampler, run: SamplingRun, labels: torch.Tensor, folder: Path,
+                     source: dict | None = None) -> dict:
     """stage=sample: this rank's batches that are not on disk yet, each written atomically to its own file in
-    `folder` (tokens, labels, and the decoded images with a tokenizer). Returns what `sample_batches` does."""
-    folder.mkdir(parents=True, exist_ok=True)
+    `folder` (tokens, labels, and the decoded images with a tokenizer). `source` identifies the weights (the
+    checkpoint's content: bar.core.files.file_identity): batches on disk made from other weights (the checkpoint was
+    replaced since) are removed first, so every batch comes from these. Returns what `sample_batches` does."""
+    if distributed.is_main():
+        _claim_folder(folder, {"checkpoint": source})
+    distributed.barrier()
 
     def keep(j, labels_B, tokens, images):
         _write_batch(_batch_path(folder, j), tokens, images, labels_B)
 
     return sample_batches(sampler, labels, run, keep, done=lambda j: _batch_path(folder, j).is_file())
+
+
+def _claim_folder(folder: Path, source: dict) -> None:
+    """Make `folder` hold only batches made from `source`: any others are removed, and `source` recorded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / SOURCE
+    try:
+        if json.loads(record.read_text()) == source:
+            return
+    except (OSError, ValueError):
+        pass
+    stale = sorted(folder.glob("batch-*.npz"))
+    if stale:
+        log.warning("%s: %d sample batch(es) were made from other weights (the checkpoint changed): making them "
+                    "again", folder, len(stale))
+    for path in stale:
+        path.unlink()
+    tmp = record.with_name(f".{SOURCE}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(source))
+    os.replace(tmp, record)
 
 
 def _batch_path(folder: Path, index: int) -> Path:

@@ -14,7 +14,7 @@ from torchvision.utils import save_image
 
 from bar.core import distributed
 from bar.orchestration.build import AnyTokenizer, build_tokenizer, load_tokenizer_checkpoint
-from bar.data.cache import entry_path, load_or_rebuild, work_path
+from bar.data.cache import load_or_rebuild, verified_entry, work_path
 from bar.core.files import load_verified, save_atomic
 from bar.orchestration.config import tokenizer_signature
 from bar.data.datasets import TensorImages, build_dataset
@@ -162,14 +162,15 @@ def obtain_tokenizer(cfg: DictConfig, train_set, device: torch.device,
 
 def sampling_tokenizer(cfg: DictConfig, device: torch.device):
     """The tokenizer that decodes a checkpoint's samples, without training one: tokenizer.checkpoint (decoder only
-    for the release's), else this project's cached tokenizer for the config, else None (tokens only)."""
+    for the release's), else this project's cached tokenizer for the config, else None (tokens only). A cached
+    tokenizer that fails its checksum is removed and reported (UserError): it cannot be trained here."""
     if cfg.tokenizer.checkpoint:
         return load_tokenizer_checkpoint(cfg, with_encoder=False).to(device).eval()
-    cached = entry_path(cfg.paths.cache, "tokenizer", tokenizer_signature(cfg)) / "tokenizer.pt"
-    if not cached.is_file():
+    entry = verified_entry(cfg.paths.cache, "tokenizer", tokenizer_signature(cfg))   # one that fails: a UserError
+    if entry is None:
         return None
     tokenizer = build_tokenizer(cfg).to(device)
-    tokenizer.load_state_dict(load_verified(cached, map_location=device)["state_dict"])
+    tokenizer.load_state_dict(load_verified(entry / "tokenizer.pt", map_location=device)["state_dict"])
     return tokenizer.eval()
 
 

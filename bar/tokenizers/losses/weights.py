@@ -3,6 +3,7 @@
     WEIGHT_FILES[key] -> what the file is and where to get it       keys: vgg16, lpips, convnext_s, dino_vits
     check_weight_files(weights_node, needed_keys) -> {key: Path}    one-line UserError for a missing or unset file
     load_weights(path, key) -> state dict                           one-line UserError for a file torch cannot read
+                                                                    (memory-mapped: load_mapped)
 
 The config node is `tokenizer.weights`: one path per key. `lpips` defaults to the lpips package's own file
 (`lpips/weights/v0.1/vgg.pth`, the LPIPS v0.1 linear layers for VGG), so it never has to be set by hand.
@@ -88,10 +89,21 @@ def check_weight_files(weights_node, needed_keys) -> dict[str, Path]:
     return paths
 
 
-def load_weights(path: str | Path, key: str) -> dict[str, torch.Tensor]:
-    """A plain state dict from `path` (unwrapping a single `model` / `state_dict` entry)."""
+def load_mapped(path: str | Path):
+    """torch.load, memory-mapped: only the pickle is read now, each tensor's bytes when it is used. A legacy (pre-zip)
+    file cannot be mapped and is read whole."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights(path: str | Path, key: str) -> dict[str, torch.Tensor]:
+    """A plain state dict from `path` (unwrapping a single `model` / `state_dict` entry), memory-mapped."""
+    try:
+        state = load_mapped(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise UserError(f"tokenizer.weights.{key}: cannot read {path} ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
