@@ -11,9 +11,10 @@
 
 The estimate is what one steady-state AdamW training step holds at its peak: parameters, their gradients, the AdamW
 moments (two fp32 tensors per parameter) and the activations saved for backward of one batch. Activations are
-counted per token position: the backbone's (a rule of thumb per transformer layer, below) and the head's own
-(`TokenHead.activation_bytes`): for the softmax head three fp32 rows of C = 2^k values per position (log-probabilities,
-their gradient and the logits' gradient are alive together in backward), which dominate everything else at large k.
+counted per token position: the backbone's (a rule of thumb per transformer layer, below) and the head's
+(`head_activation_bytes`, a rule per head type): for the softmax head three fp32 rows of C = 2^k values per position
+(log-probabilities, their gradient and the logits' gradient are alive together in backward), which dominate
+everything else at large k.
 `model` may live on the meta device (`with torch.device("meta"): build_generator(...)`), so a point that would not
 fit is estimated without allocating it.
 
@@ -38,12 +39,28 @@ from torch.profiler import ProfilerActivity, profile
 
 from bar import UserError
 from bar.model.generator import BARGenerator
-from bar.model.heads import TokenHead
+from bar.model.heads import BitwiseHead, DiffusionHead, MBMHead, SoftmaxHead, TokenHead
 from bar.model.layers import swiglu_hidden
 
 
 def _param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def head_activation_bytes(head: TokenHead, rows: int, bytes_per_value: int = 4) -> int:
+    """Peak bytes of the head's activations and their gradients in a training step on `rows` token positions (batch
+    x AR steps), counted as W-sized (or C-sized) vectors per row."""
+    W = head.width
+    if isinstance(head, MBMHead):      # per SwiGLU block ~7 W + 4 H (H ~ 2.7 W); ~12 W around the blocks
+        H = swiglu_hidden(W, head.cfg.mlp_ratio)
+        return rows * (head.cfg.depth * (7 * W + 4 * H) + 12 * W + 4 * head.cfg.fourier_freqs) * bytes_per_value
+    if isinstance(head, SoftmaxHead):  # three fp32 C-sized rows (the loss upcasts), the condition and its gradient
+        return rows * (3 * head.num_codes * 4 + 2 * W * bytes_per_value)
+    if isinstance(head, BitwiseHead):
+        return rows * (4 * 2 * head.token_dim * 4 + 2 * W * bytes_per_value)
+    if isinstance(head, DiffusionHead):  # per noisy row ~10 W per block, ~10 W around them
+        return rows * head.cfg.batch_mul * ((10 * head.cfg.depth + 10) * W + head.cfg.freq_dim) * bytes_per_value
+    return 4 * rows * W * bytes_per_value
 
 
 def backbone_activation_bytes(cfg, batch_size: int, bytes_per_act: int = 4) -> int:
@@ -78,7 +95,7 @@ def train_memory_breakdown(model: BARGenerator | TokenHead, batch_size: int, *, 
         "grads": n * bytes_per_param,
         "optimizer": n * 4 * optimizer_states,          # AdamW moments stay fp32
         "backbone_activations": backbone,
-        "head_activations": head.activation_bytes(batch_size * steps, bytes_per_act),
+        "head_activations": head_activation_bytes(head, batch_size * steps, bytes_per_act),
     }
 
 
@@ -120,7 +137,7 @@ def per_gpu_breakdown(model: BARGenerator, micro_batch: int, *, checkpointing: b
     possibly on the meta device): fp32 parameters, fp32 gradients, AdamW's two fp32 moments, under mixed precision
     (bytes_per_act < 4) autocast's cached low-precision copy of the weights, and the activations of one micro-batch
     (backbone: all blocks' saved tensors, or with `checkpointing` only block inputs + one block; head: as
-    `TokenHead.activation_bytes`, not checkpointed). Gradient accumulation adds nothing: gradients are summed in
+    `head_activation_bytes`, not checkpointed). Gradient accumulation adds nothing: gradients are summed in
     place. `compiled`: the step runs under torch.compile (the rule of thumb); an eager step under autocast holds
     EAGER_AUTOCAST_ACTIVATIONS times its activations."""
     parts = train_memory_breakdown(model, micro_batch, bytes_per_param=4, bytes_per_act=bytes_per_act)

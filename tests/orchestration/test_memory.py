@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bar.model.heads import build_head
-from bar.orchestration.memory import (estimate_train_memory, measure_peak_train_memory, measure_train_step,
-    train_memory_breakdown)
+from bar.orchestration.memory import (estimate_train_memory, head_activation_bytes, measure_peak_train_memory,
+    measure_train_step, train_memory_breakdown)
 from conftest import build_model
 
 
@@ -56,7 +56,7 @@ def test_bare_head_estimate_needs_steps():
     with pytest.raises(ValueError, match="steps"):
         estimate_train_memory(head, 4)
     parts = train_memory_breakdown(head, 4, steps=10)
-    assert parts["backbone_activations"] == 0 and parts["head_activations"] == head.activation_bytes(40)
+    assert parts["backbone_activations"] == 0 and parts["head_activations"] == head_activation_bytes(head, 40)
     n = sum(p.numel() for p in head.parameters())
     assert parts["params"] == 4 * n and parts["optimizer"] == 8 * n
     assert estimate_train_memory(head, 4, steps=10, bytes_per_param=2, bytes_per_act=2) < sum(parts.values())

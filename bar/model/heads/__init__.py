@@ -1,12 +1,7 @@
 """Token heads: turn the backbone's per-position condition z into a token, with a loss for training and one sampler
-for generation. Every head implements `TokenHead` (base.py), so the backbone, the AR sampler and the training loop
-never branch on the head type. Heads are registered in `HEADS` (name -> head class, its options dataclass: the one
-place of each option's default) and built with `build_head(name, token_dim, **options)`:
-    mbm        bits, k per AR step      masked bit modeling, BAR's head (mbm.py; sampling option: allocation)
-    softmax    bits, k <= 63            one Linear(W -> 2^k), C-way cross-entropy (discrete.py)
-    bitwise    bits                     one Linear(W -> 2k), per-bit cross-entropy (discrete.py)
-    diffusion  continuous, d channels   MAR's diffusion MLP (diffusion.py; sampling options: steps, sampler)
-"""
+for generation (`TokenHead`, base.py): mbm (BAR's masked bit modeling, mbm.py), softmax and bitwise (the discrete
+baselines, discrete.py), diffusion (MAR's continuous baseline, diffusion.py). `HEADS` maps each name to its class and
+its options dataclass, the one place of each option's default; `build_head(name, token_dim, **options)` builds one."""
 
 from __future__ import annotations
 

@@ -98,8 +98,3 @@ class TokenHead(nn.Module):
         consts = self.sampling_constants(temperature, device, **schedule)
         scale = None if cfg_scale is None else torch.tensor(float(cfg_scale), device=device)
         return self.sample_with_noise(cond_BW, scale, noise, consts, **schedule)
-
-    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
-        """Rough peak bytes of this head's activations and their gradients in a training step on `rows` token positions
-        (bar.orchestration.memory); by default a few width-sized vectors per row."""
-        return 4 * rows * self.width * bytes_per_value

@@ -175,10 +175,3 @@ class DiffusionHead(TokenHead):
         for i in range(ts.shape[0]):
             x = step_fn(x, cond_BW, cfg_scale, ts[i], coef[i], noise[1 + i] if 1 + i < len(noise) else silent)
         return x
-
-    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
-        # per noisy row: ~10 W-sized saved tensors per block (norm, modulation, 3W AdaLN, 2 hidden, gated residual),
-        # ~10 W for the input, timestep MLP, condition copy and final layer
-        W = self.width
-        per_row = (10 * self.cfg.depth + 10) * W + self.cfg.freq_dim
-        return rows * self.cfg.batch_mul * per_row * bytes_per_value

@@ -17,8 +17,8 @@ from bar.model.layers import gumbel_from_uniform, init_weights, uniform
 
 
 class LinearHead(TokenHead):
-    """One Linear(W -> logits of `logits_shape`, classes last); subclasses give the loss and `to_tokens(chosen
-    classes) -> uint8 bits (B, k)`."""
+    """One Linear(W -> logits of `logits_shape`, classes last), trained with cross-entropy on every class axis;
+    subclasses say how tokens map to classes (`to_classes`) and back (`to_tokens`)."""
 
     name: str
 
@@ -30,6 +30,15 @@ class LinearHead(TokenHead):
 
     def logits(self, cond_NW: torch.Tensor) -> torch.Tensor:
         return self.out(cond_NW).reshape(cond_NW.shape[0], *self.logits_shape)
+
+    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor, generator: torch.Generator | None = None,
+             draws: dict | None = None) -> torch.Tensor:
+        logits = self.logits(cond_BLW.reshape(-1, self.width)).float()
+        return F.cross_entropy(logits.reshape(-1, self.logits_shape[-1]), self.to_classes(target_BLk))
+
+    def to_classes(self, tokens_BLk: torch.Tensor) -> torch.Tensor:
+        """Tokens (..., k) -> the class of every class axis, flattened (the cross-entropy's targets)."""
+        raise NotImplementedError
 
     def to_tokens(self, chosen: torch.Tensor) -> torch.Tensor:
         """The chosen classes (B, *logits_shape[:-1]) -> uint8 bits (B, k)."""
@@ -72,18 +81,11 @@ class SoftmaxHead(LinearHead):
         super().__init__(token_dim, cfg.width, (2 ** token_dim,))
         self.cfg, self.num_codes = cfg, 2 ** token_dim
 
-    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor, generator: torch.Generator | None = None,
-             draws: dict | None = None) -> torch.Tensor:
-        index_N = bits_to_index(target_BLk.reshape(-1, self.token_dim))
-        return F.cross_entropy(self.logits(cond_BLW.reshape(-1, self.width)).float(), index_N)
+    def to_classes(self, tokens_BLk: torch.Tensor) -> torch.Tensor:
+        return bits_to_index(tokens_BLk.reshape(-1, self.token_dim))
 
     def to_tokens(self, index_B: torch.Tensor) -> torch.Tensor:
         return index_to_bits(index_B, self.token_dim)
-
-    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
-        # backward holds the log-probabilities, their gradient and the logits' gradient together: three fp32 C-sized
-        # rows (the loss upcasts to fp32), plus the condition and its gradient
-        return rows * (3 * self.num_codes * 4 + 2 * self.width * bytes_per_value)
 
 
 @dataclass
@@ -102,13 +104,8 @@ class BitwiseHead(LinearHead):
         super().__init__(token_dim, cfg.width, (token_dim, 2))
         self.cfg = cfg
 
-    def loss(self, cond_BLW: torch.Tensor, target_BLk: torch.Tensor, generator: torch.Generator | None = None,
-             draws: dict | None = None) -> torch.Tensor:
-        logits_Nk2 = self.logits(cond_BLW.reshape(-1, self.width))
-        return F.cross_entropy(logits_Nk2.float().reshape(-1, 2), target_BLk.reshape(-1).long())
+    def to_classes(self, tokens_BLk: torch.Tensor) -> torch.Tensor:
+        return tokens_BLk.reshape(-1).long()
 
     def to_tokens(self, choice_Bk: torch.Tensor) -> torch.Tensor:
         return choice_Bk.to(torch.uint8)
-
-    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
-        return rows * (4 * 2 * self.token_dim * 4 + 2 * self.width * bytes_per_value)

@@ -46,8 +46,7 @@ class FourierEmbedding(nn.Module):
 
     def forward(self, t_N: torch.Tensor) -> torch.Tensor:
         angles = t_N.float()[:, None] * self.freqs[None, :].float() * (2 * math.pi)
-        first = cast(nn.Linear, self.mlp[0])                    # nn.Sequential indexes as a plain Module
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(first.weight.dtype))
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class AdaLNFinal(nn.Module):
@@ -215,10 +214,3 @@ class MBMHead(TokenHead):
             remask = conf.topk(k - revealed, dim=-1, largest=False).indices
             ids = new_ids.scatter(1, remask, MASK)
         return ids.to(torch.uint8)
-
-    def activation_bytes(self, rows: int, bytes_per_value: int = 4) -> int:
-        # per row: ~19 W-sized saved tensors per SwiGLU block (norm, modulation, 3W AdaLN, 2H + H hidden, gated
-        # residual; H ~ 2.7 W), ~12 W for the input embedding, Fourier MLP, condition and final layer
-        W, H = self.width, swiglu_hidden(self.width, self.cfg.mlp_ratio)
-        per_row = self.cfg.depth * (7 * W + 4 * H) + 12 * W + 4 * self.cfg.fourier_freqs
-        return rows * per_row * bytes_per_value
