@@ -3,7 +3,9 @@
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import child_runs, run_cli
 
@@ -38,18 +40,32 @@ def test_smoke_sweep_logs_one_finished_run_per_point(smoke_sweep):
 
 @pytest.mark.cli
 def test_failed_point_is_recorded_and_the_sweep_goes_on(tmp_path):
-    # lr=-1 passes validation but AdamW rejects it at run time: a genuine failure inside the job
-    proc = run_cli(["-m", "profile=smoke", "experiment=failing", "tokenizer.train.lr=-1,0.002"], tmp_path)
-    assert proc.returncode == 1
+    # a corrupt image is found only when the job reads it (plan-time checks never decode the images): a genuine
+    # failure inside the job, while the same sweep's other point trains on a clean folder
+    good, bad = (_image_folder(tmp_path / name) for name in ("good", "bad"))
+    (bad / "c0" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    proc = run_cli(["-m", "profile=smoke", "experiment=failing", "data=imagefolder", f"data.root={good},{bad}",
+                    "data.num_classes=2", "data.resolution=16", "stage=tokenizer", "tokenizer.train.batch_size=8",
+                    "eval.classifier.batch_size=8"], tmp_path / "out")
+    assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 finished, 0 infeasible, 1 failed" in proc.stderr
-    client, points, parents = child_runs(tmp_path, "failing")
+    client, points, parents = child_runs(tmp_path / "out", "failing")
     by_status = {r.data.tags["status"]: r for r in points}
     assert set(by_status) == {"failed", "finished"}
     failed = by_status["failed"]
-    assert failed.info.status == "FAILED" and "Invalid learning rate" in failed.data.tags["error"]
-    assert "\n" not in failed.data.tags["error"]
+    assert failed.info.status == "FAILED" and "cannot read image" in failed.data.tags["error"]
+    assert failed.data.params["data.root"] == str(bad) and "\n" not in failed.data.tags["error"]
     assert math.isfinite(by_status["finished"].data.metrics["rfid"])
     assert parents[0].info.status == "FAILED"
+
+
+def _image_folder(root, classes: int = 2, per_class: int = 4):
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(root / f"c{c}" / f"{i}.png")
+    return root
 
 
 @pytest.mark.cli
