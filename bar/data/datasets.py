@@ -3,8 +3,9 @@
 `digits`: scikit-learn's 1,797 handwritten digits (8x8, 10 classes, shipped inside scikit-learn), upscaled.
 `photo_crops`: RGB crops of the two photographs shipped inside scikit-learn (china.jpg, flower.jpg), area-downsampled;
 10 classes = photo x vertical strip; train and val crops come from disjoint rows of each strip (see `photo_regions`).
-`imagefolder`: an ImageNet-style tree `root/<class>/<image>`, RGB, preprocessed as the release does (ADM's
-`center_crop_arr`: box-halving, bicubic resize of the short side, center crop).
+`imagefolder`: an ImageNet-style tree `root/<class>/<image>`, RGB, preprocessed as the release pretokenizes (ADM's
+`center_crop_arr`: box-halving, bicubic resize of the short side, center crop); `source` gives the whole image, which
+the tokenizer's training view crops at random (bar.data.views).
 """
 
 from __future__ import annotations
@@ -237,15 +238,21 @@ def center_crop_arr(pil_image, image_size: int):
     return Image.fromarray(arr[top:top + image_size, left:left + image_size])
 
 
-def load_image(path: str | Path, resolution: int) -> torch.Tensor:
-    """An image file -> RGB -> `center_crop_arr` -> uint8 (3, resolution, resolution). One-line UserError naming the
-    file for one PIL cannot or will not decode (truncated, corrupt, not an image, a decompression bomb: more than
-    2 x Image.MAX_IMAGE_PIXELS pixels)."""
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image file decoded to RGB (whole, the file closed). One-line UserError naming the file for one PIL cannot
+    or will not decode (truncated, corrupt, not an image, a decompression bomb: more than 2 x Image.MAX_IMAGE_PIXELS
+    pixels)."""
     try:
         with Image.open(path) as img:
-            img = center_crop_arr(img.convert("RGB"), resolution)
+            return img.convert("RGB")             # convert loads the pixels: decoding errors surface here
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot read image {path}: {err} (remove or replace the file)") from None
+
+
+def load_image(path: str | Path, resolution: int) -> torch.Tensor:
+    """An image file -> RGB (`open_rgb`) -> `center_crop_arr` -> uint8 (3, resolution, resolution): the evaluation and
+    pretokenization view (tokenizer training crops at random instead: bar.data.views)."""
+    img = center_crop_arr(open_rgb(path), resolution)
     return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
@@ -308,6 +315,11 @@ class ImageFolderImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
         return load_image(path, self.resolution), label
+
+    def source(self, i: int) -> tuple[Image.Image, int]:
+        """(the decoded RGB image, uncropped, label): what the training view crops (bar.data.views)."""
+        path, label = self.samples[i]
+        return open_rgb(path), label
 
 
 def folder_summary(root: str) -> tuple[tuple[str, ...], int]:

@@ -112,6 +112,8 @@ def tokenizer_signature(cfg: DictConfig) -> str:
     """Hash of what a trained tokenizer depends on: its data, its config and the seed (and its rFID judge when it
     carries an rFID history)."""
     identity = {"data": data_identity(cfg), "tokenizer": result_values(cfg, "tokenizer"), "seed": cfg.seed}
+    if cfg.tokenizer.train.get("augment"):   # the release's resize + random crop (bar.data.views), not flips alone
+        identity["augment_view"] = "resize-random-crop-flip"
     if cfg.eval.rfid_every:      # the cached tokenizer then carries its rFID history (same weights as without)
         identity["rfid_every"] = cfg.eval.rfid_every   # ... measured by this judge
         identity["rfid_judge"] = {"extractor": cfg.eval.extractor, "classifier": result_values(cfg, "eval.classifier")}

@@ -1,18 +1,19 @@
 """The release's tokenizer training augmentation (data/webdataset_reader.py:46-60, config `dataset.preprocessing`):
 Resize(shorter edge, bicubic, antialias) -> RandomCrop -> RandomHorizontalFlip(0.5) -> [-1, 1], per image. No scale
-jitter: the crop only moves along the longer side of the resized image."""
+jitter: the crop only moves along the longer side of the resized image.
+
+A batched, tensor form for images already stacked at one size. Tokenizer training does not use it: its loader makes
+each image's view before batching, from the whole decoded image (bar.data.views.train_view, exact to the release's
+PIL resize); stacked images would already have been center-cropped."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from bar.data.views import resized_shape
 
-def resized_shape(h: int, w: int, shorter: int) -> tuple[int, int]:
-    """torchvision Resize(int): the shorter side becomes `shorter`, the longer int(shorter * long / short)."""
-    if h <= w:
-        return shorter, int(shorter * w / h)
-    return int(shorter * h / w), shorter
+__all__ = ["augment", "resized_shape"]
 
 
 def augment(images: torch.Tensor, resolution: int, generator: torch.Generator | None = None) -> torch.Tensor:
