@@ -1,12 +1,16 @@
 """Files that survive being killed at any moment (checkpoints, cached artifacts), and the facts about files the
 harness checks before work.
 
-A file is written to a temporary name, fsynced and renamed into place; its first line holds a SHA-256 of the payload,
-so a truncated or corrupted file is detected on load (bar.training.checkpoints then falls back to the previous
-checkpoint; bar.data.cache rebuilds the entry). A write that fails (a full disk) leaves nothing behind: the
-temporary file is removed and the file it was to replace is untouched.
+A file is a plain torch file (`torch.load(path)` reads it) with its SHA-256 beside it in `<name>.sha256`
+(`sha256sum -c` format). torch.save streams into a temp file through a hashing writer (the state is never copied
+in memory), which is fsynced and renamed into place, the checksum file likewise. A truncated or corrupted file is
+detected on load (bar.training.checkpoints then falls back to the previous checkpoint; bar.data.cache rebuilds the
+entry). A write that fails (a full disk) leaves nothing behind: the temporary files are removed and the file it was
+to replace is untouched. Files of the earlier format (a `BARCKPT1 sha256=` line, then the torch file, e.g. in
+caches built before) still load and verify.
 
     save_atomic(obj, path)            load_verified(path)            payload_problem(path) -> str | None
+    checksum_path(path) -> Path       checksum_of(path) -> (hex | None, offset)       has_header(path) -> bool
     sha256_of(path) -> hex            file_identity(path) -> {bytes, mtime_ns} | None
     folder_problem(folder) -> str | None    (why a folder cannot be written or created)
     disk_full(error) -> error | None        (the 'no space left' behind an error, if any)"""
@@ -19,13 +23,15 @@ import io
 import os
 import sqlite3
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import torch
 
 from bar import UserError
 
 
-MAGIC = b"BARCKPT1 sha256="
+MAGIC = b"BARCKPT1 sha256="   # the earlier format's first line
+SIDECAR = ".sha256"          # the checksum file beside each file
 _CHUNK = 1 << 22     # bytes hashed per read
 
 
@@ -34,24 +40,61 @@ class CorruptCheckpoint(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------- files
+def checksum_path(path: str | Path) -> Path:
+    """Where the SHA-256 of the file at `path` is kept: `<name>.sha256` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR)
+
+
+class _HashingWriter:
+    """A file that hashes what torch.save writes through it (torch hands it memoryviews of the storages: nothing is
+    copied), so the checksum costs no second read of the file."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _save_synced(obj, tmp: Path) -> str:
+    """torch.save `obj` streamed into `tmp`, fsynced; the SHA-256 of what was written."""
+    with open(tmp, "wb") as handle:
+        writer = _HashingWriter(handle)
+        torch.save(obj, cast(BinaryIO, writer))     # torch needs only write and flush
+        handle.flush()
+        os.fsync(handle.fileno())
+    return writer.digest.hexdigest()
+
+
+def _write_synced(tmp: Path, data: bytes) -> None:
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def save_atomic(obj, path: str | Path) -> Path:
-    """torch.save `obj` to `path` atomically (temp file in the same folder + fsync + rename), with a checksum. On
-    any error (e.g. ENOSPC) the temp file is removed and `path` keeps its old content."""
+    """torch.save `obj` to `path` atomically (temp files in the same folder + fsync + rename), its SHA-256 in
+    `checksum_path(path)`. Both are written in full before either is renamed: on any error (e.g. ENOSPC) the temp
+    files are removed and `path` keeps its old content and checksum; the checksum is renamed first, so a new file
+    never appears without it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    payload = buffer.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sidecar = checksum_path(path)
+    tmp, tmp_sum = (p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (path, sidecar))
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        digest = _save_synced(obj, tmp)
+        _write_synced(tmp_sum, f"{digest}  {path.name}\n".encode())     # sha256sum -c reads it
+        os.replace(tmp_sum, sidecar)
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.filename is None:
             err.filename = str(path)            # a failed write says which file (e.g. ENOSPC)
         raise
@@ -76,8 +119,27 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and ".tmp-" in path.name
 
 
+def has_header(path: str | Path) -> bool:
+    """Whether the file starts with the earlier format's checksum line."""
+    with open(path, "rb") as handle:
+        return handle.read(len(MAGIC)) == MAGIC
+
+
 def load_verified(path: str | Path, map_location="cpu"):
-    """Load a file written by `save_atomic`; raises CorruptCheckpoint when it is truncated or altered."""
+    """Load a file written by `save_atomic` (either format); raises CorruptCheckpoint when it is truncated or
+    altered, or carries no checksum (its write did not finish, or it is no file of this project's)."""
+    if has_header(path):
+        return _load_with_header(path, map_location)
+    if not checksum_path(path).is_file():
+        raise CorruptCheckpoint(f"{path}: no checksum beside it ({checksum_path(path).name} is missing)")
+    problem = payload_problem(path)
+    if problem:
+        raise CorruptCheckpoint(problem)
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def _load_with_header(path: str | Path, map_location):
+    """The earlier format: the checksum line, then the torch file."""
     data = Path(path).read_bytes()
     header, sep, payload = data.partition(b"\n")
     if not sep or not header.startswith(MAGIC):
@@ -87,17 +149,32 @@ def load_verified(path: str | Path, map_location="cpu"):
     return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
 
 
-def payload_problem(path: str | Path) -> str | None:
-    """For a file that starts with `save_atomic`'s header: why its payload fails the checksum (None when it passes,
-    or when the file carries no header), without loading it."""
+def checksum_of(path: str | Path) -> tuple[str | None, int]:
+    """The SHA-256 the file should have and the offset its hashed bytes start at: the header's (earlier format:
+    after the line) or the checksum file's (from 0); (None, 0) when it carries neither."""
     with open(path, "rb") as handle:
-        if handle.read(len(MAGIC)) != MAGIC:
-            return None
-        header = MAGIC + handle.readline(128)
-        digest = hashlib.sha256()
+        if handle.read(len(MAGIC)) == MAGIC:
+            line = handle.readline(128)
+            return line.rstrip(b"\n").decode(errors="replace"), len(MAGIC) + len(line)
+    try:
+        text = checksum_path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return None, 0
+    return (text.split() or [""])[0], 0
+
+
+def payload_problem(path: str | Path) -> str | None:
+    """Why the file fails its checksum (its header's or the one beside it), streamed, without loading it; None when
+    it passes or carries no checksum."""
+    expected, offset = checksum_of(path)
+    if expected is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(offset)
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
-    if digest.hexdigest().encode() != header[len(MAGIC):].rstrip(b"\n"):
+    if digest.hexdigest() != expected:
         return f"{path}: checksum mismatch (truncated or corrupted)"
     return None
 
@@ -145,15 +222,16 @@ def disk_full(error: BaseException | None) -> BaseException | None:
 
 
 def read_generator_checkpoint(path: str | Path, map_location="cpu"):
-    """A generator checkpoint: this project's (written by `save_atomic`: checksum verified) or any torch file, e.g.
-    the release's state dict (memory-mapped: a 4 GB file costs nothing until its tensors are read). One-line
-    UserError when it is not a checkpoint or is damaged."""
+    """A generator checkpoint: this project's (written by `save_atomic`: checksum verified when it is there) or any
+    torch file, e.g. the release's state dict (memory-mapped: a 4 GB file costs nothing until its tensors are read).
+    One-line UserError when it is not a checkpoint or is damaged."""
     path = Path(path)
-    with open(path, "rb") as handle:
-        head = handle.read(len(MAGIC))
     try:
-        if head == MAGIC:
+        if has_header(path):
             return load_verified(path, map_location)
+        problem = payload_problem(path)
+        if problem:
+            raise CorruptCheckpoint(problem)
         return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
     except CorruptCheckpoint as err:
         raise UserError(f"checkpoint {err} (damaged: copy it again)") from None

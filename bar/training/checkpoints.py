@@ -1,6 +1,7 @@
-"""A training run's checkpoints: `folder/ckpt-<step>.pt` (bar.core.files format: atomic, checksummed), the newest
-few kept, a corrupt newest one set aside for its predecessor. A write that fails (a full disk) raises and leaves the
-folder as it was: the last complete checkpoint is still the newest."""
+"""A training run's checkpoints: `folder/ckpt-<step>.pt`, plain torch files with their SHA-256 beside them in
+`ckpt-<step>.pt.sha256` (bar.core.files: atomic, streamed to disk, verified on load), the newest few kept, a
+corrupt newest one set aside for its predecessor. A write that fails (a full disk) raises and leaves the folder as it
+was: the last complete checkpoint is still the newest. When to write one is bar.training.loop.Checkpointing's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import re
 from pathlib import Path
 
-from bar.core.files import CorruptCheckpoint, is_temporary, load_verified, save_atomic
+from bar.core.files import CorruptCheckpoint, checksum_path, is_temporary, load_verified, save_atomic
 
 log = logging.getLogger("bar")
 
@@ -34,8 +35,12 @@ class CheckpointDir:
     def save(self, state: dict, step: int) -> Path:
         path = save_atomic(state, self.path(step))
         for old in self.steps()[:-self.keep]:
-            self.path(old).unlink(missing_ok=True)
+            self._remove(old)
         return path
+
+    def _remove(self, step: int) -> None:
+        self.path(step).unlink(missing_ok=True)
+        checksum_path(self.path(step)).unlink(missing_ok=True)
 
     def load_latest(self, map_location="cpu") -> dict | None:
         """The newest checkpoint that verifies; corrupt ones are reported, renamed aside and skipped. Temp files of
@@ -52,10 +57,13 @@ class CheckpointDir:
                 log.warning("checkpoint %s is unusable (%s): falling back to the previous one", path, err)
                 try:
                     path.rename(path.with_suffix(".corrupt"))
+                    checksum_path(path).rename(checksum_path(path.with_suffix(".corrupt")))
                 except OSError:
                     pass
         return None
 
     def clear(self) -> None:
         for step in self.steps():
-            self.path(step).unlink(missing_ok=True)
+            self._remove(step)
+        for orphan in self.folder.glob("ckpt-*.pt.sha256") if self.folder.is_dir() else ():
+            orphan.unlink(missing_ok=True)       # of a write killed between its two renames

@@ -121,6 +121,10 @@ class Recipe:
     schedule_steps: int | None = None                # the cosine's horizon when it is not `steps`
     param_groups: Callable[[torch.nn.Module], list[dict]] | None = None   # own groups (each may carry `lr_mult`)
 
+    def logs_at(self, step: int) -> bool:
+        """Whether the loss history (and bar.training.running_metrics) gets an entry once `step` steps are done."""
+        return step % self.log_every == 0 or step == self.steps
+
 
 @dataclass
 class TrainResult:
@@ -196,25 +200,42 @@ class TrainHook:
 
 
 class Checkpointing(TrainHook):
-    """Resume from the newest valid checkpoint in `folder`; write one every `every` steps (0: never periodically),
-    on a stop request (then act on it: exit or requeue) and after the last step. `on_checkpoint(result)` runs on
-    rank 0 after each write (e.g. to flush the loss history to MLflow)."""
+    """Resume from the newest valid checkpoint in `folder`; write one when `minutes` of wall time have passed since
+    the last (or since the start), every `every` steps (0: neither), on a stop request (then act on it: exit or
+    requeue) and after the last step. `on_checkpoint(result)` runs on rank 0 after each write (e.g. to flush the loss
+    history to MLflow).
+
+    Ranks agree on every write (it holds collectives): rank 0's `clock` (seconds; injectable for tests) decides the
+    timed ones, and its decision travels with the stop flags in the one all-reduce each step already makes."""
 
     def __init__(self, folder: str | Path, every: int = 0, keep: int = 2,
-                 on_checkpoint: Callable[[TrainResult], None] | None = None):
+                 on_checkpoint: Callable[[TrainResult], None] | None = None, minutes: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.dir = CheckpointDir(folder, keep)
         self.every, self.on_checkpoint = every, on_checkpoint
+        self.minutes, self.clock = float(minutes), clock
+        self.last = clock()                  # when the last checkpoint was written (rank 0's clock decides)
 
     def on_start(self, state: TrainState) -> None:
+        self.restore(state)
+        self.last = self.clock()
+
+    def restore(self, state: TrainState) -> None:
+        """Load the newest valid checkpoint into `state` (rank 0 reads it, every rank gets it)."""
         saved = dist.broadcast_object(self.dir.load_latest() if dist.is_main() else None)
         if saved is not None:
             state.load_state_dict(saved, dist.rank())
             log.info("resumed from %s at step %d", self.dir.folder, state.step)
 
+    def time_is_up(self) -> bool:
+        """On rank 0: `minutes` have passed since the last checkpoint (never on the other ranks, nor with 0)."""
+        return bool(self.minutes) and dist.is_main() and self.clock() - self.last >= 60 * self.minutes
+
     def after_step(self, state: TrainState) -> None:
-        signum = dist.max_int(stop_requested())
-        if signum or (self.every and state.step % self.every == 0):
+        signum, timed = dist.max_ints([stop_requested(), self.time_is_up()])
+        if signum or timed or (self.every and state.step % self.every == 0):
             self.save(state)
+            self.last = self.clock()         # after the write: a slow write does not make the next one due at once
         if signum:
             log.warning("stopping at step %d on signal %d (checkpoint written)", state.step, signum)
             state.model.eval()
@@ -380,7 +401,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, batches: Iterator, recipe: 
             state.step += 1
             result.first_step_at = result.first_step_at or time.time()
             result.seconds = base_seconds + time.perf_counter() - segment_start - state.excluded_seconds
-            if state.step % recipe.log_every == 0 or state.step == recipe.steps:
+            if recipe.logs_at(state.step):
                 mean = state.running / state.count
                 result.history.append((state.step, dist.mean_scalar(mean) if world > 1 else mean))
                 state.running, state.count = 0.0, 0

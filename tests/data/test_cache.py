@@ -72,7 +72,7 @@ def test_an_intact_entry_is_hashed_once_per_process_until_its_files_change(tmp_p
     cache._verified.clear()                                   # a new process
     for _ in range(3):
         assert get_or_build(tmp_path, "kind", "sig", build) == (folder, False)
-    assert sorted(hashed) == ["model.pt", "payload.bin"]      # checked once, not on every use
+    assert sorted(hashed) == ["model.pt", "model.pt.sha256", "payload.bin"]   # checked once, not on every use
     _overwrite(folder / "payload.bin")                        # changed after this process checked it
     assert get_or_build(tmp_path, "kind", "sig", build)[1] and build.calls == 2
 
@@ -82,7 +82,7 @@ def test_an_entry_built_before_checksums_gets_them_unless_its_checkpoint_fails(t
     (folder / CHECKSUMS).unlink()                             # as entries were written before
     cache._verified.clear()
     assert get_or_build(tmp_path, "kind", "sig", build) == (folder, False)
-    assert set(json.loads((folder / CHECKSUMS).read_text())) == {"model.pt", "payload.bin"}
+    assert set(json.loads((folder / CHECKSUMS).read_text())) == {"model.pt", "model.pt.sha256", "payload.bin"}
     (folder / CHECKSUMS).unlink()
     _truncate(folder / "model.pt")                            # its own checksum fails: rebuilt, not adopted
     assert get_or_build(tmp_path, "kind", "sig", build)[1] and build.calls == 2

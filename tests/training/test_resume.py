@@ -195,7 +195,7 @@ def test_a_write_that_fills_the_disk_leaves_the_old_file_and_no_temp_file(tmp_pa
     with pytest.raises(OSError) as err:
         save_atomic({"step": 2}, path)
     assert files.disk_full(err.value) is err.value
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256"]
     assert load_verified(path) == {"step": 1}
 
 
@@ -209,7 +209,7 @@ def test_a_checkpoint_that_fills_the_disk_keeps_the_last_one_and_training_resume
 
     def fsync_until_full(fd):
         writes.append(fd)
-        if len(writes) > 4:                                      # 2 checkpoints fit (a file and its folder each)
+        if len(writes) > 6:                           # 2 checkpoints fit (a file, its checksum and their folder each)
             _disk_full()
         real_fsync(fd)
 
@@ -230,7 +230,7 @@ def test_temp_files_of_killed_writes_are_removed_when_a_run_resumes(tmp_path):
     CheckpointDir(folder).save({"step": 3}, 3)
     (folder / ".ckpt-000000010.pt.tmp-4242").write_bytes(b"half a checkpoint")
     assert CheckpointDir(folder).load_latest() == {"step": 3}
-    assert [p.name for p in folder.iterdir()] == ["ckpt-000000003.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt-000000003.pt", "ckpt-000000003.pt.sha256"]
 
 
 def test_periodic_evaluations_an_earlier_attempt_logged_are_not_made_again(tmp_path):
