@@ -55,6 +55,11 @@ MEM_ESTIMATE_GB = "mem_estimate_gb"
 TRAIN_TFLOP = "train_tflop"
 TRAIN_LOSS = "train_loss"
 TOKENIZER_LOSS = "tokenizer_loss"
+# Histories at the loss's steps: each tokenizer loss part the recipe turns on, unweighted (tokenizer_loss_l1, _l2,
+# _perceptual, _distillation, _gram, _gan from its start step, _kl), and the discriminator's statistics from its start
+# (discriminator_loss, _logits_real, _logits_fake: means of its logits, _lr).
+TOKENIZER_LOSS_PART = TOKENIZER_LOSS + "_"
+DISCRIMINATOR = "discriminator_"
 
 HEADLINE_METRICS = (GFID, RFID)        # a point's headline: the first of these it has (rFID: tokenizer-only points)
 SUMMARY_METRICS = (GFID, RFID, SAMPLE_IMG_PER_S)   # what the one-line summary of a finished point shows

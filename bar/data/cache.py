@@ -16,6 +16,7 @@ Staging folders that a killed build left behind are removed by the next job that
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -42,11 +43,28 @@ _OLD_STAGING = re.compile(r"^\.(?P<sig>.+)-[a-z0-9_]{8}$")   # .<sig>-<random> (
 _verified: dict[Path, tuple] = {}   # entry -> its files' (name, size, mtime, inode) when this process checked it
 
 
+HELD = (errno.EWOULDBLOCK, errno.EAGAIN)     # flock's only answers for "another process holds it"
+
+
+def _flock(handle, flags: int, path: Path) -> None:
+    """fcntl.flock, with any error but "held" (a filesystem mounted without locks: ENOLCK, EOPNOTSUPP, EINVAL...) as a
+    one-line UserError: taken for "held", every job would skip every point and build nothing."""
+    try:
+        fcntl.flock(handle, flags)
+    except OSError as err:
+        if err.errno in HELD:
+            raise
+        name = errno.errorcode.get(err.errno or 0, str(err.errno))
+        raise UserError(f"cannot lock files in {path.parent} ({name}: {err.strerror}): its filesystem does not support "
+                        "flock; mount it with locks (NFS: local_lock=flock or lock; Lustre: -o flock), or set "
+                        "BAR_OUTPUTS (and paths.cache) to a folder on a filesystem that does") from None
+
+
 @contextmanager
 def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        _flock(handle, fcntl.LOCK_EX, path)
         try:
             yield
         finally:
@@ -54,14 +72,18 @@ def file_lock(path: Path):
 
 
 def try_lock(path: Path):
-    """An exclusive, non-blocking lock on `path` (held while the handle is open); None if another process holds it."""
+    """An exclusive, non-blocking lock on `path` (held while the handle is open); None if another process holds it,
+    a one-line UserError if the filesystem cannot lock (_flock)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "w")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        _flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB, path)
+    except OSError:                  # held (any other error is _flock's UserError)
         handle.close()
         return None
+    except UserError:
+        handle.close()
+        raise
     return handle
 
 
@@ -256,7 +278,7 @@ def get_or_build_together(root: str | Path, kind: str, sig: str,
     if distributed.is_main() and not _usable(final, quiet=True):
         final.parent.mkdir(parents=True, exist_ok=True)
         lock = open(final.parent / f".{sig}.lock", "w")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _flock(lock, fcntl.LOCK_EX, final.parent / f".{sig}.lock")
         clean_stale(final.parent, held=sig)
         if not _usable(final):
             _discard(final)

@@ -1,5 +1,5 @@
 """The training-loop side of the release's tokenizer recipe (losses: bar.tokenizers.losses; augmentation:
-bar.tokenizers.augment; EMA: bar.training.ema).
+the loader's per-image view, bar.data.views; EMA: bar.training.ema).
 
     tokenizer_param_groups(model, lr, encoder_lr_mult=0.1, weight_decay=0.0, encoder_substring="encoder") -> groups
     DiscriminatorHook(trainer, images_of, reconstruct, seed=None) a TrainHook: one D step after each G step >= start
@@ -24,9 +24,11 @@ import torch
 import torch.nn as nn
 
 from bar.core import distributed as dist
+from bar.core.vocabulary import DISCRIMINATOR
 from bar.training.discriminator import DiscriminatorTrainer
 from bar.training.optim import release_no_decay
 from bar.training.loop import Checkpointing, TrainHook, TrainState
+from bar.training.running_metrics import RunningMetrics
 
 log = logging.getLogger("bar")
 
@@ -72,7 +74,8 @@ class DiscriminatorHook(TrainHook):
     """After each generator step at or past `trainer.start`, one discriminator step on the NEXT batch of the
     stream, reconstructed by the tokenizer in eval mode without gradients, as the release alternates G and D
     iterations. `images_of(batch)` -> images in [-1, 1] (augmented as for the G step); `reconstruct(model,
-    images)` -> reconstructions. The last step's D statistics (this rank's) are in `self.last`.
+    images)` -> reconstructions. The last step's D statistics (this rank's) are in `self.last`, and go to `metrics`
+    (as discriminator_loss, discriminator_logits_real, ...) when given.
 
     So one step of bar.training.loop's loop past the start is one G plus one D iteration of the release's loop: the
     release's 200k iterations with the GAN from 100k are 150k steps here (see the report for the LR schedule).
@@ -86,8 +89,9 @@ class DiscriminatorHook(TrainHook):
     made (the run's seed, which the tokenizer stage sets on every rank before building)."""
 
     def __init__(self, trainer: DiscriminatorTrainer, images_of: Callable[[object], torch.Tensor],
-                 reconstruct: Callable[[nn.Module, torch.Tensor], torch.Tensor], seed: int | None = None):
-        self.trainer, self.images_of, self.reconstruct = trainer, images_of, reconstruct
+                 reconstruct: Callable[[nn.Module, torch.Tensor], torch.Tensor], seed: int | None = None,
+                 metrics: RunningMetrics | None = None):
+        self.trainer, self.images_of, self.reconstruct, self.metrics = trainer, images_of, reconstruct, metrics
         self.seed = torch.initial_seed() if seed is None else int(seed)
         self.last: dict[str, float] = {}
 
@@ -115,6 +119,8 @@ class DiscriminatorHook(TrainHook):
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(stream_seed(self.seed, step, 0, CROPS))
             self.last = self.trainer.step(images, recon)
+        if self.metrics is not None:          # d_loss -> discriminator_loss, logits_real -> discriminator_logits_real
+            self.metrics.add({DISCRIMINATOR + name.removeprefix("d_"): value for name, value in self.last.items()})
 
     def state_dict(self) -> dict:
         return self.trainer.state_dict()
@@ -128,20 +134,22 @@ class CheckpointingWithExtras(Checkpointing):
     load_state_dict}, e.g. the EMA and discriminator hooks), restored on resume after the training state. Put it
     after those hooks in the hook list, so a checkpoint sees their updates of the same step."""
 
-    def __init__(self, folder, extras: Mapping[str, Stateful], every: int = 0, keep: int = 2, on_checkpoint=None):
-        super().__init__(folder, every, keep, on_checkpoint)
+    def __init__(self, folder, extras: Mapping[str, Stateful], every: int = 0, keep: int = 2, on_checkpoint=None,
+                 **when):
+        super().__init__(folder, every, keep, on_checkpoint, **when)    # when: minutes, clock
         self.extras = extras
 
-    def on_start(self, state: TrainState) -> None:
+    def restore(self, state: TrainState) -> None:
         saved = dist.broadcast_object(self.dir.load_latest() if dist.is_main() else None)
         if saved is None:
             return
         state.load_state_dict(saved, dist.rank())
         stored = saved.get("extras", {})
         for name, obj in self.extras.items():
-            if name not in stored:
+            if name in stored:
+                obj.load_state_dict(stored[name])
+            elif not getattr(obj, "optional_state", False):
                 raise ValueError(f"checkpoint in {self.dir.folder} has no {name!r} state (written without it)")
-            obj.load_state_dict(stored[name])
         log.info("resumed from %s at step %d (with %s)", self.dir.folder, state.step, ", ".join(self.extras))
 
     def save(self, state: TrainState) -> None:

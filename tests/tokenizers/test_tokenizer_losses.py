@@ -293,17 +293,18 @@ def test_missing_weight_file_fails_in_one_line_naming_key_and_file(tmp_path):
         check_weight_files({"convnext_s": str(missing)}, ["convnext_s"])
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"tokenizer.weights.convnext_s: no file at {missing} (")
-    assert "convnext_small-0c510722.pth" in message and "tokenizer.weights.convnext_s=PATH" in message
+    assert message.startswith(f"tokenizer weight files missing: tokenizer.weights.convnext_s={missing} (no such file")
+    assert "convnext_small-0c510722.pth" in message and "tokenizer.weights.KEY=PATH" in message
 
-    with pytest.raises(UserError, match=r"^tokenizer\.weights\.dino_vits is not set \(") as err:
+    with pytest.raises(UserError, match=r"^tokenizer weight files missing: tokenizer\.weights\.dino_vits \(unset") \
+            as err:
         check_weight_files({}, ["dino_vits"])
     assert "\n" not in str(err.value)
     assert check_weight_files({}, ["lpips"]) == {"lpips": default_lpips_path()}    # the package's own file
 
 
 def test_build_checks_files_before_building(tmp_path):
-    with pytest.raises(UserError, match=r"^tokenizer\.weights\.vgg16 is not set"):
+    with pytest.raises(UserError, match=r"^tokenizer weight files missing: tokenizer\.weights\.vgg16 \(unset"):
         build_tokenizer_loss(RELEASE_WEIGHTS, {})
     bad = tmp_path / "vgg16.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, bad)

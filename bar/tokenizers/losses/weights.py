@@ -1,7 +1,9 @@
 """Local weight files of the frozen networks behind the tokenizer losses (nothing is downloaded at run time).
 
-    WEIGHT_FILES[key] -> what the file is and where to get it       keys: vgg16, lpips, convnext_s, dino_vits
-    check_weight_files(weights_node, needed_keys) -> {key: Path}    one-line UserError for a missing or unset file
+    WEIGHT_FILES[key] -> what the file is and where to get it       keys: vgg16, lpips, convnext_s, dino_vits,
+                                                                    siglip2 (the release encoder's, not a loss's)
+    check_weight_files(weights_node, needed_keys) -> {key: Path}    one-line UserError naming every missing or unset
+                                                                    file at once
     load_weights(path, key) -> state dict                           one-line UserError for a file torch cannot read
                                                                     (memory-mapped: load_mapped)
 
@@ -42,6 +44,9 @@ WEIGHT_FILES: dict[str, WeightFile] = {
         "dino_vit_small_patch8_224.pth from https://huggingface.co/nyu-visionx/RAE-collections (discs/), as the "
         "release uses, or DINO's dino_deitsmall8_pretrain.pth from "
         "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth (same keys)"),
+    "siglip2": WeightFile(
+        "the SigLIP2-so400m weights that start the release's encoder and give its distillation targets",
+        "the encoder.siglip.* weights inside a release BAR-FSQ tokenizer file, e.g. bar_fsq_16bits.bin"),
 }
 
 
@@ -68,25 +73,29 @@ def weight_path(weights_node, key: str) -> Path | None:
     return None if value in (None, "") else Path(str(value)).expanduser()
 
 
-def _explain(key: str) -> str:
+def _source(key: str) -> str:
     info = WEIGHT_FILES[key]
-    return f"{info.role}: {info.source}; pass tokenizer.weights.{key}=PATH"
+    return f"{info.role}: {info.source}"
+
+
+def _explain(key: str) -> str:
+    return f"{_source(key)}; pass tokenizer.weights.{key}=PATH"
 
 
 def check_weight_files(weights_node, needed_keys) -> dict[str, Path]:
-    """Paths of the `needed_keys` files, after checking that each exists; fails on the first missing one with a
-    single line naming the key and the file expected. Call before any training."""
-    paths = {}
+    """Paths of the `needed_keys` files, after checking that each exists; fails with a single line naming every
+    missing or unset one at once (so one rerun fixes them all) and where each comes from. Call before any training."""
     for key in needed_keys:
         if key not in WEIGHT_FILES:
             raise UserError(f"tokenizer.weights.{key}: unknown weights key (known: {', '.join(WEIGHT_FILES)})")
-        path = weight_path(weights_node, key)
-        if path is None:
-            raise UserError(f"tokenizer.weights.{key} is not set ({_explain(key)})")
-        if not path.is_file():
-            raise UserError(f"tokenizer.weights.{key}: no file at {path} ({_explain(key)})")
-        paths[key] = path
-    return paths
+    paths = {key: weight_path(weights_node, key) for key in needed_keys}
+    missing = [f"tokenizer.weights.{key} (unset: {_source(key)})" if path is None else
+               f"tokenizer.weights.{key}={path} (no such file: {_source(key)})"
+               for key, path in paths.items() if path is None or not path.is_file()]
+    if missing:
+        raise UserError(f"tokenizer weight files missing: {', '.join(missing)}; pass tokenizer.weights.KEY=PATH for "
+                        "each (README: Training the paper's tokenizer)")
+    return {key: path for key, path in paths.items() if path is not None}
 
 
 def load_mapped(path: str | Path):
