@@ -3,7 +3,8 @@
 Column layout of `load_runs`:
 - identity: run_id, run_name, experiment, experiment_id, parent_run_id, start_time, end_time, mlflow_status,
   n_attempts (child runs that shared the point's signature; the kept one is the best, see `_dedupe`)
-- tags (bare names): status, sweep, signature, profile, point, fid_extractor, git_sha, error, role, slurm_job_id, ...
+- tags (bare names): status, sweep, signature, profile, point, fid_extractor, rfid_extractor, git_sha, error, role,
+  slurm_job_id, ...
   (`mlflow.*` system tags are dropped; run name and parent id are in the identity columns)
 - params (dotted names as logged): tokenizer.kind, tokenizer.bits, head.name, model.patch_size, ... cast from MLflow's
   strings to int / float / bool / None where the text is one of those; anything else stays a string
@@ -54,7 +55,8 @@ DATA_RESOLUTION = "data.resolution"                 # param: image side in pixel
 MEMORY_BUDGET_GB = "generator.memory_budget_gb"     # param: per-device budget; None: the device's own memory
 INFEASIBLE_REASON = "infeasible_reason"             # tag of an infeasible point: the planner's estimate and budget
 TOKENIZER_SIGNATURE = "tokenizer_signature"         # tag: hash of what the trained tokenizer depends on
-FID_EXTRACTOR = "fid_extractor"                     # tag: the features FID was computed with
+FID_EXTRACTOR = "fid_extractor"                     # tag: the features FID was computed with (gFID's, once scored)
+RFID_EXTRACTOR = "rfid_extractor"                   # tag: rFID's (older runs: fid_extractor names both)
 GENERATOR_PARAMS = "generator_params"               # metric: the generator's parameter count
 IDENTITY_COLUMNS = ["run_id", "run_name", "experiment", "experiment_id", "parent_run_id", "start_time", "end_time",
                     "mlflow_status", "n_attempts"]

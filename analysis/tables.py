@@ -32,6 +32,7 @@ from analysis.runs import (
     DATA_NAME,
     DATA_RESOLUTION,
     FID_EXTRACTOR,
+    RFID_EXTRACTOR,
     GENERATOR_PARAMS,
     TOKENIZER_SIGNATURE,
     cast_value,
@@ -117,7 +118,8 @@ def _tokenizer_key(runs: pd.DataFrame) -> pd.Series:
     params = pd.Series([";".join(f"{c}={v}" for c, v in zip(cols, values)) for values in
                         runs[cols].astype(object).itertuples(index=False, name=None)], index=runs.index, dtype=object)
     sig = column(runs, TOKENIZER_SIGNATURE).astype(object)
-    judge = column(runs, FID_EXTRACTOR).astype(object)
+    judge = column(runs, RFID_EXTRACTOR).astype(object)     # under eval.protocol=adm fid_extractor is gFID's
+    judge = judge.where(judge.notna(), column(runs, FID_EXTRACTOR).astype(object))
     judge = judge.where(judge.notna(), column(runs, "eval.extractor").astype(object))
     return sig.where(sig.notna(), params).astype(str) + "|" + judge.astype(str)
 

@@ -64,3 +64,45 @@ def release_state_dict(bits=BITS, res=RES, prefix="", seed=0) -> dict:
             "encoder.frozen_post_layernorm.", "encoder.siglip.post_layernorm.")
         sd[key] = sd[twin] if twin != key and twin in sd else torch.randn(shape, generator=gen) * 0.05
     return {prefix + k: v for k, v in sd.items()}
+
+
+def standin(shapes: dict[str, tuple]) -> dict:
+    """Zeros of these shapes, each tensor one stored value (stride 0): a file of full-size shapes that is tiny on
+    disk, for checks that read keys and shapes only (validation, the dry run)."""
+    return {k: torch.zeros(()).expand(shape) for k, shape in shapes.items()}
+
+
+def write_release_standins(folder) -> list[str]:
+    """Full-size stand-ins of every file `sweep=release_eval` reads (bar/conf/release/README.md): each preset's
+    generator in the release's layout (its RoPE tables computed: the key map compares them), the three BAR-FSQ
+    tokenizers, Inception weights and two-image reference batches. Returns the overrides that point at them."""
+    import numpy as np
+
+    from bar.model.generator import rope_tables
+    from bar.model.release_keys import to_release_state_dict
+    from bar.orchestration.build import build_generator
+    from bar.orchestration.config import compose
+    from bar.orchestration.input_files import inception_layout
+    from bar.tokenizers.release import SIZES
+
+    overrides = []
+    for preset, extra in (("bar_b", []), ("bar_b2", []), ("bar_b4", []), ("bar_l", []),
+                          ("bar_l_512", ["tokenizer.bits=10", "data.resolution=512"])):
+        with torch.device("meta"):
+            model = build_generator(compose(["profile=paper", "data.root=/unused", f"model={preset}", *extra]))
+        c = model.cfg
+        cos, sin = rope_tables(c.step_grid, c.dim // c.heads, c.prefix, c.rope_theta)
+        layout = {k: v.shape for k, v in to_release_state_dict(model).items()}
+        state = {k: cos if k.endswith("freqs_cos") else sin if k.endswith("freqs_sin") else v
+                 for k, v in standin(layout).items()}
+        torch.save(state, folder / f"{preset}.bin")
+        overrides.append(f"release.generators.{preset}={folder / f'{preset}.bin'}")
+    for name, bits, res in (("bar_fsq_16bits", 16, 256), ("bar_fsq_16bits_ft", 16, 256),
+                            ("bar_fsq_10bits_res512", 10, 512)):
+        torch.save(standin(release_layout(bits, res, SIZES["full"])), folder / f"{name}.bin")
+        overrides.append(f"release.tokenizers.{name}={folder / f'{name}.bin'}")
+    torch.save(standin(inception_layout()), folder / "inception.pth")
+    for res in (256, 512):
+        np.savez(folder / f"VIRTUAL_imagenet{res}.npz", arr_0=np.zeros((2, res, res, 3), np.uint8))
+        overrides.append(f"release.references.imagenet{res}={folder / f'VIRTUAL_imagenet{res}.npz'}")
+    return overrides + [f"eval.inception_weights={folder / 'inception.pth'}"]

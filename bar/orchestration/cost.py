@@ -8,7 +8,8 @@ measured 24.33, 10.65 and 445):
 
     tokenizer   training 3 x forward x steps x batch; pretokenization (the encoder over every view the code store
                 keeps: image + flip); rFID reconstructions at the evaluation schedule and at the end.
-                Counted once per tokenizer signature, and not at all when already in the cache.
+                Counted once per tokenizer signature, and not at all when already in the cache; training only when
+                the point trains one (not with tokenizer.checkpoint), nothing for stage=sample.
     generator   training 3 x forward x steps x global batch (x 4/3 with activation checkpointing).
     sampling    every run of the point's SamplingPlan (bar.orchestration.sampling_plan: guided, unguided for
                 gfid_nocfg, periodic): per image the backbone over its sequence + the head's passes per AR step
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bar.data.codes import VIEWS
 from bar.orchestration.build import build_generator, build_tokenizer, sampling_schedule
 from bar.orchestration.config import data_identity, signature, tokenizer_signature
+from bar.orchestration.rules import trains_tokenizer
 from bar.orchestration.sampling_plan import SamplingPlan, SamplingRun, sampling_plan
 from bar.training.loop import evaluation_steps
 
@@ -114,12 +116,20 @@ class PointCost:
         return sum(self.generator.values())
 
 
-def point_cost(cfg: DictConfig, train_images: int, val_images: int, *, checkpointing: bool = False) -> PointCost:
-    """The FLOPs of one point's work: its tokenizer's (shared by the points with its signature) and its own."""
+def point_cost(cfg: DictConfig, train_images: int = 0, val_images: int = 0, *,
+               checkpointing: bool = False) -> PointCost:
+    """The FLOPs of one point's work: its tokenizer's (shared by the points with its signature) and its own.
+    stage=sample reads no data (the image counts are unused) and only samples and decodes."""
     tok = tokenizer_flops(cfg)
+    if cfg.stage == "sample":
+        plan = sampling_plan(cfg)
+        return PointCost(tokenizer_signature(cfg), {}, {"sample": sampling_flops(plan, generator_flops(cfg),
+                                                                                  tok["decode"])}, plan.executed())
     t = cfg.tokenizer.train
-    reconstructions = 1 + len(evaluation_steps(cfg.eval.rfid_every, t.steps))
-    cost = PointCost(tokenizer_signature(cfg), {"train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size,
+    trains = trains_tokenizer(cfg)   # a tokenizer.checkpoint is loaded: only its reconstructions are scored
+    reconstructions = 1 + (len(evaluation_steps(cfg.eval.rfid_every, t.steps)) if trains else 0)
+    cost = PointCost(tokenizer_signature(cfg), {"train": TRAIN_FACTOR * tok["forward"] * t.steps * t.batch_size
+                                                if trains else 0.0,
                                                 "reconstruct": tok["forward"] * val_images * reconstructions})
     if cfg.stage != "all":
         return cost
@@ -152,7 +162,8 @@ def point_hours(cost: PointCost, cfg: DictConfig) -> float:
 
 def sweep_hours(costs: list[PointCost], cfg: DictConfig, cached_tokenizers: set[str]) -> dict[str, float]:
     """GPU-hours of the points to run: each distinct tokenizer once (none if already cached), every generator."""
-    tokenizers = {c.tokenizer_key: c.tokenizer for c in costs if c.tokenizer_key not in cached_tokenizers}
+    tokenizers = {c.tokenizer_key: c.tokenizer for c in costs
+                  if c.tokenizer and c.tokenizer_key not in cached_tokenizers}   # stage=sample: none
     tok = gpu_hours(sum(sum(parts.values()) for parts in tokenizers.values()), cfg)
     train = gpu_hours(sum(c.generator.get("train", 0.0) for c in costs), cfg)
     sample = gpu_hours(sum(c.generator.get("sample", 0.0) for c in costs), cfg, sampling=True)

@@ -8,6 +8,9 @@
     per_gpu_breakdown(model, micro_batch, *, checkpointing, bytes_per_act=2, compiled=True) -> {part: bytes}
     plan_memory(model, global_batch, world_size, gpu_gb, bytes_per_act=2, ...) -> MemoryPlan
         (micro_batch, accum_steps, checkpointing, est_gb_per_gpu, feasible, reason)
+    sampling_breakdown(model, tokenizer, batch, copies, ...) -> {part: bytes}   one sampling batch per GPU
+    plan_sampling_batch(model, tokenizer, batch, num_samples, copies, gpu_gb, ...) -> SamplingMemory
+        (batch_size that fits, requested, est_gb_per_gpu, feasible, parts)
 
 The estimate is what one steady-state AdamW training step holds at its peak: parameters, their gradients, the AdamW
 moments (two fp32 tensors per parameter) and the activations saved for backward of one batch. Activations are
@@ -41,6 +44,8 @@ from bar import UserError
 from bar.model.generator import BARGenerator
 from bar.model.heads import BitwiseHead, DiffusionHead, MBMHead, SoftmaxHead, TokenHead
 from bar.model.layers import swiglu_hidden
+from bar.tokenizers.release import ReleaseDecoder
+from bar.tokenizers.tokenizer import ConvDecoder, ViTDecoder
 
 
 def _param_count(module: nn.Module) -> int:
@@ -226,6 +231,101 @@ def plan_memory(model: BARGenerator, global_batch: int, world_size: int, gpu_gb:
                       f"GiB per device ({gib(static):.3g} GiB parameters, gradients and AdamW state; "
                       f"{gib(parts['head_activations']):.3g} GiB head activations), {usable:.3g} GiB usable",
                       world_size, global_batch, usable)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sampling: weights, the static KV cache, one AR step, the tokenizer's decoding
+# ---------------------------------------------------------------------------------------------------------------------
+
+def kv_cache_bytes(cfg, rows: int, bytes_per_value: int) -> int:
+    """The static KV cache of cached decoding (bar.model.decoding): keys and values of every layer for `rows`
+    sequences (the batch, twice with CFG) at the full length P + L, in the dtype attention produces."""
+    return 2 * cfg.depth * rows * (cfg.prefix + cfg.steps) * cfg.dim * bytes_per_value
+
+
+def sampling_step_bytes(model: BARGenerator, rows: int, bytes_per_value: int, kv_cache: bool = True) -> int:
+    """Transient activations of one AR step (no autograd): per row and position fed ~8 D + 3 H in the block that
+    runs (norms, q/k/v, attention output, residual, SwiGLU's two halves and their product), fp32 attention scores
+    over the sequence, and the head's sampler (its training rule: an upper bound). Without the cache every step feeds
+    the whole sequence."""
+    cfg = model.cfg
+    S = cfg.prefix + cfg.steps
+    fed = 1 if kv_cache else S
+    backbone = rows * fed * (8 * cfg.dim + 3 * swiglu_hidden(cfg.dim, cfg.mlp_ratio)) * bytes_per_value
+    return backbone + rows * cfg.heads * fed * S * 4 + head_activation_bytes(model.head, rows, bytes_per_value)
+
+
+def decode_activation_bytes(tokenizer: nn.Module, images: int, resolution: int, bytes_per_value: int = 4) -> int:
+    """Peak transient activations of decoding `images` (no autograd). A transformer decoder holds ~2 (W + hidden)
+    values per token at once (the residual stream, its norm, the MLP's hidden before and after its activation); a
+    conv decoder ~4 x its channels per pixel at full resolution (a ResBlock's input, two normed copies, its
+    output); any decoder ~9 values per output pixel (per-token pixels, unpatchified, convolved)."""
+    dec, pixels = getattr(tokenizer, "decoder", None), resolution * resolution
+    per_image = 9 * pixels
+    if isinstance(dec, ReleaseDecoder):
+        per_image = max(per_image, 2 * (dec.width + _widest(dec.transformer)) * (dec.grid ** 2 + 1))
+    elif isinstance(dec, ViTDecoder):
+        per_image = max(per_image, 2 * (dec.vit.embed.out_features + _widest(dec.vit.blocks)) * dec.grid ** 2)
+    elif isinstance(dec, ConvDecoder):
+        last = [m for m in dec.modules() if isinstance(m, nn.Conv2d)][-1]   # the full-resolution stage's
+        per_image = max(per_image, 4 * last.in_channels * pixels)
+    return images * per_image * bytes_per_value
+
+
+def _widest(blocks: nn.Module) -> int:
+    """The hidden width of transformer blocks: their widest linear layer's output (the MLP's)."""
+    return max(m.out_features for m in blocks.modules() if isinstance(m, nn.Linear))
+
+
+def _count(module: nn.Module | None) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def sampling_breakdown(model: BARGenerator, tokenizer: nn.Module | None, batch: int, copies: int, *,
+                       bytes_per_value: int, resolution: int, kv_cache: bool = True,
+                       training_state: bool = False) -> dict[str, int]:
+    """Bytes one GPU holds while it samples and decodes one batch of `batch` images (`copies` rows each: 2 with
+    CFG): fp32 weights of the generator and the tokenizer, autocast's low-precision copies of them (bytes_per_value
+    < 4), with `training_state` the gradients and AdamW moments alive around a periodic gFID, the static KV cache
+    (kept while the batch is decoded), and the larger of one AR step's and the decoding's activations."""
+    rows, weights = batch * copies, _count(model) + _count(tokenizer)
+    step = sampling_step_bytes(model, rows, bytes_per_value, kv_cache)
+    decode = decode_activation_bytes(tokenizer, batch, resolution, bytes_per_value) if tokenizer is not None else 0
+    return {"weights": 4 * weights, "autocast_weights": bytes_per_value * weights if bytes_per_value < 4 else 0,
+            "training_state": 12 * _count(model) if training_state else 0,
+            "kv_cache": kv_cache_bytes(model.cfg, rows, bytes_per_value) if kv_cache else 0,
+            "activations": max(step, decode)}
+
+
+@dataclass
+class SamplingMemory:
+    batch_size: int               # images per forward pass on one GPU: the requested batch, or the largest that fits
+    requested: int                # generator.sample.batch_size
+    copies: int                   # rows per image: 2 with CFG
+    est_gb_per_gpu: float         # GiB at batch_size (infeasible: at batch 1)
+    feasible: bool
+    usable_gb: float              # the budget after headroom
+    parts: dict[str, int]         # sampling_breakdown at batch_size
+
+    @property
+    def split(self) -> bool:
+        return self.batch_size < self.requested
+
+
+def plan_sampling_batch(model: BARGenerator, tokenizer: nn.Module | None, batch_size: int, num_samples: int,
+                        copies: int, gpu_gb: float, *, headroom: float = HEADROOM, reserve_gb: float = RESERVE_GB,
+                        **breakdown) -> SamplingMemory:
+    """`batch_size` when it fits `gpu_gb` GiB less `headroom` and `reserve_gb` (as plan_memory); else the largest
+    divisor of `num_samples` below it that fits (equal batches: one compiled shape). Infeasible only when not even
+    one image fits. `breakdown`: sampling_breakdown's keyword arguments."""
+    usable = gpu_gb * (1 - headroom) - reserve_gb
+    smaller = [b for b in range(min(batch_size, num_samples), 0, -1) if num_samples % b == 0 and b < batch_size]
+    for batch in [batch_size, *smaller]:
+        parts = sampling_breakdown(model, tokenizer, batch, copies, **breakdown)
+        if gib(sum(parts.values())) <= usable:
+            return SamplingMemory(batch, batch_size, copies, gib(sum(parts.values())), True, usable, parts)
+    parts = sampling_breakdown(model, tokenizer, 1, copies, **breakdown)
+    return SamplingMemory(1, batch_size, copies, gib(sum(parts.values())), False, usable, parts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from bar import UserError
 from bar.core.paths import sqlite_path
@@ -39,6 +40,7 @@ from bar.orchestration.cost import point_cost, point_hours, sweep_hours
 from bar.orchestration.planner import Plan, plan_point, point_folder, record_infeasible
 from bar.orchestration.planner import try_lock as try_point_lock
 from bar.orchestration.rules import check_value
+from bar.orchestration.sampling_plan import sampling_plan
 from bar.orchestration.sweep_points import expand_points
 from bar.orchestration.validate import validate_config
 
@@ -225,8 +227,9 @@ def planning_world_size(cfg: DictConfig) -> int:
 
 
 def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: list[str]) -> None:
-    """Each point (micro-batch, accumulation, memory per device, GPU-hours), infeasible ones apart, then the totals
-    with each distinct tokenizer counted once (bar.orchestration.cost)."""
+    """Each point (micro-batch, accumulation, memory per device, GPU-hours; stage=sample: the sampling batch and its
+    memory per device), infeasible ones apart, then the totals with each distinct tokenizer counted once
+    (bar.orchestration.cost)."""
     sizes: dict[tuple, tuple[int, int]] = {}        # (training, validation) images per data set
     costs, rows, infeasible = [], [], []
     for point_cfg, plan, label in zip(configs, plans, labels):
@@ -239,13 +242,15 @@ def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: lis
             infeasible.append(f"  {label:<28} {plan.signature}  {mem.est_gb_per_gpu:.4g} GiB per device: "
                               f"{mem.reason}")
             continue
-        key = (point_cfg.data.name, point_cfg.data.root, point_cfg.data.resolution)
-        sizes.setdefault(key, dataset_sizes(point_cfg))
-        cost = point_cost(point_cfg, *sizes[key], checkpointing=bool(mem and mem.checkpointing))
+        images = (0, 0)                           # stage=sample reads no data
+        if point_cfg.stage != "sample":
+            key = (point_cfg.data.name, point_cfg.data.root, point_cfg.data.resolution)
+            images = sizes[key] = sizes[key] if key in sizes else dataset_sizes(point_cfg)
+        cost = point_cost(point_cfg, *images, checkpointing=bool(mem and mem.checkpointing))
         costs.append(cost)
-        shape = (f"micro {mem.micro_batch} x accum {mem.accum_steps} x {mem.world_size} dev"
-                 + (" +ckpt" if mem.checkpointing else "") + f", {mem.est_gb_per_gpu:.3g} GiB/dev") if mem else "-"
-        rows.append(f"  {label:<28} {plan.signature}  {shape:<46} generator ~{point_hours(cost, point_cfg):.3g} GPU-h")
+        what = "sampling" if point_cfg.stage == "sample" else "generator"
+        rows.append(f"  {label:<28} {plan.signature}  {_shape(point_cfg, mem):<46} {what} "
+                    f"~{point_hours(cost, point_cfg):.3g} GPU-h" + _split_note(point_cfg))
     cached = {c.tokenizer_key for c in costs if (Path(cfg.paths.cache) / "tokenizer" / c.tokenizer_key).is_dir()}
     hours = sweep_hours(costs, cfg, cached)
     done = sum(p.action == "skip" for p in plans)
@@ -260,6 +265,29 @@ def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: lis
           f"training {hours['generator_training']:.3g} + sampling {hours['sampling']:.3g} = {hours['total']:.3g}")
     for warning in sorted({w for p in plans for w in p.warnings}):
         print(f"warning: the points will fail until this is fixed: {warning}")
+
+
+def _shape(cfg: DictConfig, mem) -> str:
+    """The per-device plan: training's micro-batch and memory, or (stage=sample) the sampling batch and memory."""
+    if mem is not None:
+        return (f"micro {mem.micro_batch} x accum {mem.accum_steps} x {mem.world_size} dev"
+                + (" +ckpt" if mem.checkpointing else "") + f", {mem.est_gb_per_gpu:.3g} GiB/dev")
+    if cfg.stage != "sample":
+        return "-"
+    sampling = sampling_plan(cfg).memory
+    assert sampling is not None, "stage=sample plans its sampling memory"
+    fits = "" if sampling.feasible else ": not even that fits"
+    split = f" ({sampling.requested} does not fit)" if sampling.split else ""
+    return f"sample batch {sampling.batch_size}{split}, {sampling.est_gb_per_gpu:.3g} GiB/dev{fits}"
+
+
+def _split_note(cfg: DictConfig) -> str:
+    """Training points: the sampling batch, when generator.sample.batch_size does not fit."""
+    sampling = sampling_plan(cfg).memory if cfg.stage == "all" else None
+    if sampling is None or not sampling.split:
+        return ""
+    return (f"; sample batch {sampling.batch_size} ({sampling.requested} does not fit, "
+            f"{sampling.est_gb_per_gpu:.3g} GiB)")
 
 
 def dataset_sizes(cfg: DictConfig) -> tuple[int, int]:
@@ -280,8 +308,19 @@ def point_label(point_cfg: DictConfig, overrides: Sequence[str], varying: set[st
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         if key in varying:
-            extra.append(f"{key.rsplit('.', 1)[-1]}={value.replace(chr(39), '')}")
+            extra.append(f"{key.rsplit('.', 1)[-1]}={_shown_value(point_cfg, key, value)}")
     return "-".join([point_name(point_cfg), *extra])
+
+
+def _shown_value(point_cfg: DictConfig, key: str, raw: str) -> str:
+    """A swept value as a run name shows it: resolved (`${...}` as its value), a file path as its file's stem, so
+    that names stay short and carry no '/'."""
+    try:
+        value = OmegaConf.select(point_cfg, key, default=raw)
+    except OmegaConfBaseException:      # an interpolation that does not resolve: validation names it
+        value = raw
+    text = str(value).replace(chr(39), "")
+    return (Path(text).stem or text).replace("/", "_") if "/" in text else text
 
 
 def _done_points(uri: str, experiment: str) -> dict:

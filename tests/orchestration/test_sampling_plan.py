@@ -72,3 +72,30 @@ def test_the_cost_model_prices_what_the_runner_executes(tmp_path, monkeypatch, n
     per_copy = gen["forward"] + (gen["passes"] - 1) * gen["head"]
     executed = sum(images * (per_copy * (2 if scale != 1.0 else 1) + decode) for scale, images in ran)
     assert math.isclose(cost.generator["sample"], executed, rel_tol=1e-12)
+
+
+BAR_L_512 = ["sweep=release_eval", "model=bar_l_512", "tokenizer.bits=10", "data.resolution=512",
+             "release.generators.bar_l_512=/g.bin", "release.tokenizers.bar_fsq_10bits_res512=/t.bin",
+             "release.references.imagenet512=/r.npz"]
+
+
+def test_bar_l_512_samples_in_the_largest_batch_that_fits_one_gpu():
+    """BAR-L-512's static KV cache at batch 250 with CFG is ~80 GiB in bf16 (twice that in fp32): the plan samples in
+    the largest divisor of the 50,000 samples that fits the GPU (launcher.gpu_mem_gb), and says so."""
+    import torch
+
+    from bar.orchestration.build import build_generator
+    from bar.orchestration.memory import gib, kv_cache_bytes
+
+    cfg = compose(BAR_L_512)
+    with torch.device("meta"):
+        model = build_generator(cfg)
+    assert 78 < gib(kv_cache_bytes(model.cfg, 2 * 250, 2)) < 83
+    expected = {(): 100, ("generator.sample.precision=bf16",): 125, ("launcher.gpu_mem_gb=141",): 125,
+                ("generator.sample.batch_size=50",): 50}
+    for extra, batch in expected.items():
+        plan = sampling_plan(compose(BAR_L_512 + list(extra)))
+        (run,), memory = plan.final, plan.memory
+        assert run.batch_size == memory.batch_size == batch and 50_000 % batch == 0, extra
+        assert memory.feasible and memory.est_gb_per_gpu <= memory.usable_gb and memory.copies == 2
+        assert memory.split == (memory.requested == 250 and batch < 250), extra

@@ -5,8 +5,9 @@ The batches on disk belong to the checkpoint's content, not its path: replaced w
 
 A run's labels are cut into global batches of its batch size; global batch j draws from its own generator seeded
 `batch_seed(seed, j)` and rank r makes batches r::world. The samples therefore depend on the seed, the labels and
-the batch size, not on how many ranks made them or on whether the job was interrupted. Precision: bf16 autocast on
-CUDA when generator.sample.bf16, fp32 on CPU."""
+the batch size, not on how many ranks made them or on whether the job was interrupted. Precision
+(generator.sample.precision, `precision_context`): on CUDA bf16 autocast, or fp32 with TF32 matmuls and convolutions
+(tf32: what the release's sample_imagenet.py sets), or strict fp32; on CPU always fp32."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,7 +47,7 @@ class Sampler:
     seed: int
     kv_cache: bool
     compile: bool
-    bf16: bool
+    precision: str         # fp32 | tf32 | bf16 (generator.sample.precision)
     device: torch.device
 
 
@@ -63,13 +65,41 @@ def batch_labels(labels: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(labels.split(batch_size))
 
 
+def effective_precision(precision: str, device: torch.device) -> str:
+    """What `precision` runs as on `device`: CPU has neither TF32 nor bf16 sampling, it runs fp32."""
+    return precision if device.type == "cuda" else "fp32"
+
+
+def precision_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool | None]:
+    """(autocast dtype or None, TF32 on or off, or None: left alone) of sampling at `precision` on `device`. bf16
+    keeps TF32 on for the ops autocast leaves in fp32, as training runs them."""
+    if device.type != "cuda":
+        return None, None
+    return (torch.bfloat16 if precision == "bf16" else None), precision != "fp32"
+
+
+@contextmanager
+def precision_context(precision: str, device: torch.device):
+    """Sampling and decoding at `precision` (module docstring); the TF32 switches are restored after the block, so
+    training and evaluation keep theirs."""
+    dtype, tf32 = precision_settings(precision, device)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @torch.no_grad()
 def sample_batch(sampler: Sampler, labels_B: torch.Tensor, cfg_scale: float, j: int):
     """Global batch j: (tokens, uint8 images or None without a tokenizer)."""
     device = sampler.device
     generator = torch.Generator(device=device).manual_seed(batch_seed(sampler.seed, j))
     schedule = {k: v for k, v in sampler.schedule.items() if v is not None}
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=sampler.bf16 and device.type == "cuda"):
+    with precision_context(sampler.precision, device):
         tokens = generate(sampler.model, labels_B.to(device), cfg_scale=cfg_scale, temperature=sampler.temperature,
                           generator=generator, kv_cache=sampler.kv_cache,
                           compile=sampler.compile and sampler.kv_cache, **schedule)
@@ -130,9 +160,10 @@ SOURCE = "source.json"   # in a samples folder: what its batches were made from
 def generate_batches(sampler: Sampler, run: SamplingRun, labels: torch.Tensor, folder: Path,
                      source: dict | None = None) -> dict:
     """stage=sample: this rank's batches that are not on disk yet, each written atomically to its own file in
-    `folder` (tokens, labels, and the decoded images with a tokenizer). `source` identifies the weights (the
-    checkpoint's content: bar.core.files.file_identity): batches on disk made from other weights (the checkpoint was
-    replaced since) are removed first, so every batch comes from these. Returns what `sample_batches` does."""
+    `folder` (tokens, labels, and the decoded images with a tokenizer). `source` identifies what the batches come
+    from (the checkpoint's content: bar.core.files.file_identity; the batch size): batches on disk made otherwise
+    (the checkpoint was replaced since, the batch was planned for another GPU) are removed first. Returns what
+    `sample_batches` does."""
     if distributed.is_main():
         _claim_folder(folder, {"checkpoint": source})
     distributed.barrier()
