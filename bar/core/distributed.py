@@ -4,13 +4,17 @@
   torchrun variables (RANK / WORLD_SIZE / MASTER_ADDR), and initialises torch.distributed: NCCL on GPUs, gloo on CPU.
   A single process gets world size 1 and no process group at all.
 - Helpers every stage uses: `rank()`, `world_size()`, `is_main()`, gradient all-reduce, gathering Python objects,
-  `resolve_device()`."""
+  `resolve_device()`.
+- `wait_for_ranks(stage)`: where one rank works alone (rank 0 scoring a sample), the others wait in a barrier of a
+  gloo group of its own whose timeout is sized for a stage (`wait_timeout_s`), not in the next collective, whose
+  timeout (`timeout_s`, NCCL's watchdog) is sized for a step."""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -77,8 +81,12 @@ def _env_from_torchrun() -> dict | None:
             "master_port": os.environ.get("MASTER_PORT", "29500")}
 
 
-def setup(device_type: str | None = None, timeout_s: float = 1800) -> DistEnv:
-    """Initialise torch.distributed from the environment (idempotent). World size 1: nothing is initialised."""
+_stage_group: Any = None       # the gloo group of wait_for_ranks (see the module docstring)
+
+
+def setup(device_type: str | None = None, timeout_s: float = 1800, wait_timeout_s: float = 6 * 3600) -> DistEnv:
+    """Initialise torch.distributed from the environment (idempotent). World size 1: nothing is initialised.
+    `timeout_s`: any collective; `wait_timeout_s`: a rank waiting for the others at `wait_for_ranks`."""
     if dist.is_available() and dist.is_initialized():
         return current()
     found = _env_from_submitit() or _env_from_torchrun()
@@ -94,6 +102,8 @@ def setup(device_type: str | None = None, timeout_s: float = 1800) -> DistEnv:
                       LOCAL_RANK=str(found["local_rank"]))
     dist.init_process_group(backend, init_method="env://", rank=found["rank"], world_size=found["world_size"],
                             timeout=timedelta(seconds=timeout_s))
+    global _stage_group
+    _stage_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait_timeout_s))
     log.info("torch.distributed: rank %d of %d (%s)", found["rank"], found["world_size"], backend)
     return current()
 
@@ -105,8 +115,10 @@ def current() -> DistEnv:
 
 
 def teardown() -> None:
+    global _stage_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _stage_group = None
 
 
 def rank() -> int:
@@ -124,6 +136,18 @@ def is_main() -> bool:
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def wait_for_ranks(stage: str) -> None:
+    """Every rank leaves once all have arrived; a wait past a minute is logged with `stage`. Call it after work one
+    rank does alone, on every rank: the others then wait here (up to `wait_timeout_s`), never in a collective."""
+    if world_size() == 1:
+        return
+    started = time.monotonic()
+    dist.barrier(group=_stage_group)
+    waited = time.monotonic() - started
+    if waited > 60:
+        log.info("rank %d waited %.0f s for the other ranks (%s)", rank(), waited, stage)
 
 
 def _device() -> torch.device:
@@ -170,6 +194,15 @@ def max_int(value: int) -> int:
     t = torch.tensor([int(value)], dtype=torch.int64, device=_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def max_ints(values: list[int]) -> list[int]:
+    """Each value's maximum over the ranks, in one collective (several per-step decisions for the price of one)."""
+    if world_size() == 1:
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], dtype=torch.int64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
 
 
 def all_gather_objects(obj: Any) -> list:

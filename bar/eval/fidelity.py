@@ -24,14 +24,14 @@ import torch
 import torch_fidelity.metric_fid as tf_fid
 import torch_fidelity.metric_isc as tf_isc
 import torch_fidelity.metric_prc as tf_prc
-from torch.utils.data import Dataset
-from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch_fidelity.utils import create_feature_extractor
 
 from bar.eval import adm
 from bar.core import distributed
 from bar.core.files import CorruptCheckpoint, load_verified, save_atomic
 from bar.core.hashing import stable_hash
-from bar.data.cache import load_or_rebuild
+from bar.data.cache import get_or_build_together, load_or_rebuild
 from bar.eval.features import CLASSIFIER_EXTRACTOR
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
@@ -58,30 +58,64 @@ class FidelityEvaluator:
     """torch-fidelity metrics with one fixed extractor, against cached reference features."""
 
     def __init__(self, extractor: str, weights: str, extractor_sig: str, data_sig: str, *, cache_root: str | Path,
-                 batch_size: int, device: torch.device):
+                 batch_size: int, device: torch.device, loader_workers: int = 0):
         """`extractor`: CLASSIFIER_EXTRACTOR or INCEPTION_EXTRACTOR, loaded from `weights`; `extractor_sig` and
-        `data_sig` key the cached reference features (under `cache_root`)."""
+        `data_sig` key the cached reference features (under `cache_root`); `loader_workers` decode a reference
+        split's images in parallel (an image folder's JPEGs)."""
         self.name, self.extractor_sig, self.data_sig = extractor, extractor_sig, data_sig
         self.cache_root, self.batch_size, self.device = cache_root, batch_size, device
+        self.loader_workers = loader_workers
         self.extractor = create_feature_extractor(self.name, sorted(set(_LAYERS[self.name].values())),
                                                   cuda=device.type == "cuda", feature_extractor_weights_path=weights,
                                                   verbose=False)
+        self._prepared: set[str] = set()
 
     @property
     def tag(self) -> str:
         """What the metrics came from; never compare numbers across different tags."""
         return f"{self.name}:{self.extractor_sig}"
 
-    def features(self, images) -> dict[str, torch.Tensor]:
-        """Features of uint8 images ((N, C, H, W) tensor, or a dataset of images or (image, label) items)."""
-        return get_featuresdict_from_dataset(_Images(images, self.name == INCEPTION_EXTRACTOR), self.extractor,
-                                             self.batch_size, self.device.type == "cuda", True, False)
+    @torch.no_grad()
+    def batch_features(self, images_NCHW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of one batch of uint8 images, on the CPU (for callers that stream their images)."""
+        x = images_NCHW.expand(-1, 3, -1, -1) if self.name == INCEPTION_EXTRACTOR and images_NCHW.shape[1] == 1 \
+            else images_NCHW
+        x = x.to(self.device, non_blocking=True)
+        return {k: v.cpu() for k, v in self.extractor.convert_features_tuple_to_dict(self.extractor(x)).items()}
+
+    def features(self, images, workers: int = 0) -> dict[str, torch.Tensor]:
+        """Features of uint8 images ((N, C, H, W) tensor, or a dataset of images or (image, label) items), in
+        batches of `batch_size` (torch-fidelity's own loop, with loader workers)."""
+        loader = DataLoader(_Images(images, self.name == INCEPTION_EXTRACTOR), batch_size=self.batch_size,
+                            num_workers=workers, pin_memory=self.device.type == "cuda")
+        parts = [self.batch_features(batch) for batch in loader]
+        return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+
+    def _reference_key(self, name: str) -> str:
+        return f"{self.data_sig}-{name}-{self.extractor_sig}"
+
+    def prepare_reference(self, reference: Dataset, name: str) -> None:
+        """All ranks: the reference split's features, extracted once into the cache, each rank its share (items
+        rank::world, with loader workers) and only the features gathered: no rank extracts 1.28M images alone while
+        the others wait."""
+        if name in self._prepared:
+            return
+
+        def build(folder: Path) -> None:
+            shard = Subset(reference, distributed.shard_indices(len(reference)).tolist())  # type: ignore[arg-type]
+            features = gather_features(self.features(shard, self.loader_workers))
+            if features is not None:
+                save_atomic(features, folder / "features.pt")
+
+        get_or_build_together(self.cache_root, "fidelity", self._reference_key(name), build)
+        self._prepared.add(name)
 
     def reference_features(self, reference: Dataset, name: str) -> dict[str, torch.Tensor]:
-        """Features of a reference split, computed once (cache entry per data set, split and extractor)."""
-        key = f"{self.data_sig}-{name}-{self.extractor_sig}"
-        features, _ = load_or_rebuild(self.cache_root, "fidelity", key,
-                                      lambda f: save_atomic(self.features(reference), f / "features.pt"),
+        """Features of a reference split, from the cache (built by `prepare_reference`; again here, alone, only when
+        the entry fails its checksum)."""
+        features, _ = load_or_rebuild(self.cache_root, "fidelity", self._reference_key(name),
+                                      lambda f: save_atomic(self.features(reference, self.loader_workers),
+                                                            f / "features.pt"),
                                       lambda f: load_verified(f / "features.pt"))
         return features
 
@@ -89,11 +123,22 @@ class FidelityEvaluator:
                 prc: bool = False, items: torch.Tensor | None = None) -> dict[str, float] | None:
         """FID (and optionally IS, precision/recall) of the images of all ranks against `reference`: the scores on
         rank 0, None on the others. `items`: the global index of each of this rank's images (None: rank::world)."""
-        feats = gather_features(self.features(images_shard), items)
-        if feats is None:
-            return None
+        return self.score(self.features(images_shard), reference, reference_name, isc=isc, prc=prc, items=items)
+
+    def score(self, features_shard: dict[str, torch.Tensor], reference: Dataset, reference_name: str, *,
+              isc: bool = False, prc: bool = False, items: torch.Tensor | None = None) -> dict[str, float] | None:
+        """`compare` for features a caller extracted itself (`batch_features` while it streams its images). All
+        ranks call it; they leave together, after rank 0 has scored (distributed.wait_for_ranks)."""
+        self.prepare_reference(reference, reference_name)
+        feats = gather_features(features_shard, items)
+        out = None if feats is None else self._scores(feats, self.reference_features(reference, reference_name),
+                                                       isc, prc)
+        distributed.wait_for_ranks(f"scoring against {reference_name}")
+        return out
+
+    def _scores(self, feats: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], isc: bool,
+                prc: bool) -> dict[str, float]:
         layers = _LAYERS[self.name]
-        ref = self.reference_features(reference, reference_name)
         stats = [tf_fid.fid_featuresdict_to_statistics(f, layers["fid"]) for f in (feats, ref)]
         out = {"fid": float(tf_fid.fid_statistics_to_metric(*stats, False)[tf_fid.KEY_METRIC_FID])}
         if isc:
@@ -142,8 +187,11 @@ class ADMEvaluator:
         f = self.features(images_shard)
         parts = gather_features({"pool": torch.from_numpy(f.pool), "spatial": torch.from_numpy(f.spatial),
                                  "logits": torch.from_numpy(f.logits)}, items)
-        if parts is None:
-            return None
+        out = None if parts is None else self._scores(parts)
+        distributed.wait_for_ranks("ADM scoring")    # the other ranks wait for rank 0's scores here
+        return out
+
+    def _scores(self, parts: dict[str, torch.Tensor]) -> dict[str, float]:
         sample = adm.Features(*(parts[k].numpy() for k in ("pool", "spatial", "logits")))
         scores = adm.adm_scores(sample, self.reference, self.reference_features(), device=self.device)
         return {"fid": scores["gfid"], "sfid": scores["sfid"], "inception_score": scores["inception_score"],

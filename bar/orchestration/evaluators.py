@@ -43,7 +43,7 @@ def fidelity_evaluator(cfg: DictConfig, train_set, device: torch.device) -> Fide
             train_set, cfg.data.in_channels, cfg.data.resolution, cfg.data.num_classes, ccfg, f))
         name, weights = CLASSIFIER_EXTRACTOR, str(folder / "classifier.pt")
     return FidelityEvaluator(name, weights, extractor_sig, data_sig, cache_root=cfg.paths.cache,
-                             batch_size=cfg.eval.batch_size, device=device)
+                             batch_size=cfg.eval.batch_size, device=device, loader_workers=cfg.data.num_workers)
 
 
 def adm_evaluator(cfg: DictConfig, device: torch.device) -> ADMEvaluator:

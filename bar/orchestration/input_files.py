@@ -31,7 +31,7 @@ from torch.serialization import skip_data
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from bar import UserError
-from bar.core.files import MAGIC, payload_problem
+from bar.core.files import checksum_of, checksum_path, payload_problem
 from bar.eval import adm
 from bar.model.release_keys import convert_official_state_dict
 from bar.orchestration.build import build_tokenizer
@@ -50,7 +50,8 @@ FROZEN_TWINS = {"encoder.frozen_encoder.": "encoder.siglip.encoder.",
 
 # ----------------------------------------------------------------------------------------------------- reading
 class _Payload(io.RawIOBase):
-    """The torch file after this project's checksum line, seen as a file of its own (torch seeks within its zip)."""
+    """The torch file after the earlier format's checksum line (offset 0 for files with the checksum beside them),
+    seen as a file of its own (torch seeks within its zip)."""
 
     def __init__(self, handle, offset: int):
         super().__init__()
@@ -79,9 +80,8 @@ def _first_line(err: BaseException) -> str:
 
 
 def is_bar_file(path: Path) -> bool:
-    """Written by bar.core.files.save_atomic (a checksum line, then a torch file)."""
-    with open(path, "rb") as handle:
-        return handle.read(len(MAGIC)) == MAGIC
+    """Written by bar.core.files.save_atomic: its checksum beside it (or, earlier, a checksum line first)."""
+    return checksum_of(path)[0] is not None
 
 
 def load_bar_file(path: Path, key: str) -> Any:
@@ -92,8 +92,7 @@ def load_bar_file(path: Path, key: str) -> Any:
         raise UserError(f"{key}={problem}: copy it again")
     try:
         with open(path, "rb") as handle, skip_data():
-            handle.readline()
-            payload = io.BufferedReader(_Payload(handle, handle.tell()))
+            payload = io.BufferedReader(_Payload(handle, checksum_of(path)[1]))
             return torch.load(payload, map_location="meta", weights_only=True)
     except Exception as err:  # noqa: BLE001 - a file that passes its checksum but is no torch file was not ours
         raise UserError(f"{key}={path} is not a readable torch checkpoint ({_first_line(err)})") from None
@@ -220,8 +219,8 @@ def check_tokenizer_checkpoint(cfg: DictConfig) -> None:
         if isinstance(state, dict) and "quantize.in_proj.weight" in clean_state_dict(state):
             raise UserError(f"{key}={path} is the release's BAR-FSQ tokenizer: add tokenizer.arch=release (profile="
                             "paper sets it) and tokenizer.size=full")
-        raise UserError(f"{key}={path} is neither a tokenizer this project wrote (no checksum line) nor the release's "
-                        "BAR-FSQ file")
+        raise UserError(f"{key}={path} is neither a tokenizer this project wrote (no {checksum_path(path).name} "
+                        "beside it: copy it along) nor the release's BAR-FSQ file")
     blob = load_bar_file(path, key)
     state = state_of(blob)
     if not isinstance(state, dict) or _holds(state, GENERATOR_KEYS):

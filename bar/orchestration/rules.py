@@ -106,13 +106,14 @@ RANGES: dict[str, Rule] = {
     "generator.sample.cfg_scale": NOT_NEGATIVE, "generator.sample.temperature": NOT_NEGATIVE,   # 0: greedy
     "generator.sample.temperature_is": one_of("start", "mean"),
     "generator.sample.allocation_shape": SCHEDULE, "generator.sample.allocation": SCHEDULE,
-    "generator.sample.seed": NOT_NEGATIVE,
+    "generator.sample.seed": NOT_NEGATIVE, "generator.sample.precision": one_of("fp32", "tf32", "bf16"),
     "eval.protocol": one_of("fidelity", "adm"), "eval.extractor": one_of("classifier", "inception"),
     "eval.batch_size": COUNT, "eval.gfid_every": NOT_NEGATIVE, "eval.rfid_every": NOT_NEGATIVE,   # 0: at the end only
     "eval.classifier.width": COUNT, "eval.classifier.steps": COUNT, "eval.classifier.batch_size": COUNT,
     "eval.classifier.lr": POSITIVE, "eval.classifier.features": one_of("penultimate", "random_multiscale"),
     "eval.classifier.random_width": COUNT, "eval.classifier.random_seed": NOT_NEGATIVE,
-    "launcher.checkpoint_every": NOT_NEGATIVE, "launcher.keep_checkpoints": COUNT, "launcher.gpu_tflops": POSITIVE,
+    "launcher.checkpoint_every": NOT_NEGATIVE, "launcher.checkpoint_minutes": NOT_NEGATIVE,
+    "launcher.keep_checkpoints": COUNT, "launcher.gpu_tflops": POSITIVE,
     "launcher.utilization": SHARE, "launcher.sample_utilization": SHARE, "launcher.gpu_mem_gb": POSITIVE,
     "tracking.port": Rule("must be in [1, 65535]", lambda v: 1 <= v <= 65535),
     "hydra.sweeper.max_batch_size": SWEEP_BATCH,
@@ -172,7 +173,7 @@ class Use:
     read: Callable[[DictConfig], bool]   # the point reads the setting
     reads: str                           # after "key=value ": when it is read, and why not in this point
     fix: str = ""                        # what to do instead (errors)
-    default: Any = None                  # the value that asks for nothing
+    default: Any = None                  # the value that asks for nothing (a function of the config: the profile's)
     warn: bool | Callable[[DictConfig], bool] = False   # set but unread: a warning (an error otherwise)
     preset: bool = False                 # the default is the model preset's (bar/conf/model/<preset>.yaml)
 
@@ -189,7 +190,8 @@ USES: dict[str, Use] = {
     "eval.reference": Use(lambda c: c.eval.protocol == "adm", "is read by eval.protocol=adm only (without it gFID is "
                           "scored against the training split)", "add eval.protocol=adm, or drop eval.reference"),
     "eval.protocol": Use(lambda c: c.stage != "tokenizer", "scores generated samples and stage=tokenizer generates "
-                         "none (rFID uses the fidelity protocol)", "drop it, or use stage=all", default="fidelity"),
+                         "none (rFID uses the fidelity protocol)", "drop it, or use stage=all",
+                         default=lambda c: "adm" if c.profile.name == "paper" else "fidelity"),
     "eval.gfid_every": Use(lambda c: c.stage == "all", "scores samples during generator training and stage={stage} "
                            "trains no generator", "drop it, or use stage=all", default=0),
     "eval.rfid_every": Use(trains_tokenizer, "scores the tokenizer during its training and this point trains none "
@@ -235,7 +237,9 @@ def preset_value(preset: str, key: str):
 
 
 def _default(cfg: DictConfig, key: str, use: Use):
-    return preset_value(str(cfg.model.preset), key) if use.preset else use.default
+    if use.preset:
+        return preset_value(str(cfg.model.preset), key)
+    return use.default(cfg) if callable(use.default) else use.default
 
 
 def _value(cfg: DictConfig, key: str):

@@ -226,29 +226,34 @@ def _tokenizer_stages(cfg: DictConfig, train_set, val_set, device, run):
     # built when first needed, once (the classifier extractor trains a classifier)
     evaluator = functools.cache(lambda: reconstruction_evaluator(cfg, train_set, device))
 
+    def reconstruction(model):
+        return tok_stage.reconstruction_scores(model, val_set, evaluator(), device, batch_size=cfg.eval.batch_size,
+                                               workers=cfg.data.num_workers)
+
     def rfid_of(model) -> float | None:          # eval.rfid_every: during training
-        originals, recon = tok_stage.reconstruct(model, val_set, device)
-        return tok_stage.reconstruction_metrics(evaluator(), originals, recon, val_set).get("rfid")
+        return reconstruction(model)[0].get("rfid")
 
     tokenizer, ckpt, built = tok_stage.obtain_tokenizer(cfg, train_set, device, rfid_of)
     metrics = tok_stage.latent_metrics(tokenizer)
     run.set_tags({"tokenizer_reused": str(not built), "tokenizer_signature": tokenizer_signature(cfg)})
     run.log_params({"tokenizer.file": ckpt["path"]})   # the tokenizer this point used (cache entry or checkpoint)
     run.log_history("tokenizer_loss", ckpt["history"])
+    for name, history in ckpt.get("metric_history", {}).items():     # its parts, the discriminator's statistics
+        run.log_history(name, history)
     if built:
         metrics["tokenizer_train_img_per_s"] = ckpt["train_img_per_s"]
     run.log_metrics(metrics)
     if built:
         metrics["_first_step_at"] = ckpt["first_step_at"]   # for the launch-overhead metric; not logged as such
-    run.set_tags({"fid_extractor": evaluator().tag})
-    originals, recon = tok_stage.reconstruct(tokenizer, val_set, device)
-    rec = tok_stage.reconstruction_metrics(evaluator(), originals, recon, val_set)
+    # rFID's judge; once gFID is scored, fid_extractor names gFID's (_sample_and_score: eval.protocol=adm's)
+    run.set_tags({"fid_extractor": evaluator().tag, "rfid_extractor": evaluator().tag})
+    rec, originals, recons = reconstruction(tokenizer)
     run.log_metrics(rec)
     if cfg.eval.rfid_every and "rfid" in rec:    # the curve: evaluations during training, then the final one
         run.log_history("rfid", [*ckpt.get("rfid_history", []), (cfg.tokenizer.train.steps, rec["rfid"])])
     metrics.update(rec)
     with tempfile.TemporaryDirectory() as tmp:
-        tok_stage.save_pairs_grid(originals, recon.images, Path(tmp) / "recon_grid.png")
+        tok_stage.save_pairs_grid(originals, recons, Path(tmp) / "recon_grid.png")
         run.log_artifact(Path(tmp) / "recon_grid.png")
     return tokenizer, metrics
 
@@ -272,6 +277,7 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
     evaluator = functools.cache(lambda: generation_evaluator(cfg, train_set, device))
     tflop_per_step = TRAIN_FACTOR * generator_flops(cfg)["forward"] * cfg.generator.train.batch_size / 1e12
     sampling, sampler = sampling_plan(cfg), _sampler(cfg, model, tokenizer, schedule, device)
+    run.set_tags(_sampling_tags(sampling, sampler))
     hooks = [_periodic_gfid(cfg, sampling.periodic, sampler, train_set, run, evaluator, tflop_per_step)] \
         if sampling.periodic is not None else []
     result = gen_stage.train_generator(cfg, model, codes, device, plan.folder / "generator", memory.accum_steps,
@@ -303,7 +309,14 @@ def _generator_stages(cfg: DictConfig, tokenizer, train_set, device, run, plan: 
 def _sampler(cfg: DictConfig, model, tokenizer, schedule: dict, device) -> samples.Sampler:
     s = cfg.generator.sample
     return samples.Sampler(model, tokenizer, schedule, sampling_temperature(cfg, model, schedule), seed=s.seed,
-                           kv_cache=s.kv_cache, compile=cfg.model.compile, bf16=s.bf16, device=device)
+                           kv_cache=s.kv_cache, compile=cfg.model.compile, precision=s.precision, device=device)
+
+
+def _sampling_tags(sampling: SamplingPlan, sampler: samples.Sampler) -> dict[str, str]:
+    """What the samples were made with beyond the config: the batch the plan fitted to the device's memory (the
+    samples follow it) and the precision this device ran generator.sample.precision at."""
+    return {"sample_batch_size": str(sampling.final[0].batch_size),
+            "sample_precision": samples.effective_precision(sampler.precision, sampler.device)}
 
 
 def _periodic_gfid(cfg: DictConfig, periodic: SamplingRun, sampler: samples.Sampler, train_set, run, evaluator,
@@ -333,6 +346,7 @@ def _sample_and_score(cfg: DictConfig, sampling: SamplingPlan, sampler: samples.
     made = {r.metric: samples.sample_shard(sampler, r, samples.balanced_labels(r.num_samples, cfg.data.num_classes))
             for r in sampling.final}
     guided = made["gfid"]
+    run.set_tags({"fid_extractor": evaluator.tag})   # gFID's judge (eval.protocol=adm: the ADM evaluator's)
     metrics = {"sample_img_per_s": guided.per_s,
                **gen_stage.generation_metrics(evaluator, guided, made.get("gfid_nocfg"), train_set)}
     run.log_metrics(metrics)
@@ -350,24 +364,30 @@ def _sample_from_checkpoint(cfg: DictConfig, device, run, plan: Plan) -> dict[st
     write the ADM `.npz` and, with eval.protocol=adm, score it."""
     model, official = gen_stage.load_generator_checkpoint(cfg, cfg.checkpoint, device)
     tokenizer = tok_stage.sampling_tokenizer(cfg, device)
-    (sampling_run,) = sampling_plan(cfg).final
+    sampling = sampling_plan(cfg)
+    (sampling_run,) = sampling.final
     labels = samples.balanced_labels(sampling_run.num_samples, cfg.data.num_classes)
     folder = plan.folder / "samples"
     sampler = _sampler(cfg, model, tokenizer, sampling_schedule(cfg, model), device)
-    result = samples.generate_batches(sampler, sampling_run, labels, folder, source=file_identity(cfg.checkpoint))
+    # batches of another size (planned for another GPU) hold other samples: they are made again
+    source = {"weights": file_identity(cfg.checkpoint), "batch_size": sampling_run.batch_size}
+    result = samples.generate_batches(sampler, sampling_run, labels, folder, source=source)
     distributed.barrier()
-    run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)})
+    run.set_tags({"checkpoint_format": "official" if official else "bar", "decoded": str(tokenizer is not None)}
+                 | _sampling_tags(sampling, sampler))
     metrics = {"sample_img_per_s": samples.throughput(result), "samples_generated": result["generated"],
                "generator_params": sum(p.numel() for p in model.parameters())}
     if distributed.is_main():
-        metrics.update(_write_and_score_samples(cfg, folder, labels, run, device, tokenizer is not None))
+        metrics.update(_write_and_score_samples(cfg, folder, labels, sampling_run.batch_size, run, device,
+                                                tokenizer is not None))
     run.log_metrics(metrics)
     return metrics
 
 
-def _write_and_score_samples(cfg: DictConfig, folder: Path, labels, run, device, decoded: bool) -> dict:
+def _write_and_score_samples(cfg: DictConfig, folder: Path, labels, batch_size: int, run, device,
+                             decoded: bool) -> dict:
     """Rank 0: the tokens (tokens.pt), the images as the ADM evaluator's `.npz`, their grid and ADM metrics."""
-    batches = len(samples.batch_labels(labels, cfg.generator.sample.batch_size))
+    batches = len(samples.batch_labels(labels, batch_size))
     out = Path(cfg.paths.outputs) / "samples" / run.run_id
     out.mkdir(parents=True, exist_ok=True)
     tokens = torch.from_numpy(samples.read_batches(folder, batches, "tokens"))

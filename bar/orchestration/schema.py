@@ -175,7 +175,8 @@ class GeneratorSample:
     kv_cache: bool = True
     nocfg: bool = True
     seed: int = 0
-    bf16: bool = True                      # autocast on GPUs while sampling; CPU stays fp32
+    precision: str = "bf16"                # on GPUs: bf16 (autocast) | tf32 (fp32, TF32 matmuls: the release's) |
+                                           # fp32 (TF32 off); CPU always fp32. Logged: gFIDs of two never mix
 
 
 @dataclass
@@ -214,7 +215,9 @@ class LauncherConf:
     """How points run; never part of a point's signature. Hydra's own launcher settings live in hydra.launcher.
     The defaults hold for every launcher (bar/conf/launcher/<name>.yaml sets its name and what differs)."""
     name: str = MISSING
-    checkpoint_every: int = 100            # generator optimizer steps between checkpoints (resume after a kill)
+    checkpoint_minutes: float = 30.0       # wall time between checkpoints (resume after a kill; 0: none by time)
+    checkpoint_every: int = 0              # optimizer steps between checkpoints, besides (0: none by steps; tests
+                                           # that kill and resume at known steps set it)
     keep_checkpoints: int = 2              # newest kept; a corrupt last one falls back to the one before
     gpu_tflops: float = 989.0              # peak dense bf16 TFLOP/s of one accelerator, H100/H200 (dry run's cost)
     utilization: float = 0.4               # fraction of that peak a training step reaches (cost model)

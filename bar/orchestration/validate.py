@@ -51,15 +51,15 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     _check_outputs(cfg)
     model = check_generator_config(cfg) if cfg.stage in ("all", "sample") else None
     _check_inputs(cfg, model)
-    warnings = []
-    for check in (_check_eval_files, _check_weight_files):
+    problems = []      # every missing file named at once, not one per rerun
+    for check in (_check_reference_file, _check_inception_file, _check_weight_files):
         try:
             check(cfg)
         except UserError as err:
-            if not cfg.dry_run:
-                raise
-            warnings.append(str(err))
-    return warnings
+            problems.append(str(err))
+    if problems and not cfg.dry_run:
+        raise UserError("; ".join(problems))
+    return problems
 
 
 def _check_inputs(cfg: DictConfig, model) -> None:
@@ -126,6 +126,9 @@ def _check_data(cfg: DictConfig) -> None:
         return
     if OmegaConf.is_missing(cfg.data, "root") or not cfg.data.root:
         raise UserError("data=imagefolder needs data.root=DIR (an ImageNet-style folder tree DIR/<class>/<image>)")
+    if cfg.profile.name == "paper" and not cfg.data.val_root:
+        raise UserError("profile=paper needs data.val_root=DIR (e.g. /data/imagenet/val, the same class folders): rFID "
+                        "is scored on the validation split, and data.root's would decode 1.28M training images")
     classes = _check_folder(Path(str(cfg.data.root)), "data.root", cfg.data.num_classes)
     if cfg.data.val_root:
         val_classes = _check_folder(Path(str(cfg.data.val_root)), "data.val_root", cfg.data.num_classes)
@@ -157,15 +160,23 @@ def _check_recipe(cfg: DictConfig) -> None:
 
 def _check_weight_files(cfg: DictConfig) -> None:
     """The weight files of the frozen networks the tokenizer recipe's parts use (and SigLIP2's, which initialises the
-    release architecture's encoder): present, and loading into their networks."""
+    release architecture's encoder): all present (every missing one named in one line), then loading into their
+    networks. SigLIP2 is required at tokenizer.size=full, the only size the release has files for (a random tower
+    there would train the paper's tokenizer, and distil it, from noise); tokenizer.size=tiny, the CPU stand-in, may
+    start from a random one, with a warning."""
     if not trains_tokenizer(cfg):
         return
     tok = cfg.tokenizer
-    if needed_weight_keys(LossWeights.from_node(tok.loss)):
-        check_weight_files(tok.weights, needed_weight_keys(LossWeights.from_node(tok.loss)))
+    loss_keys = needed_weight_keys(LossWeights.from_node(tok.loss))
+    siglip = tok.arch == "release" and tok.size == "full"
+    check_weight_files(tok.weights, loss_keys + (["siglip2"] if siglip else []))
+    if loss_keys:
         input_files.check_frozen_networks(cfg)
     if tok.arch == "release" and tok.weights.siglip2:
         input_files.check_siglip2(cfg)
+    elif tok.arch == "release":
+        _warn_once(f"tokenizer.weights.siglip2 is unset: this tokenizer.size={tok.size} tokenizer starts its SigLIP2 "
+                   "encoder (and its distillation target) from random weights")
 
 
 def _check_tiling(cfg: DictConfig) -> None:
@@ -208,10 +219,13 @@ def _check_outputs(cfg: DictConfig) -> None:
             raise UserError(f"outputs folder {folder} ({key}) cannot be used: {problem}: choose another with {hint}")
 
 
-def _check_eval_files(cfg: DictConfig) -> None:
-    """Files the evaluation reads: the ADM reference batch, Inception weights."""
+def _check_reference_file(cfg: DictConfig) -> None:
+    """The ADM reference batch, which the ADM protocol scores samples against."""
     if cfg.eval.protocol == "adm" and cfg.stage != "tokenizer":
         input_files.check_reference(cfg)
+
+
+def _check_inception_file(cfg: DictConfig) -> None:
     if needs_inception(cfg):
         input_files.check_inception_weights(cfg)
 

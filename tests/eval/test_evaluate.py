@@ -44,7 +44,7 @@ def test_reference_features_are_cached(evaluator, monkeypatch):
     assert len(cached) == 1
     calls = []
     real = ev.features
-    monkeypatch.setattr(ev, "features", lambda images: calls.append(len(images)) or real(images))
+    monkeypatch.setattr(ev, "features", lambda images, workers=0: calls.append(len(images)) or real(images, workers))
     assert ev.compare(val.images, val, "val") == first
     assert calls == [len(val)]                                # the reference's features came from the cache
 
@@ -119,6 +119,6 @@ def test_damaged_cached_reference_features_are_computed_again(evaluator, monkeyp
     (cached,) = (Path(cfg.paths.cache) / "fidelity").glob("*-val-*/features.pt")
     cached.write_bytes(os.urandom(cached.stat().st_size))
     calls, real = [], ev.features
-    monkeypatch.setattr(ev, "features", lambda images: calls.append(len(images)) or real(images))
+    monkeypatch.setattr(ev, "features", lambda images, workers=0: calls.append(len(images)) or real(images, workers))
     assert ev.compare(val.images, val, "val")["fid"] == pytest.approx(first["fid"], abs=1e-6)
     assert calls == [len(val), len(val)]                         # the sample's features, and the reference's again

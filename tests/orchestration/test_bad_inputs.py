@@ -204,7 +204,11 @@ def _garbage(path: Path, size: int = 4096) -> Path:
 
 
 def _truncated(source: Path, path: Path) -> Path:
+    """A copy cut short, its checksum file copied along (bar.core.files keeps it beside the file)."""
+    from bar.core.files import checksum_path
+
     path.write_bytes(source.read_bytes()[:-100])
+    checksum_path(path).write_text(checksum_path(source).read_text())
     return path
 
 
@@ -256,7 +260,8 @@ def _paper_sample(f, *overrides):
 
 def _paper_tokenizer_training(f, *overrides):
     """The release's architecture trained on an image folder, no frozen network but SigLIP2."""
-    return [*PAPER_SMALL, f"data.root={f.images}", "data.num_classes=3", "data.resolution=32", "stage=tokenizer",
+    return [*PAPER_SMALL, f"data.root={f.images}", f"data.val_root={f.images}",
+            "data.num_classes=3", "data.resolution=32", "stage=tokenizer",
             "tokenizer.loss.perceptual=0", "tokenizer.loss.gram=0", "tokenizer.loss.gan=0", "eval.extractor=classifier",
             "tokenizer.train.batch_size=3", "eval.classifier.batch_size=3", *overrides]
 
@@ -320,7 +325,7 @@ def test_good_files_pass(files, tmp_path):
     """The good files of the cases above are accepted (what each bad case differs from)."""
     _plan(SAMPLE + [f"checkpoint={files.generator}", f"tokenizer.checkpoint={files.tokenizer}", "eval.protocol=adm",
                     f"eval.inception_weights={files.inception}", f"eval.reference={files.reference}"], tmp_path)
-    _plan(_paper_sample(files, f"tokenizer.checkpoint={files.release_tokenizer}"), tmp_path)
+    _plan(_paper_sample(files, f"tokenizer.checkpoint={files.release_tokenizer}", "eval.protocol=fidelity"), tmp_path)
     _plan(_paper_tokenizer_training(files, f"tokenizer.weights.siglip2={files.release_tokenizer}"), tmp_path)
     _plan([f"tokenizer.checkpoint={files.tokenizer}"], tmp_path)
 

@@ -29,8 +29,8 @@ SHRUNK = ["profile=paper", "device=cpu", "num_threads=1", "data.num_classes=4",
           "model.class_repeat=2", "generator.train.steps=3", "generator.train.batch_size=8",
           "generator.train.warmup=1", "generator.train.micro_batch_size=2",
           "generator.sample.num_samples=8", "generator.sample.batch_size=4", "generator.sample.nocfg=false",
-          # offline evaluation (no Inception weights here)
-          "eval.extractor=classifier", "eval.batch_size=8", "eval.classifier.width=4", "eval.classifier.steps=4",
+          # offline evaluation (no Inception weights or ADM reference batch here)
+          "eval.protocol=fidelity", "eval.extractor=classifier", "eval.batch_size=8", "eval.classifier.width=4", "eval.classifier.steps=4",
           "eval.classifier.batch_size=8", "launcher.checkpoint_every=2"]
 
 
@@ -56,7 +56,8 @@ def _env(outputs, **extra):
 
 def test_two_ranks_two_accumulation_steps_equal_one_rank_four(tmp_path):
     _image_folder(tmp_path / "images")
-    args = [sys.executable, str(ROOT / "run.py"), *SHRUNK, f"data.root={tmp_path / 'images'}"]
+    args = [sys.executable, str(ROOT / "run.py"), *SHRUNK, f"data.root={tmp_path / 'images'}",
+            f"data.val_root={tmp_path / 'images'}"]
     port = _free_port()
     ranks = [subprocess.Popen(args + ["experiment=two_ranks"], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,

@@ -66,7 +66,8 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
         return module(x, y, draws=draws)
 
     batches = codes_loader(codes, cfg.generator.train.batch_size, seed=cfg.seed, rank=rank, world_size=world)
-    hook = Checkpointing(checkpoint_dir, cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints, on_checkpoint)
+    hook = Checkpointing(checkpoint_dir, cfg.launcher.checkpoint_every, cfg.launcher.keep_checkpoints, on_checkpoint,
+                         minutes=cfg.launcher.checkpoint_minutes)
     progress = ProgressHook("train generator", cfg.generator.train.steps, cfg.generator.train.batch_size)
     try:
         return train(model, loss_fn, batches, generator_recipe(cfg, device, accum_steps),

@@ -10,23 +10,26 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
 from torchvision.utils import save_image
 
 from bar.core import distributed
+from bar.core.vocabulary import TOKENIZER_LOSS_PART
 from bar.orchestration.build import AnyTokenizer, build_tokenizer, load_tokenizer_checkpoint
 from bar.data.cache import load_or_rebuild, verified_entry, work_path
 from bar.core.files import load_verified, save_atomic
 from bar.orchestration.config import tokenizer_signature
-from bar.data.datasets import TensorImages, build_dataset
-from bar.data.loader import image_loader
+from bar.data.datasets import build_dataset
+from bar.data.loader import ResumableLoader, image_loader
+from bar.data.views import train_view_loader
 from bar.tokenizers.release import ReleaseTokenizer
 from bar.data.images import float_to_images, images_to_float
 from bar.training.ema import EMA, EMAHook
 from bar.training.discriminator import DiscriminatorTrainer
 from bar.tokenizers.losses.combined import TokenizerLoss, build_tokenizer_loss
 from bar.training.tokenizer_hooks import CheckpointingWithExtras, DiscriminatorHook, Stateful, tokenizer_param_groups
-from bar.tokenizers.augment import augment
 from bar.training.loop import PeriodicEval, ProgressHook, Recipe, TrainHook, train
+from bar.training.running_metrics import RunningMetrics
 
 
 def load_data(cfg: DictConfig):
@@ -34,22 +37,36 @@ def load_data(cfg: DictConfig):
     return build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
 
 
-def training_loss_fn(cfg: DictConfig, loss: TokenizerLoss, device: torch.device):
-    """The training loss of one batch: (augmented) images -> reconstruction -> the recipe's weighted parts."""
-    resolution, augmenting = cfg.data.resolution, cfg.tokenizer.train.augment
+def training_loss_fn(cfg: DictConfig, loss: TokenizerLoss, device: torch.device,
+                     metrics: RunningMetrics | None = None):
+    """The training loss of one batch: images (augmented by the loader: `training_batches`) -> reconstruction -> the
+    recipe's weighted parts (each also to `metrics`: `loss_parts`)."""
     distill = loss.weights.distillation > 0
 
     def loss_fn(module, batch, step, generator):
-        images = batch[0].to(device, non_blocking=True)
-        x = augment(images, resolution, generator) if augmenting else images_to_float(images)
+        x = images_to_float(batch[0].to(device, non_blocking=True))
         if distill:
             recon, aux, pred, target = module(x, with_features=True)
-            total, _ = loss(x, recon, step, pred, target)
+            total, parts = loss(x, recon, step, pred, target)
         else:
             recon, aux = module(x)
-            total, _ = loss(x, recon, step)
+            total, parts = loss(x, recon, step)
+        if metrics is not None:
+            metrics.add(loss_parts(cfg, loss, parts, aux, step))
         return total + cfg.tokenizer.loss.kl * aux
     return loss_fn
+
+
+def loss_parts(cfg: DictConfig, loss: TokenizerLoss, parts: dict[str, torch.Tensor], aux: torch.Tensor,
+               step: int) -> dict[str, torch.Tensor]:
+    """The parts the recipe turns on, unweighted, as tokenizer_loss_<part>: the GAN's from its start step, the KL
+    where the autoencoder has one (a part that is off is a constant 0, not worth a curve)."""
+    on = {name: value for name, value in parts.items()
+          if getattr(loss.weights, name) > 0 and (name != "gan" or loss.gan_active(step))}
+    tok = cfg.tokenizer
+    if tok.kind == "ae" and tok.kl and tok.loss.kl > 0:
+        on["kl"] = aux.detach()
+    return {TOKENIZER_LOSS_PART + name: value for name, value in on.items()}
 
 
 def tokenizer_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
@@ -62,10 +79,11 @@ def tokenizer_recipe(cfg: DictConfig, device: torch.device) -> Recipe:
 
 
 def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: Path,
-                 rfid_of: Callable[[AnyTokenizer], float | None] | None = None
-                 ) -> tuple[list[TrainHook], EMA | None, PeriodicEval | None]:
-    """EMA, discriminator, periodic rFID (eval.rfid_every, with `rfid_of`) and checkpointing hooks of the recipe
-    (what the config turns on); returns (hooks, ema, the periodic rFID hook)."""
+                 rfid_of: Callable[[AnyTokenizer], float | None] | None = None,
+                 metrics: RunningMetrics | None = None) -> tuple[list[TrainHook], EMA | None, PeriodicEval | None]:
+    """EMA, discriminator, periodic rFID (eval.rfid_every, with `rfid_of`), `metrics` (the loss parts' and the
+    discriminator's) and checkpointing hooks of the recipe (what the config turns on); returns (hooks, ema, the
+    periodic rFID hook)."""
     t = cfg.tokenizer.train
     hooks: list[TrainHook] = []
     extras: dict[str, Stateful] = {}       # hook states the checkpoints carry
@@ -82,9 +100,9 @@ def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: 
                                        warmup=d.warmup, total=d.total, betas=tuple(d.betas),
                                        weight_decay=d.weight_decay, grad_clip=d.grad_clip,
                                        distributed=distributed.world_size() > 1)
-        images_of = (lambda b: augment(b[0].to(device), cfg.data.resolution)) if t.augment else \
-            (lambda b: images_to_float(b[0].to(device)))
-        d_hook = DiscriminatorHook(trainer, images_of, lambda model, x: model(x)[0])
+        def images_of(batch) -> torch.Tensor:         # augmented by the loader, as for the G step
+            return images_to_float(batch[0].to(device))
+        d_hook = DiscriminatorHook(trainer, images_of, lambda model, x: model(x)[0], metrics=metrics)
         hooks.append(d_hook)
         extras["discriminator"] = d_hook
     periodic = None
@@ -95,10 +113,24 @@ def recipe_hooks(cfg: DictConfig, tokenizer, loss: TokenizerLoss, device, work: 
         periodic = PeriodicEval(cfg.eval.rfid_every, t.steps, evaluate)
         hooks.append(periodic)
         extras["rfid"] = periodic
+    if metrics is not None:                # after the hooks that add to it, before the checkpoint that saves it
+        hooks.append(metrics)
+        extras["metrics"] = metrics
     hooks.append(CheckpointingWithExtras(work / "ckpt", extras, cfg.launcher.checkpoint_every,
-                                         cfg.launcher.keep_checkpoints))
+                                         cfg.launcher.keep_checkpoints, minutes=cfg.launcher.checkpoint_minutes))
     hooks.append(ProgressHook("train tokenizer", t.steps, t.batch_size))
     return hooks, ema, periodic
+
+
+def training_batches(cfg: DictConfig, train_set) -> ResumableLoader:
+    """This rank's part of every global batch: with tokenizer.train.augment the release's training view of each image
+    (shorter side resized, random crop, flip: bar.data.views), else the dataset's images as they are."""
+    t = cfg.tokenizer.train
+    where = dict(seed=cfg.seed, rank=distributed.rank(), world_size=distributed.world_size(),
+                 num_workers=cfg.data.num_workers)
+    if t.augment:
+        return train_view_loader(train_set, t.batch_size, cfg.data.resolution, **where)
+    return image_loader(train_set, t.batch_size, flip=False, **where)
 
 
 def new_tokenizer(cfg: DictConfig, device: torch.device):
@@ -118,12 +150,12 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
     EMA copy when there is one) into `folder`, with the rFID history when eval.rfid_every asks for one."""
     tokenizer = new_tokenizer(cfg, device)
     loss = build_tokenizer_loss(cfg.tokenizer.loss, cfg.tokenizer.weights).to(device)
-    t = cfg.tokenizer.train
-    batches = image_loader(train_set, t.batch_size, seed=cfg.seed, rank=distributed.rank(),
-                           world_size=distributed.world_size(), num_workers=cfg.data.num_workers, flip=False)
-    hooks, ema, periodic = recipe_hooks(cfg, tokenizer, loss, device, work, rfid_of)
+    batches = training_batches(cfg, train_set)
+    recipe = tokenizer_recipe(cfg, device)
+    metrics = RunningMetrics(recipe)           # loss parts and discriminator statistics, at the loss's steps
+    hooks, ema, periodic = recipe_hooks(cfg, tokenizer, loss, device, work, rfid_of, metrics)
     try:
-        result = train(tokenizer, training_loss_fn(cfg, loss, device), batches, tokenizer_recipe(cfg, device),
+        result = train(tokenizer, training_loss_fn(cfg, loss, device, metrics), batches, recipe,
                        distributed=distributed.world_size() > 1, hooks=hooks)
     finally:
         batches.close()
@@ -133,6 +165,7 @@ def train_tokenizer(cfg: DictConfig, train_set, device: torch.device, folder: Pa
         save_atomic({"state_dict": tokenizer.state_dict(), "history": result.history,
                      "train_img_per_s": result.samples_per_s, "first_step_at": result.first_step_at,
                      "rfid_history": periodic.history if periodic is not None else [],
+                     "metric_history": metrics.history,
                      "config": OmegaConf.to_container(cfg.tokenizer)}, folder / "tokenizer.pt")
 
 
@@ -182,27 +215,29 @@ def latent_metrics(tokenizer: AnyTokenizer) -> dict[str, float]:
 
 
 @torch.no_grad()
-def reconstruct(tokenizer: AnyTokenizer, dataset, device: torch.device,
-                batch_size: int = 256) -> tuple[torch.Tensor, TensorImages]:
-    """(originals, reconstructions) of this rank's shard of `dataset` (items rank::world), both uint8 (n, C, H, W);
-    each image decoded once."""
-    indices = distributed.shard_indices(len(dataset)).tolist()
-    items, item_labels = zip(*[dataset[i] for i in indices])
-    images, labels = torch.stack(items), torch.tensor(item_labels)
-    out = [float_to_images(tokenizer.decode(tokenizer.encode(images_to_float(images[i:i + batch_size].to(device)))))
-           for i in range(0, len(images), batch_size)]
-    return images, TensorImages(torch.cat(out).cpu(), labels, getattr(dataset, "num_classes", 0))
-
-
-def reconstruction_metrics(evaluator, originals: torch.Tensor, recon: TensorImages, val_set) -> dict[str, float]:
-    """rFID of the reconstructions of every rank against the validation set, and their mean squared error; on rank 0
-    (an empty dict on the others)."""
-    squared = distributed.all_gather_objects(
-        (float(((recon.images.float() - originals.float()) / 255).pow(2).sum()), originals.numel()))
-    scores = evaluator.compare(recon.images, val_set, "val")
-    if scores is None:
-        return {}
-    return {"rfid": scores["fid"], "recon_mse": sum(s for s, _ in squared) / sum(n for _, n in squared)}
+def reconstruction_scores(tokenizer: AnyTokenizer, val_set, evaluator, device: torch.device, *, batch_size: int,
+                          workers: int = 0, keep: int = 32) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """rFID and mean squared error of the tokenizer's reconstructions of the validation set, streamed: each rank
+    decodes its shard (items rank::world) batch by batch with `workers` loader workers and keeps only each batch's
+    features and squared error, so no rank holds its share of the images (~160k at ImageNet scale). Returns (the
+    metrics on rank 0, {} on the others; the first `keep` originals and reconstructions of this rank, uint8)."""
+    shard = Subset(val_set, distributed.shard_indices(len(val_set)).tolist())
+    features: list[dict[str, torch.Tensor]] = []
+    squared, count = 0.0, 0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for images, _ in DataLoader(shard, batch_size=batch_size, num_workers=workers):
+        recon = float_to_images(tokenizer.decode(tokenizer.encode(images_to_float(images.to(device))))).cpu()
+        features.append(evaluator.batch_features(recon))
+        squared += float(((recon.float() - images.float()) / 255).pow(2).sum())
+        count += images.numel()
+        if sum(o.shape[0] for o, _ in kept) < keep:
+            kept.append((images[:keep], recon[:keep]))
+    totals = distributed.all_gather_objects((squared, count))
+    scores = evaluator.score({k: torch.cat([f[k] for f in features]) for k in features[0]}, val_set, "val")
+    metrics = {} if scores is None else {"rfid": scores["fid"],
+                                         "recon_mse": sum(s for s, _ in totals) / sum(n for _, n in totals)}
+    originals, recons = (torch.cat(part)[:keep] for part in zip(*kept))
+    return metrics, originals, recons
 
 
 def save_pairs_grid(originals: torch.Tensor, recons: torch.Tensor, path: Path, n: int = 32) -> None:
