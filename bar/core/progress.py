@@ -1,8 +1,10 @@
 """Progress of long work (training, pretokenization, sampling, reconstruction): a tqdm bar with rate and ETA on a
 terminal; in a log file (stderr is not a TTY: SLURM logs, `make demo > log`) one plain line per 10% instead, so logs
-stay readable. Only rank 0 reports.
+stay readable. Only rank 0 reports. Each line and bar starts with the label of what the process works on (the runner
+sets the point's name), so the lines of points running side by side can be told apart:
 
-    with Progress(total, "train mbm-16b", unit="step") as bar:
+    set_label("mbm-16b")
+    with Progress(total, "train generator", unit="step") as bar:   # [mbm-16b] train generator: 30/300 step (10%), ...
         bar.update(1)"""
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from bar.core import distributed
 
 MIN_GAP_S = 5.0   # in logs: a line per 10%, but not more often than this (the last line always)
 
+_label: str | None = None   # what this process works on (bar.orchestration.runner: the point's name)
+
+
+def set_label(label: str | None) -> None:
+    """Start every later progress line and bar of this process with `[label] ` (None: no label)."""
+    global _label
+    _label = label or None
+
 
 class Progress:
     def __init__(self, total: int, desc: str, unit: str = "it", scale: float = 1.0, initial: int = 0):
         """`scale`: items per unit for the rate shown (e.g. images per step)."""
+        desc = f"[{_label}] {desc}" if _label else desc
         self.total, self.desc, self.unit, self.scale = max(1, int(total)), desc, unit, scale
         self.done, self.start, self.next_line, self.last_line = initial, time.perf_counter(), 0.1, 0.0
         self.enabled = distributed.is_main()

@@ -29,7 +29,7 @@ CONF_DIR = PROJECT_ROOT / "bar" / "conf"
 # once logged). `experiment` names the MLflow experiment and the point's folder (outputs/points/<experiment>/<sig>),
 # and finished points are looked up within it: it scopes a point, it does not change what the point computes.
 NON_RESULT_KEYS = ("hydra", "tracking", "launcher", "paths", "experiment", "force", "dry_run", "point_label",
-                   "num_threads", "data.num_workers")
+                   "num_threads", "data.num_workers", "data.train_images", "data.val_images")
 
 
 def available_sweeps() -> list[str]:

@@ -46,7 +46,8 @@ _COUNTED: dict[str, dict[str, float]] = {}   # FLOP counts by what determines th
 
 @torch.no_grad()
 def tokenizer_flops(cfg: DictConfig) -> dict[str, float]:
-    """Forward FLOPs of one image through the whole tokenizer and through its encoder and decoder."""
+    """Forward FLOPs of one image through the whole tokenizer and through its encoder and decoder, and its sizes
+    (`tokenizer_sizes`)."""
     key = signature({"tokenizer": OmegaConf.to_container(cfg.tokenizer, resolve=True), "data": data_identity(cfg)})
     if key not in _COUNTED:
         _COUNTED[key] = _count_tokenizer(cfg)
@@ -58,10 +59,18 @@ def _count_tokenizer(cfg: DictConfig) -> dict[str, float]:
     with torch.device("meta"):
         tok = build_tokenizer(cfg)
         if cfg.tokenizer.arch == "release":    # transformers' SigLIP2 reads a tensor value: it cannot run on meta
-            return _release_tokenizer_flops(tok)
+            return _release_tokenizer_flops(tok) | tokenizer_sizes(tok)
         x = torch.zeros(1, c, r, r)
         forward, encode = _forward_flops(lambda: tok(x)), _forward_flops(lambda: tok.encode(x))
-        return {"forward": forward, "encode": encode, "decode": forward - encode}
+        return {"forward": forward, "encode": encode, "decode": forward - encode} | tokenizer_sizes(tok)
+
+
+def tokenizer_sizes(tok) -> dict[str, float]:
+    """Its parameters (all, and those it trains), tokens per image and values per token: what its checkpoints and
+    its code store hold (bar.orchestration.resources)."""
+    return {"params": float(sum(p.numel() for p in tok.parameters())),
+            "trainable": float(sum(p.numel() for p in tok.parameters() if p.requires_grad)),
+            "tokens": float(tok.grid ** 2), "latent_dim": float(tok.latent_dim)}
 
 
 def _release_tokenizer_flops(tok) -> dict[str, float]:

@@ -17,6 +17,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,9 @@ from bar.core.distributed import resolve_device
 from bar.orchestration.memory import HEADROOM, RESERVE_GB, MemoryPlan, plan_memory
 from bar.core.paths import sqlite_path
 from bar.orchestration.validate import validate_config
+
+if TYPE_CHECKING:      # resources prices plans: it imports this module
+    from bar.orchestration.resources import ResourcePlan
 
 
 @dataclass
@@ -45,6 +49,8 @@ class Plan:
     fresh_start: bool = False     # run: old checkpoints belong to an earlier, ended attempt
     memory: MemoryPlan | None = None   # the generator's training memory per device: micro-batch, accumulation, ...
     warnings: tuple[str, ...] = ()     # dry run: what will fail once the point runs (e.g. a missing weights file)
+    resources: ResourcePlan | None = None   # the sweeper's: wall time per stage against the time chain, host memory,
+                                            # checkpoints, disk (bar.orchestration.resources); None in the job
 
     @property
     def memory_gb(self) -> float | None:

@@ -67,7 +67,7 @@ RANGES: dict[str, Rule] = {
     "num_threads": COUNT,                                    # null: torch's default
     "data.resolution": COUNT, "data.in_channels": one_of(1, 3), "data.num_classes": COUNT, "data.val_size": COUNT,
     "data.split_seed": NOT_NEGATIVE, "data.train_size": COUNT, "data.crop_size": COUNT,
-    "data.num_workers": NOT_NEGATIVE,
+    "data.num_workers": NOT_NEGATIVE, "data.train_images": COUNT, "data.val_images": COUNT,
     "tokenizer.kind": one_of("fsq", "ae"), "tokenizer.arch": one_of("conv", "vit", "release"),
     "tokenizer.size": one_of("full", "tiny"),
     "tokenizer.bits": Rule(f"is out of range: binary FSQ supports 1 to {MAX_BITS_PER_TOKEN} bits per token",
@@ -115,6 +115,7 @@ RANGES: dict[str, Rule] = {
     "launcher.checkpoint_every": NOT_NEGATIVE, "launcher.checkpoint_minutes": NOT_NEGATIVE,
     "launcher.keep_checkpoints": COUNT, "launcher.gpu_tflops": POSITIVE,
     "launcher.utilization": SHARE, "launcher.sample_utilization": SHARE, "launcher.gpu_mem_gb": POSITIVE,
+    "launcher.disk_gb_per_s": POSITIVE, "launcher.start_minutes": NOT_NEGATIVE,
     "tracking.port": Rule("must be in [1, 65535]", lambda v: 1 <= v <= 65535),
     "hydra.sweeper.max_batch_size": SWEEP_BATCH,
 }
@@ -160,8 +161,9 @@ def trains_tokenizer(cfg: DictConfig) -> bool:
 
 def needs_inception(cfg: DictConfig) -> bool:
     """Inception weights are read by the ADM protocol and by the fidelity protocol's Inception extractor (stage=sample
-    scores its samples only with the ADM protocol)."""
-    return cfg.eval.protocol == "adm" or (cfg.stage != "sample" and cfg.eval.extractor == "inception")
+    scores its samples only with the ADM protocol; stage=tokenizer scores no samples)."""
+    return (cfg.eval.protocol == "adm" and cfg.stage != "tokenizer") or \
+        (cfg.stage != "sample" and cfg.eval.extractor == "inception")
 
 
 def _reads_weights(key: str) -> Callable[[DictConfig], bool]:
@@ -220,6 +222,8 @@ USES: dict[str, Use] = {
                          "drop it, or add data=imagefolder"),
     "data.val_size": Use(lambda c: c.data.name in EMBEDDED, "sizes the validation split of digits and photo_crops "
                          "(data=imagefolder validates on data.val_root)", DROP),
+    **{f"data.{key}": Use(lambda c: c.data.name in IMAGE_FOLDER, "sizes an image folder for a dry run without it "
+                          "(data=imagefolder only)", DROP, warn=True) for key in ("train_images", "val_images")},
     "data.split_seed": Use(lambda c: c.data.name in EMBEDDED, "splits digits and photo_crops (data=imagefolder's "
                            "split is its folders)", DROP, default=0),
     **{f"data.{key}": Use(lambda c: c.data.name == "photo_crops", "is read by data=photo_crops only", DROP,

@@ -19,11 +19,12 @@ from omegaconf.errors import InterpolationKeyError
 from bar import UserError
 from bar.core.files import folder_problem
 from bar.data.cache import entry_path
-from bar.data.datasets import EMBEDDED_DATASETS, check_image_folder, split_size, validate_data_config
+from bar.data.datasets import EMBEDDED_DATASETS, check_image_folder, validate_data_config
 from bar.model.generator import BARGenerator
 from bar.orchestration import input_files
 from bar.orchestration.build import build_generator, sampling_schedule
 from bar.orchestration.config import tokenizer_signature
+from bar.orchestration.data_sizes import folder_absent, planned_split_size
 from bar.orchestration.rules import check_ranges, check_uses, needs_inception, trains_tokenizer
 from bar.tokenizers.losses.parts import LossWeights, needed_weight_keys
 from bar.tokenizers.losses.weights import check_weight_files
@@ -36,14 +37,15 @@ _warned: set[str] = set()        # each ignored setting is reported once per pro
 def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1) -> list[str]:
     """Raise a one-line UserError for what cannot work, and log one warning line per setting this point ignores.
     `runs_here`: the point runs on this machine (not on a cluster node), so its device can be checked. Returns
-    warnings: in a dry run, files needed only once the point runs (weights of frozen networks, Inception weights) are
-    reported instead of raised, so the plan can still be shown."""
+    warnings: in a dry run, files needed only once the point runs (weights of frozen networks, Inception weights, an
+    image folder not on this machine: bar.orchestration.data_sizes prices its stated size) are reported instead of
+    raised, so the plan can still be shown."""
     _check_interpolations(cfg)
     check_ranges(cfg)
     _check_device(cfg, runs_here)
     for line in check_uses(cfg):
         _warn_once(line)
-    _check_data(cfg)
+    missing_data = _check_data_here(cfg)
     validate_tokenizer_config(cfg.tokenizer)
     _check_tiling(cfg)
     _check_recipe(cfg)
@@ -51,7 +53,7 @@ def validate_config(cfg: DictConfig, runs_here: bool = True, world_size: int = 1
     _check_outputs(cfg)
     model = check_generator_config(cfg) if cfg.stage in ("all", "sample") else None
     _check_inputs(cfg, model)
-    problems = []      # every missing file named at once, not one per rerun
+    problems = missing_data      # every missing file named at once, not one per rerun
     for check in (_check_reference_file, _check_inception_file, _check_weight_files):
         try:
             check(cfg)
@@ -113,6 +115,17 @@ def _check_device(cfg: DictConfig, runs_here: bool) -> None:
         raise UserError(f"device={device!r} is not a device: use auto, cpu, cuda or cuda:N")
     if runs_here and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={device} but this machine has no usable CUDA GPU: use device=cpu (or device=auto)")
+
+
+def _check_data_here(cfg: DictConfig) -> list[str]:
+    """_check_data; in a dry run, an image folder that is not on this machine is a warning (returned)."""
+    try:
+        _check_data(cfg)
+    except UserError as err:
+        if not (cfg.dry_run and (folder_absent(cfg, "train") or folder_absent(cfg, "val"))):
+            raise
+        return [str(err)]
+    return []
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -193,8 +206,9 @@ def _check_batches(cfg: DictConfig, world_size: int) -> None:
     """Global batches must fit the training split (and divide over the ranks)."""
     if cfg.data.name == "imagefolder" and cfg.stage == "sample":
         return
-    n = split_size(cfg.data, "train")
-    keys = ["tokenizer.train.batch_size", "eval.classifier.batch_size"]
+    n = planned_split_size(cfg, "train")
+    keys = ["tokenizer.train.batch_size"]
+    keys += ["eval.classifier.batch_size"] if cfg.eval.extractor == "classifier" else []   # else none is trained
     keys += ["generator.train.batch_size"] if cfg.stage == "all" else []
     for key in keys:
         batch = OmegaConf.select(cfg, key)

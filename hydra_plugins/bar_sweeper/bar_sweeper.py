@@ -25,6 +25,8 @@ class BarSweeperConf:
     max_batch_size: Optional[int] = None   # points launched at once; -1 or null: all (checked: bar.orchestration.rules)
     params: Optional[Dict[str, Any]] = None
     grids: List[Dict[str, Any]] = field(default_factory=list)
+    paper: Optional[str] = None         # one line: the paper figure or table the sweep reproduces
+    description: Optional[str] = None   # what the sweep shows and how (markdown); both head its MLflow experiment
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="bar", node=BarSweeperConf, provider="bar")
@@ -32,10 +34,12 @@ ConfigStore.instance().store(group="hydra/sweeper", name="bar", node=BarSweeperC
 
 class BarSweeper(Sweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, Any]] = None,
-                 grids: Optional[List[Dict[str, Any]]] = None) -> None:
+                 grids: Optional[List[Dict[str, Any]]] = None, paper: Optional[str] = None,
+                 description: Optional[str] = None) -> None:
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
         self.grids = list(grids or [])
+        self.paper, self.description = paper, description   # bar.orchestration.sweep_notes reads them from the config
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None

@@ -7,8 +7,10 @@ Marked `dashboard` (deselected by `make test`). The browser test needs /usr/bin/
 from __future__ import annotations
 
 import importlib.util
+import html
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +28,9 @@ pytestmark = pytest.mark.dashboard
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 CHROMIUM = "/usr/bin/chromium"
+BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,900", "--virtual-time-budget=15000"]
 
 
 def _store_builder():
@@ -53,10 +58,26 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
+def _describe_codebook_scaling(uri: str) -> None:
+    """What the sweep driver writes as a launch of sweeps/codebook_scaling.yaml ends (bar.orchestration.sweep_notes):
+    the experiment's description, the launch's description and best_gfid, the headline view."""
+    from analysis.runs import latest_parent_run
+    from bar.orchestration.config import compose
+    from bar.orchestration.planner import Plan
+    from bar.orchestration.sweep_notes import LaunchNotes
+
+    cfg = compose(["sweep=codebook_scaling", "profile=smoke", f"tracking.uri={uri}"], hydra_node=True)
+    names = [f"{head}-{bits}b" for head in ("mbm", "softmax", "bitwise") for bits in (8, 16, 24)]
+    plans = [Plan(name=name, signature="0" * 12, folder=Path("."), action="run") for name in names]
+    LaunchNotes(cfg, latest_parent_run("codebook_scaling", uri), names, plans).finish(
+        {"finished": 8, "infeasible": 1, "failed": 0}, interrupted=False)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard")
     uri = _store_builder()(root / "store")
+    _describe_codebook_scaling(uri)
     port = _free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server", "--backend-store-uri", uri,
@@ -126,6 +147,18 @@ def test_rest_api_experiments_runs_metrics_artifacts(server):
     assert b"kind: fsq" in _get(f"{base}/get-artifact?{query}")
 
 
+def test_experiment_and_launch_described(server):
+    """The experiment says which paper figure it reproduces; its launch has its headline number as its own metric."""
+    base = server["base"]
+    exp_id = _experiments(base)["codebook_scaling"]
+    exp = json.loads(_get(f"{base}/api/2.0/mlflow/experiments/get?experiment_id={exp_id}"))["experiment"]
+    tags = {t["key"]: t["value"] for t in exp["tags"]}
+    assert tags["mlflow.note.content"].startswith("best gFID 7 (mbm-24b) · **Paper figure: codebook scaling")
+    (launch,) = _post(f"{base}/api/2.0/mlflow/runs/search",
+                      {"experiment_ids": [exp_id], "filter": "tags.role = 'parent'"})["runs"]
+    assert {m["key"]: m["value"] for m in launch["data"]["metrics"]}["best_gfid"] == 7.0
+
+
 def test_figures_logged_to_parent_visible(server):
     """make_figures logs into the store the server reads; the parent run lists them under figures/."""
     from analysis.make_figures import main
@@ -144,9 +177,7 @@ def test_figures_logged_to_parent_visible(server):
 def test_browser_renders_runs(server, tmp_path):
     exp_id = _experiments(server["base"])["bits_vs_rfid"]
     url = f"{server['base']}/#/experiments/{exp_id}/runs"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", "--window-size=1400,900", "--virtual-time-budget=15000"]
+    flags = BROWSER_FLAGS
     shot = tmp_path / "experiment.png"
     subprocess.run([CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'profile-shot'}", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=False)
@@ -164,3 +195,27 @@ def test_browser_renders_runs(server, tmp_path):
     keep = os.environ.get("BAR_DASHBOARD_SCREENSHOT")  # optional: keep the screenshot to look at
     if keep:
         shutil.copy(shot, keep)
+
+
+def _page_text(url: str, profile: Path) -> str:
+    """The text the browser renders at `url` (its DOM once the app has loaded, tags and scripts removed)."""
+    dom = subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120, check=False).stdout
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", dom)).split())
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+def test_browser_shows_what_the_sweep_reproduces_and_its_gfid(server, tmp_path):
+    """Opened on the experiment, the page shows (no click) the description: the latest launch's best gFID and the
+    paper figure first (the line the collapsed description shows), then the sweep file and the commands; its link
+    opens the runs table with each launch's best_gfid as a column of the collapsed launch row."""
+    exp_id = _experiments(server["base"])["codebook_scaling"]
+    page = _page_text(f"{server['base']}/#/experiments/{exp_id}/runs", tmp_path / "profile-experiment")
+    assert "best gFID 7 (mbm-24b) · Paper figure: codebook scaling, gFID vs log2 C per head" in page
+    assert "sweeps/codebook_scaling.yaml" in page and "python analysis/make_figures.py --sweep codebook_scaling" in page
+    view = _page_text(f"{server['base']}/#/experiments/{exp_id}/runs?viewStateShareKey=headline",
+                      tmp_path / "profile-view")
+    assert "shared view" in view and "launch-" in view
+    header = view[view.index("Run Name"):]
+    assert "best_gfid" in header and re.search(r"launch-\S+ .{0,60}? 7 - ", header), header[:400]   # its row: 7
