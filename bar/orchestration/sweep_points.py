@@ -4,7 +4,9 @@ expands sweep files with it too).
     expand_points(parser, common, grids, arguments) -> [[override, ...], ...]
 
 Each grid is a Cartesian product, as Hydra's basic sweeper makes it: `key=a,b` gives one point per value, a plain
-`key=v` joins every point, and a key given twice keeps its first place and its last value."""
+`key=v` joins every point, and a key given twice keeps its first place and its last value. A command-line argument
+for a key that some grids sweep narrows those grids only (`tokenizer.bits=8 tokenizer.channels=2` on a sweep of an
+FSQ grid over bits and an autoencoder grid over channels: one point each); any other argument joins every grid."""
 
 from __future__ import annotations
 
@@ -22,9 +24,12 @@ def expand_points(parser: OverridesParser, common: dict, grids: Sequence[dict],
     """Override lists, one per point: for each grid, the product of (common params, grid params, command line);
     command-line arguments win over the file's values for the same key. Duplicate points are dropped."""
     points, seen = [], set()
+    keys = [parser.parse_overrides([a])[0].get_key_element() for a in arguments]
+    swept = {str(k) for grid in grids or [] for k in grid}
     for grid in grids or [{}]:
         merged = {**{str(k): v for k, v in (common or {}).items()}, **{str(k): v for k, v in grid.items()}}
-        overrides = [f"{k}={v}" for k, v in merged.items()] + list(arguments)
+        mine = [a for a, key in zip(arguments, keys) if key in merged or key not in swept]
+        overrides = [f"{k}={v}" for k, v in merged.items()] + mine
         for point in cartesian_product(parser.parse_overrides(overrides)):
             key = tuple(sorted(point))
             if key not in seen:

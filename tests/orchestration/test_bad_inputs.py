@@ -513,17 +513,16 @@ def _check_cli(args, message, tmp_path, env=None, code=2):
     outputs = tmp_path / "outputs"
     outputs.mkdir(exist_ok=True)
     before = _digest(outputs)
-    start = time.time()
     flags = [a for a in args if a.startswith("-")]           # Hydra's flags (-m) come before the overrides
     proc = run_cli([*flags, "profile=smoke", *[a for a in args if a not in flags]], outputs, env_extra=env,
                    timeout=120)
-    took = time.time() - start
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == code, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert took < 30, f"{took:.0f} s"
+    # before any work: nothing cached, no run touched, and no progress line of a stage (not timed: CI is shared)
     assert _digest(outputs) == before and not (outputs / "cache").exists()
+    assert " step (" not in proc.stderr and "img/s" not in proc.stderr
 
 
 @pytest.mark.cli

@@ -51,3 +51,14 @@ def test_a_sweep_file_expands_without_torch_or_the_runner():
     count, modules = proc.stdout.strip().splitlines()
     assert count == "6 ['head=mbm', 'seed=1', 'tokenizer.bits=4']"     # the command line wins over the file's head
     assert modules == "[]"
+
+
+def test_an_argument_for_a_swept_key_narrows_only_the_grids_that_sweep_it():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bar.orchestration.sweep_points import expand_points
+
+    grids = [{"tokenizer": "fsq", "tokenizer.bits": "4,8,16"}, {"tokenizer": "ae", "tokenizer.channels": "1,2,4"}]
+    points = expand_points(OverridesParser.create(), {}, grids, ["tokenizer.bits=8", "tokenizer.channels=2", "seed=3"])
+    assert sorted(sorted(p) for p in points) == [
+        ["seed=3", "tokenizer.bits=8", "tokenizer=fsq"], ["seed=3", "tokenizer.channels=2", "tokenizer=ae"]]
