@@ -343,10 +343,6 @@ def ddp_of(module) -> DistributedDataParallel | None:
     return inner if isinstance(inner, DistributedDataParallel) else None
 
 
-def world_size_of(module) -> int:
-    return dist.world_size() if ddp_of(module) is not None else 1
-
-
 def split_batch(batch, parts: int) -> list:
     """A rank's batch (a tuple of tensors sharing dim 0) as `parts` contiguous micro-batches."""
     if parts == 1:
@@ -365,7 +361,7 @@ def _step(state: TrainState, module, loss_fn, recipe: Recipe) -> float:
     state.optimizer.zero_grad(set_to_none=True)
     device, total, ddp = next(state.model.parameters()).device, 0.0, ddp_of(module)
     for j, micro in enumerate(micros):
-        sync = j == len(micros) - 1 or world_size_of(module) == 1   # without a DDP wrapper (ddp None) always
+        sync = j == len(micros) - 1 or ddp is None       # without a DDP wrapper every micro-batch "syncs"
         generator = micro_generator(recipe.seed, state.step, dist.rank() * len(micros) + j, device)
         with (nullcontext() if sync or ddp is None else ddp.no_sync()), torch.autocast(
                 recipe.device_type, dtype=recipe.autocast_dtype, enabled=recipe.autocast_dtype is not None):
@@ -385,9 +381,11 @@ def train(model: torch.nn.Module, loss_fn: Callable, batches: Iterator, recipe: 
     """Optimise `loss_fn(module, batch, step, generator) -> loss` for `recipe.steps` steps; `module` is the model (or
     its DistributedDataParallel wrapper: call it, not `model`, for the forward pass) and `generator` the micro-batch's
     random stream. With `distributed`, the model is wrapped in DistributedDataParallel (each rank's `batches` yields
-    its own part of every global batch; gradients and the logged loss are averaged over the ranks)."""
+    its own part of every global batch; gradients and the logged loss are averaged over the ranks), also at world
+    size 1 when a process group is up (benchmarks/gpu/cluster_checks.py runs DDP + compile + no_sync on one GPU)."""
     world = dist.world_size() if distributed else 1
-    wrapped = DistributedDataParallel(model, device_ids=dist.device_ids(model)) if world > 1 else model
+    ddp = distributed and torch.distributed.is_initialized()
+    wrapped = DistributedDataParallel(model, device_ids=dist.device_ids(model)) if ddp else model
     module = torch.compile(wrapped) if recipe.compile else wrapped
     state = TrainState(model, _optimizer(model, recipe), batches, world)
     for hook in hooks:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,13 @@ from bar.data.cache import load_or_rebuild
 from bar.core.files import read_generator_checkpoint, save_atomic
 from bar.data.codes import CodesStore, pretokenize
 from bar.orchestration.config import tokenizer_signature
-from bar.orchestration.stages.samples import SampleShard
 from bar.data.loader import codes_loader
 from bar.model.release_keys import load_official
 from bar.training.optim import decays
 from bar.training.loop import Checkpointing, ProgressHook, Recipe, TrainResult, train
+
+if TYPE_CHECKING:   # not at run time: training needs none of the sampling and tracking stack (the GPU checks)
+    from bar.orchestration.stages.samples import SampleShard
 
 
 # ----------------------------------------------------------------------------------------------------- codes
@@ -49,10 +52,11 @@ def generator_recipe(cfg: DictConfig, device: torch.device, accum_steps: int = 1
 
 
 def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.device, checkpoint_dir: Path,
-                    accum_steps: int = 1, on_checkpoint=None, extra_hooks=()) -> TrainResult:
+                    accum_steps: int = 1, on_checkpoint=None, extra_hooks=(), ddp: bool | None = None) -> TrainResult:
     """Data-parallel over the ranks of torch.distributed (DDP: each rank trains on its part of every global batch,
     split into `accum_steps` micro-batches); each item is drawn as the image or its flip at random (the release's
-    two views); resumes from `checkpoint_dir` and checkpoints into it."""
+    two views); resumes from `checkpoint_dir` and checkpoints into it. `ddp` True: DDP at world size 1 too (needs a
+    process group; benchmarks/gpu/cluster_checks.py); None: with more than one rank."""
     world, rank = distributed.world_size(), distributed.rank()
     torch.manual_seed(cfg.seed + rank)     # per-rank streams for what draws from the global RNG (dropout)
     model.to(device)
@@ -71,7 +75,7 @@ def train_generator(cfg: DictConfig, model, codes: CodesStore, device: torch.dev
     progress = ProgressHook("train generator", cfg.generator.train.steps, cfg.generator.train.batch_size)
     try:
         return train(model, loss_fn, batches, generator_recipe(cfg, device, accum_steps),
-                     distributed=world > 1, hooks=[*extra_hooks, hook, progress])
+                     distributed=world > 1 if ddp is None else ddp, hooks=[*extra_hooks, hook, progress])
     finally:
         batches.close()
 

@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ from bar.eval.adm import SampleNpzWriter
 from bar.model.decoding import release_decoders
 from bar.model.sampling import generate
 from bar.orchestration.build import AnyTokenizer
-from bar.orchestration.sampling_plan import SamplingRun
+
+if TYPE_CHECKING:   # not at run time: sampling needs none of the planning and tracking stack (the GPU checks)
+    from bar.orchestration.sampling_plan import SamplingRun
 
 log = logging.getLogger("bar")
 
