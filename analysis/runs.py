@@ -196,7 +196,7 @@ def _frame(records: list[tuple[dict, dict, dict, dict]]) -> pd.DataFrame:
         df[key] = pd.to_numeric(df[key], errors="coerce").astype(float)
     for col in ("start_time", "end_time"):
         df[col] = pd.to_datetime(df[col], unit="ms", utc=True)
-    return df
+    return df.copy()   # consolidated: the column-by-column typing above left a frame pandas warns is fragmented
 
 
 def _dedupe(df: pd.DataFrame) -> pd.DataFrame:

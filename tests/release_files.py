@@ -106,3 +106,33 @@ def write_release_standins(folder) -> list[str]:
         np.savez(folder / f"VIRTUAL_imagenet{res}.npz", arr_0=np.zeros((2, res, res, 3), np.uint8))
         overrides.append(f"release.references.imagenet{res}={folder / f'VIRTUAL_imagenet{res}.npz'}")
     return overrides + [f"eval.inception_weights={folder / 'inception.pth'}"]
+
+
+def write_frozen_weights(folder) -> list[str]:
+    """Randomly initialised files, in the real files' formats, of every frozen network the paper's tokenizer recipe
+    reads (README, 'Training the paper's tokenizer'): torchvision's VGG16 (its `features.*` random, its classifier a
+    stride-0 stand-in: only the features are read) and ConvNeXt-S, DINO ViT-S/8 (timm's keys, non-zero k-biases) and
+    a release BAR-FSQ file (tiny) whose SigLIP2 starts the encoder; LPIPS keeps the lpips package's own file. Returns
+    the overrides that point at them."""
+    from timm.models.vision_transformer import VisionTransformer
+    from torchvision.models import convnext_small, vgg16
+
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        classifier = vgg16(weights=None).classifier.state_dict()
+    from bar.tokenizers.losses.frozen import vgg16_features
+    features = vgg16_features(random_init=True).state_dict()
+    torch.save({**{f"features.{k}": v for k, v in features.items()},
+                **standin({f"classifier.{k}": v.shape for k, v in classifier.items()})}, folder / "vgg16.pth")
+    torch.save(convnext_small(weights=None).state_dict(), folder / "convnext_small.pth")
+    vit = VisionTransformer(img_size=224, patch_size=8, embed_dim=384, depth=12, num_heads=6, num_classes=0)
+    with torch.no_grad():
+        for name, p in vit.named_parameters():
+            if name.endswith("attn.qkv.bias"):
+                p.normal_()                                      # DINO's k-biases are not zero (the loader zeroes)
+    torch.save(vit.state_dict(), folder / "dino_vits8.pth")
+    torch.save(release_state_dict(bits=16, res=256, seed=1), folder / "bar_fsq_16bits.bin")
+    return [f"tokenizer.weights.vgg16={folder / 'vgg16.pth'}",
+            f"tokenizer.weights.convnext_s={folder / 'convnext_small.pth'}",
+            f"tokenizer.weights.dino_vits={folder / 'dino_vits8.pth'}",
+            f"tokenizer.weights.siglip2={folder / 'bar_fsq_16bits.bin'}"]

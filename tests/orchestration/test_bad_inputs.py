@@ -123,6 +123,17 @@ def test_config_case_is_one_line_before_any_work(case, overrides, message, tmp_p
     assert not any(tmp_path.iterdir())        # nothing created, nothing trained
 
 
+def test_the_classifier_batch_counts_only_where_a_classifier_is_trained():
+    """eval.extractor=inception (the paper profile's) trains no classifier: its batch is not held against the
+    training split (the profile=paper rehearsal on 32 images, tests/orchestration/test_rehearsal.py, failed on it)."""
+    from bar.orchestration.validate import _check_batches
+
+    big = ["profile=smoke", "eval.classifier.batch_size=5000"]
+    _check_batches(compose([*big, "eval.extractor=inception"]), 1)
+    with pytest.raises(UserError, match="eval.classifier.batch_size=5000 is larger than the training split"):
+        _check_batches(compose(big), 1)
+
+
 @pytest.mark.parametrize("case,overrides,message", RANGE_CASES, ids=[c[0] for c in RANGE_CASES])
 def test_range_case_is_one_line_before_any_work(case, overrides, message, tmp_path):
     _one_line_error(overrides, message, tmp_path)

@@ -125,3 +125,20 @@ def test_help_lists_sweeps_and_groups():
     assert proc.returncode == 0
     for line in ("sweep: " + ", ".join(available_sweeps()), "profile: paper, small, smoke, tiny", "tokenizer: ae, fsq"):
         assert line in proc.stdout
+
+
+SIZES = {"data.num_classes", "tokenizer.size", "tokenizer.loss.gan_start", "tokenizer.train.steps",
+         "tokenizer.train.schedule_steps", "tokenizer.train.batch_size", "tokenizer.train.warmup",
+         "tokenizer.discriminator.warmup", "tokenizer.discriminator.total", "model.dim", "model.depth", "model.heads",
+         "model.head_width", "model.head_depth", "model.class_repeat", "generator.train.steps",
+         "generator.train.batch_size", "generator.train.warmup", "generator.sample.num_samples",
+         "generator.sample.batch_size", "eval.batch_size", "head.width", "head.depth"}   # head's follow the model's
+
+
+def test_the_rehearsal_shrink_changes_only_sizes():
+    """`profile=paper +shrink=rehearsal` (the slurm tier's rehearsal, tests/orchestration/test_rehearsal.py) differs
+    from profile=paper only in sizes: steps, widths, depths, batch, class and sample counts."""
+    paper = run_params(compose(["profile=paper", "data.root=/data"]))
+    shrunk = run_params(compose(["profile=paper", "+shrink=rehearsal", "data.root=/data"]))
+    changed = {k for k in paper.keys() | shrunk.keys() if paper.get(k) != shrunk.get(k)}
+    assert changed and changed <= SIZES, changed - SIZES
