@@ -170,8 +170,9 @@ class ADMEvaluator:
         return adm.compute_features(batches, self.extractor, self.device)
 
     def reference_features(self) -> adm.Features:
-        key = stable_hash({"reference": str(Path(str(self.reference.path)).resolve()),
-                         "bytes": Path(str(self.reference.path)).stat().st_size})
+        stat = Path(str(self.reference.path)).stat()    # a file replaced in place (same size) is another reference
+        key = stable_hash({"reference": str(Path(str(self.reference.path)).resolve()), "bytes": stat.st_size,
+                           "mtime_ns": stat.st_mtime_ns})
 
         def build(folder: Path):
             f = adm.compute_features(adm.iter_npz_images(self.reference.path, self.batch_size),

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bar import UserError
-from bar.core import distributed
+from bar.core import distributed, progress
 from bar.core.files import disk_full, file_identity
 from bar.eval import adm
 from bar.orchestration.build import build_generator, sampling_schedule, sampling_temperature
@@ -64,6 +64,7 @@ def execute(cfg: DictConfig, multirun: bool) -> dict:
     lock = None
     try:
         plan = _agreed_plan(cfg, multirun, denv.is_main, denv.world_size)
+        progress.set_label(plan.name)   # its progress lines say which point they are about
         if cfg.dry_run and not multirun:   # a dry run of one point: its plan, nothing run
             print(f"{plan.name} (signature {plan.signature}): dry run, would {plan.action}"
                   + "".join(f"; {part}" for part in (plan.why, plan.memory and plan.memory.reason, *plan.warnings)

@@ -39,6 +39,8 @@ class DataConf:
     crop_size: Optional[int] = None        # photo_crops: crop side in photo pixels, area-downsampled to resolution
     hflip: bool = False                    # photo_crops: mirror a seeded half of the crops
     num_workers: int = 0                   # DataLoader worker processes decoding images (not a result: config.py)
+    train_images: Optional[int] = None     # imagefolder: images in data.root / data.val_root, for a dry run on a
+    val_images: Optional[int] = None       # machine without the folders (the folders' counts win where present)
 
 
 @dataclass
@@ -223,6 +225,9 @@ class LauncherConf:
     utilization: float = 0.4               # fraction of that peak a training step reaches (cost model)
     sample_utilization: float = 0.025      # AR sampling's: reproduces the release's 24.33 img/s (BAR-B) on an H100
     gpu_mem_gb: float = 80.0               # memory of one accelerator: the per-device budget of the memory plan
+    disk_gb_per_s: float = 1.0             # write (and read) speed of paths.outputs: checkpoint write time
+    start_minutes: float = 5.0             # per job of the time chain: start-up to the first step (imports,
+                                           # NCCL, torch.compile) besides reading the checkpoint
     submitted_at: Optional[float] = None   # set by the sweeper: launch overhead is measured from it
 
 
@@ -232,6 +237,7 @@ class TrackingConf:
     parent_run_id: Optional[str] = None    # set by the sweeper for every point of a launch
     host: Optional[str] = None             # tracking=server
     port: Optional[int] = None
+    figures: bool = True                   # a sweep ends by drawing its figures onto its launch (parent run)
 
 
 @dataclass

@@ -12,8 +12,10 @@ A sweep file gives `hydra.sweeper.params` (a Cartesian grid, as in Hydra's basic
 
 Every point is composed and planned (bar.orchestration.planner: validated, skipped when already done, held or
 infeasible) before the first job is submitted; a bad point is one line naming it. `dry_run=true` prints the plan
-and submits nothing. Infeasible points are recorded here through tracking alone (no job). The points left run
-through the configured Hydra launcher (launcher=local: bar.orchestration.launching; local_parallel, slurm:
+(and each point's resource plan: bar.orchestration.resources) and submits nothing; a launcher that limits its jobs
+(SLURM's time chain, mem_gb) refuses, in one line, points that cannot finish within the chain or need more memory.
+Infeasible points are recorded here through tracking alone (no job). The points left run through the configured
+Hydra launcher (launcher=local: bar.orchestration.launching; local_parallel, slurm:
 hydra-submitit-launcher's stock ones) in batches of `hydra.sweeper.max_batch_size` (at least 1; -1 or null: the
 whole sweep at once; anything else is refused before any point is planned), under one MLflow parent run per
 launch."""
@@ -33,14 +35,16 @@ from omegaconf.errors import OmegaConfBaseException
 from bar import UserError
 from bar.core.paths import sqlite_path
 from bar.data.cache import is_locked, try_lock
-from bar.data.datasets import build_dataset
 from bar.orchestration import tracking
+from bar.orchestration.submitit_logs import quiet_sacct_polling
 from bar.orchestration.config import describe_config_error, is_config_error, point_name
-from bar.orchestration.cost import point_cost, point_hours, sweep_hours
+from bar.orchestration.cost import point_hours, sweep_hours
 from bar.orchestration.planner import Plan, plan_point, point_folder, record_infeasible
 from bar.orchestration.planner import try_lock as try_point_lock
+from bar.orchestration.resources import node_memory_gib, price_points, refusal, resource_lines, time_chain
 from bar.orchestration.rules import check_value
 from bar.orchestration.sampling_plan import sampling_plan
+from bar.orchestration.sweep_notes import LaunchNotes
 from bar.orchestration.sweep_points import expand_points
 from bar.orchestration.validate import validate_config
 
@@ -83,7 +87,23 @@ def run_sweep(sweeper, arguments: Sequence[str]):
     if cfg.dry_run:
         _print_plan(cfg, points, configs, plans, labels)
         return []
+    _refuse_unfit(cfg, configs, plans, labels)
     return _launch(sweeper, cfg, points, plans, labels, configs)
+
+
+def _refuse_unfit(cfg: DictConfig, configs: list, plans: list[Plan], labels: list[str]) -> None:
+    """A launcher that limits its jobs (a time limit per job, mem_gb: submitit's): every point to run is priced
+    (bar.orchestration.resources), and the launch refused in one line, before anything is submitted, when a point
+    cannot finish within the time chain or needs more host memory than mem_gb."""
+    if time_chain(cfg) is None and node_memory_gib(cfg) is None:
+        return
+    try:
+        price_points(cfg, configs, plans, planning_world_size(cfg))
+    except UserError as err:
+        _fail(str(err))
+    problem = refusal(cfg, plans, labels)
+    if problem:
+        _fail(problem)
 
 
 def _compose_point(sweeper, point: list[str]) -> DictConfig:
@@ -107,12 +127,9 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
         print(f"sweep {cfg.experiment}: 0 finished, 0 infeasible, 0 failed, {skipped} already done: nothing to run "
               f"(MLflow: {uri})", file=sys.stderr)
         return []
-    closed = tracking.close_stale_parents(uri, cfg.experiment, lambda run_id: is_locked(_launch_lock(cfg, run_id)))
-    if closed:
-        print(f"sweep {cfg.experiment}: closed {len(closed)} launch(es) left open by a driver that stopped",
-              file=sys.stderr)
-    parent = tracking.start_parent_run(uri, cfg.experiment, cfg.profile.name, len(todo))
-    alive = try_lock(_launch_lock(cfg, parent))   # held while this driver runs: a later launch can tell
+    parent, alive = _open_launch(cfg, len(todo))
+    notes = LaunchNotes(cfg, parent, labels, plans)
+    notes.update({})   # the experiment's and the launch's descriptions (bar.orchestration.sweep_notes)
 
     def job_overrides(i: int) -> list[str]:
         return list(points[i]) + [f"tracking.parent_run_id={parent}", f"point_label='{labels[i]}'"]
@@ -125,7 +142,7 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
             status = _record_infeasible(_job_config(sweeper, job_overrides(i)), plans[i])
             counts[status] = counts.get(status, 0) + 1
         if infeasible:
-            _progress(cfg, counts, total, skipped)
+            _progress(cfg, counts, total, skipped, notes)
         todo = [i for i in todo if plans[i].action != "infeasible"]
         jobs = [job_overrides(i) for i in todo]
         batch_size = sweeper.max_batch_size if (sweeper.max_batch_size or 0) > 0 else max(1, len(jobs))   # -1, null
@@ -135,13 +152,14 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
             for status in results:
                 counts[status] = counts.get(status, 0) + 1
             returns.append(results)
-            _progress(cfg, counts, total, skipped)
+            _progress(cfg, counts, total, skipped, notes)
     except KeyboardInterrupt:
         interrupted = True
         print(f"sweep {cfg.experiment}: interrupted; launch the same command again to continue its unfinished points",
               file=sys.stderr)
         raise SystemExit(130) from None
     finally:
+        notes.finish(counts, interrupted)
         tracking.end_parent_run(uri, parent, counts, interrupted)
         if alive is not None:
             alive.close()
@@ -149,9 +167,22 @@ def _launch(sweeper, cfg: DictConfig, points, plans: list[Plan], labels: list[st
     print(f"sweep {cfg.experiment}: {counts['finished']} finished, {counts['infeasible']} infeasible, "
           f"{counts['failed']} failed" + (f", {skipped} already done" if skipped else "") + f" (MLflow: {uri})",
           file=sys.stderr)
+    notes.draw_figures(counts)
     if counts["failed"]:
         raise SystemExit(1)
     return returns
+
+
+def _open_launch(cfg: DictConfig, num_points: int):
+    """Close the launches of this sweep left open by drivers that stopped, then open this launch's parent run and hold
+    its lock (while this driver runs: a later launch can tell). Returns (parent run id, lock)."""
+    closed = tracking.close_stale_parents(cfg.tracking.uri, cfg.experiment,
+                                          lambda run_id: is_locked(_launch_lock(cfg, run_id)))
+    if closed:
+        print(f"sweep {cfg.experiment}: closed {len(closed)} launch(es) left open by a driver that stopped",
+              file=sys.stderr)
+    parent = tracking.start_parent_run(cfg.tracking.uri, cfg.experiment, cfg.profile.name, num_points)
+    return parent, try_lock(_launch_lock(cfg, parent))
 
 
 def _record_infeasible(point_cfg: DictConfig, plan: Plan) -> str:
@@ -179,7 +210,9 @@ def _launch_lock(cfg: DictConfig, parent_run_id: str) -> Path:
     return Path(str(cfg.paths.outputs)) / "launches" / f"{parent_run_id}.lock"
 
 
-def _progress(cfg: DictConfig, counts: dict, total: int, skipped: int) -> None:
+def _progress(cfg: DictConfig, counts: dict, total: int, skipped: int, notes: LaunchNotes) -> None:
+    """The sweep's count so far, on stderr and in the launch's description."""
+    notes.update(counts)
     done = sum(counts.values())
     print(f"sweep {cfg.experiment}: {done}/{total} points done ({counts.get('finished', 0)} finished, "
           f"{counts.get('infeasible', 0)} infeasible, {counts.get('failed', 0)} failed"
@@ -191,6 +224,7 @@ def _launch_batch(sweeper, batch: list[list[str]], first_index: int, configs: li
     """Statuses of one batch of jobs. A job that died outside the task function (killed, out of memory) makes the
     stock submitit launchers raise for the whole batch: each point is then looked up in the store instead, and a
     point whose run was left RUNNING with no process holding it is recorded failed."""
+    quiet_sacct_polling()
     try:
         results = sweeper.launcher.launch(batch, initial_job_idx=first_index)
     except Exception as err:
@@ -227,12 +261,13 @@ def planning_world_size(cfg: DictConfig) -> int:
 
 
 def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: list[str]) -> None:
-    """Each point (micro-batch, accumulation, memory per device, GPU-hours; stage=sample: the sampling batch and its
-    memory per device), infeasible ones apart, then the totals with each distinct tokenizer counted once
-    (bar.orchestration.cost)."""
-    sizes: dict[tuple, tuple[int, int]] = {}        # (training, validation) images per data set
-    costs, rows, infeasible = [], [], []
-    for point_cfg, plan, label in zip(configs, plans, labels):
+    """Each point (micro-batch, accumulation, memory per device, GPU-hours; the sampling batch and its memory per
+    device), infeasible ones apart, then the totals with each distinct tokenizer counted once
+    (bar.orchestration.cost), then each point's resource plan against the launcher's limits
+    (bar.orchestration.resources)."""
+    priced = price_points(cfg, configs, plans, planning_world_size(cfg))
+    rows, infeasible = [], []
+    for point_cfg, plan, label, cost in zip(configs, plans, labels, priced):
         mem = plan.memory
         if plan.action == "skip":
             rows.append(f"  {label:<28} {plan.signature}  done ({plan.status})")
@@ -242,15 +277,11 @@ def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: lis
             infeasible.append(f"  {label:<28} {plan.signature}  {mem.est_gb_per_gpu:.4g} GiB per device: "
                               f"{mem.reason}")
             continue
-        images = (0, 0)                           # stage=sample reads no data
-        if point_cfg.stage != "sample":
-            key = (point_cfg.data.name, point_cfg.data.root, point_cfg.data.resolution)
-            images = sizes[key] = sizes[key] if key in sizes else dataset_sizes(point_cfg)
-        cost = point_cost(point_cfg, *images, checkpointing=bool(mem and mem.checkpointing))
-        costs.append(cost)
+        assert cost is not None, "price_points prices every point to run"
         what = "sampling" if point_cfg.stage == "sample" else "generator"
         rows.append(f"  {label:<28} {plan.signature}  {_shape(point_cfg, mem):<46} {what} "
                     f"~{point_hours(cost, point_cfg):.3g} GPU-h" + _split_note(point_cfg))
+    costs = [c for c in priced if c is not None]
     cached = {c.tokenizer_key for c in costs if (Path(cfg.paths.cache) / "tokenizer" / c.tokenizer_key).is_dir()}
     hours = sweep_hours(costs, cfg, cached)
     done = sum(p.action == "skip" for p in plans)
@@ -263,6 +294,7 @@ def _print_plan(cfg: DictConfig, points, configs, plans: list[Plan], labels: lis
         print("infeasible (not run, not counted):\n" + "\n".join(infeasible))
     print(f"GPU-hours: {hours['distinct_tokenizers']} distinct tokenizer(s) {hours['tokenizers']:.3g} + generator "
           f"training {hours['generator_training']:.3g} + sampling {hours['sampling']:.3g} = {hours['total']:.3g}")
+    print("\n".join(resource_lines(cfg, plans, labels)))
     for warning in sorted({w for p in plans for w in p.warnings}):
         print(f"warning: the points will fail until this is fixed: {warning}")
 
@@ -282,17 +314,13 @@ def _shape(cfg: DictConfig, mem) -> str:
 
 
 def _split_note(cfg: DictConfig) -> str:
-    """Training points: the sampling batch, when generator.sample.batch_size does not fit."""
+    """Training points: the sampling batch per device and its memory (and the batch asked for, when it does not
+    fit)."""
     sampling = sampling_plan(cfg).memory if cfg.stage == "all" else None
-    if sampling is None or not sampling.split:
+    if sampling is None:
         return ""
-    return (f"; sample batch {sampling.batch_size} ({sampling.requested} does not fit, "
-            f"{sampling.est_gb_per_gpu:.3g} GiB)")
-
-
-def dataset_sizes(cfg: DictConfig) -> tuple[int, int]:
-    """(training images, validation images) of the point's data set (an image folder is listed, not read)."""
-    return len(build_dataset(cfg.data, "train")), len(build_dataset(cfg.data, "val"))
+    split = f" ({sampling.requested} does not fit)" if sampling.split else ""
+    return f"; sample batch {sampling.batch_size}{split}, {sampling.est_gb_per_gpu:.3g} GiB/dev"
 
 
 def _varying_keys(grids: Sequence[dict], common: dict) -> set[str]:

@@ -62,3 +62,18 @@ def test_an_argument_for_a_swept_key_narrows_only_the_grids_that_sweep_it():
     points = expand_points(OverridesParser.create(), {}, grids, ["tokenizer.bits=8", "tokenizer.channels=2", "seed=3"])
     assert sorted(sorted(p) for p in points) == [
         ["seed=3", "tokenizer.bits=8", "tokenizer=fsq"], ["seed=3", "tokenizer.channels=2", "tokenizer=ae"]]
+
+
+def test_submitit_sacct_warnings_are_said_once(caplog):
+    import logging
+
+    from bar.orchestration.submitit_logs import NOTE, quiet_sacct_polling
+
+    quiet_sacct_polling()
+    quiet_sacct_polling()                                  # idempotent: one filter
+    logger = logging.getLogger("submitit")
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for call in range(1, 4):
+            logger.warning(f"Call #{call} - Bypassing sacct error Command 'sacct' returned 1, status may be inaccurate.")
+        logger.warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == [NOTE, "another warning"]
