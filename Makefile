@@ -31,7 +31,7 @@ demo: install
 # Static checks first (import contracts, ruff, mypy), then the in-process tests. The other tiers (CLI processes,
 # torch.compile, long end-to-end runs, faults) run from .ci/run; `make test-all` runs every tier here.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=15
-IN_PROCESS := not cli and not compile and not slow and not faults and not slurm and not dashboard
+IN_PROCESS := not cli and not compile and not slow and not faults and not slurm and not dashboard and not load
 
 test: install check
 	$(PYTEST) -m "$(IN_PROCESS)"

@@ -2,10 +2,11 @@
 
     python -m bar.orchestration.mlflow_server ui [--host H] [--port P]
         the UI on the default store (or MLFLOW_TRACKING_URI)
-    python -m bar.orchestration.mlflow_server serve [--host 0.0.0.0] [--port P]
-        a server for many jobs (tracking=server)
+    python -m bar.orchestration.mlflow_server serve [--host 0.0.0.0] [--port P] [--backend FILE | DATABASE-URI]
+        a server for many jobs (tracking=server; launcher=slurm's store, tracking=cluster)
 
-The server keeps its sqlite file on local disk (not the shared outputs folder) and artifacts under outputs/. Each
+The server keeps its sqlite file on local disk (not the shared outputs folder), or its runs in a database
+(`--backend postgresql+psycopg://user@host/db`), and artifacts under outputs/. Each
 command says it is up only once its server answers; a port already taken, a store that cannot be opened or a folder
 that cannot be written is one line on stderr (exit code 2) before anything starts."""
 
@@ -21,10 +22,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
+try:
+    from mlflow.server.security_utils import get_default_allowed_hosts
+except ImportError:     # MLflow before 3.5: the server checks no Host header
+    get_default_allowed_hosts = None  # type: ignore[assignment]
+
 from bar import UserError
 from bar.core.files import folder_problem
-from bar.core.paths import default_tracking_uri, outputs_dir
-from bar.orchestration.tracking import client_for, warn_if_network_sqlite
+from bar.core.paths import default_tracking_uri, outputs_dir, sqlite_path
+from bar.orchestration.tracking import check_store, client_for, warn_if_network_sqlite
 
 
 def default_server_backend() -> Path:
@@ -33,12 +41,36 @@ def default_server_backend() -> Path:
     return Path(base) / "bar" / "mlflow-server.db"
 
 
+def backend_uri(backend: str | Path) -> str:
+    """The server's store: a database URI as given (postgresql://user@host/db), else an sqlite file at that path."""
+    text = str(backend)
+    return text if "://" in text else f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+# Database connections per server worker: one for each request it serves at once (the 40 threads of anyio's pool, which
+# runs MLflow's Flask handlers). MLflow's default, 5 + 10 overflow, made 288 of 1,702 calls of 64 points logging at
+# once fail (pool timeout: HTTP 400, not retried) on sqlite, 313 on PostgreSQL; sized: none
+# (benchmarks/results/tracking_load_cpu.txt).
+POOL_ENV = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "10", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "30"}
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers the server accepts: MLflow's default (loopback and private addresses) and, serving beyond
+    loopback, this machine's names: MLflow 3 refuses a job that reaches it by name (http://login1:5000) with HTTP 403.
+    None where MLflow has no such check (before 3.5) or MLFLOW_SERVER_ALLOWED_HOSTS sets it."""
+    if get_default_allowed_hosts is None or os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS") or \
+            host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    names = {socket.gethostname(), socket.getfqdn(), host} - {"0.0.0.0", "::"}
+    return get_default_allowed_hosts() + [f"{name}{port}" for name in sorted(names) for port in ("", ":*")]
+
+
 def serve_command(host: str, port: str | int, backend: str | Path, artifacts: str | Path,
                   workers: int = 2) -> list[str]:
-    backend, artifacts = Path(backend).resolve(), Path(artifacts).resolve()
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{backend}",
+    artifacts, hosts = Path(artifacts).resolve(), allowed_hosts(str(host))
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri(backend),
             "--artifacts-destination", artifacts.as_uri(), "--serve-artifacts", "--host", str(host),
-            "--port", str(port), "--workers", str(workers)]
+            "--port", str(port), "--workers", str(workers)] + (["--allowed-hosts", ",".join(hosts)] if hosts else [])
 
 
 def port_problem(host: str, port: str | int) -> str | None:
@@ -113,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "storage; use tracking=server tracking.host=... in the jobs")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; 0.0.0.0 for a cluster)")
     serve.add_argument("--port", default="5000")
-    serve.add_argument("--backend", default=str(default_server_backend()), help="sqlite file, on local disk")
+    serve.add_argument("--backend", default=str(default_server_backend()),
+                       help="sqlite file, on local disk; or a database URI (postgresql://user@host/db)")
     serve.add_argument("--artifacts", default=str(outputs_dir() / "mlartifacts"),
                        help="artifact folder (shared storage)")
     serve.add_argument("--workers", type=int, default=2)
@@ -132,18 +165,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args) -> int:
     """`serve`: a tracking server for many jobs, announced once it answers."""
-    backend, artifacts = Path(args.backend).expanduser(), Path(args.artifacts).expanduser()
-    for what, folder in (("--backend", backend.parent), ("--artifacts", artifacts)):
-        problem = folder_problem(folder)
+    store, artifacts = backend_uri(args.backend), Path(args.artifacts).expanduser()
+    database = sqlite_path(store)
+    for what, folder in (("--backend", database.parent if database else None), ("--artifacts", artifacts)):
+        problem = folder and folder_problem(folder)
         if problem:
             raise UserError(f"{what} {folder} cannot be written: {problem}")
-    backend.parent.mkdir(parents=True, exist_ok=True)
+    if database is None:
+        check_store(store)      # a database URI: its driver installed
+        store = make_url(store).render_as_string(hide_password=True)
+    else:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        warn_if_network_sqlite(store)
     artifacts.mkdir(parents=True, exist_ok=True)
-    warn_if_network_sqlite(f"sqlite:///{backend.resolve()}")
+    for key, value in POOL_ENV.items():      # the server inherits them; set ones win
+        os.environ.setdefault(key, value)
     url = f"http://{args.host}:{args.port}"
-    announce = (f"MLflow server at {url} (store sqlite:///{backend.resolve()}, artifacts {artifacts.resolve()}); "
-                f"jobs: tracking=server tracking.host={args.host} tracking.port={args.port}")
-    return _supervise(serve_command(args.host, args.port, backend, artifacts, args.workers),
+    everywhere = args.host in ("0.0.0.0", "::")
+    reach = socket.gethostname() if everywhere else args.host     # the name jobs reach it by
+    slurm = "; launcher=slurm sweeps launched here use it" if everywhere and str(args.port) == "5000" else ""
+    announce = (f"MLflow server at {url} (store {store}, artifacts {artifacts.resolve()}); "
+                f"jobs: tracking=server tracking.host={reach} tracking.port={args.port}{slurm}")
+    return _supervise(serve_command(args.host, args.port, args.backend, artifacts, args.workers),
                       ready_url=f"{url}/health", announce=announce)
 
 

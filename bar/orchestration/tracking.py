@@ -20,11 +20,12 @@ import urllib.parse
 import urllib.request
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 import mlflow
 import mlflow.environment_variables
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.telemetry.client import set_telemetry_client
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
@@ -34,6 +35,17 @@ from bar.data.cache import file_lock
 from bar.core.paths import sqlite_path
 
 PARAM_BATCH = 100  # MLflow's per-request limit
+
+
+def _telemetry_off() -> None:
+    """MLflow's telemetry thread, failing to reach the internet (as on a compute node), deletes an environment variable
+    while a log call may be reading the environment: the call fails (KeyError '_MLFLOW_TELEMETRY_SESSION_ID', 1 of
+    1,728 calls of 64 points logging at once, benchmarks/tracking_load.py). Off unless MLFLOW_DISABLE_TELEMETRY says."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    set_telemetry_client()      # reads the setting again: no client, no thread
+
+
+_telemetry_off()
 
 
 def git_sha() -> str:
@@ -152,8 +164,8 @@ def _check_server(uri: str) -> None:
             reply.read()
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
-        raise UserError(f"MLflow server {uri} does not answer ({reason}): start it (make mlflow-server) or use "
-                        "tracking=local") from None
+        raise UserError(f"MLflow server {uri} does not answer ({reason}): {start_server_hint(uri)}, or set "
+                        "MLFLOW_TRACKING_URI, or use tracking=local") from None
     request = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1",
                                      headers=_auth_headers())
     try:
@@ -171,6 +183,18 @@ def _check_server(uri: str) -> None:
     raise UserError(f"{uri} answers /health but is not an MLflow tracking server ({reason} from "
                     "/api/2.0/mlflow/experiments/search): check tracking.host and tracking.port (or "
                     "MLFLOW_TRACKING_URI)")
+
+
+def start_server_hint(uri: str) -> str:
+    """The command that starts the tracking server `uri` names: on loopback for this machine's jobs, on every
+    address (HOST=0.0.0.0) for jobs on other nodes."""
+    parsed = urllib.parse.urlparse(uri)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 5000
+    moved = "" if port == 5000 else f" PORT={port}"
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return f"start it with `make mlflow-server{moved}`"
+    return (f"start it on {host} with `make mlflow-server HOST=0.0.0.0{moved}` "
+            f"(python -m bar.orchestration.mlflow_server serve --host 0.0.0.0 --port {port})")
 
 
 def _auth_headers() -> dict[str, str]:
@@ -286,6 +310,41 @@ def end_parent_run(uri: str, run_id: str, counts: dict[str, int], interrupted: b
     if interrupted:
         client.set_tag(run_id, "interrupted", "Ctrl-C or a stop signal ended the launch")
     client.set_terminated(run_id, "KILLED" if interrupted else "FAILED" if counts.get("failed") else "FINISHED")
+
+
+NOTE = "mlflow.note.content"              # the description the MLflow UI shows for an experiment or a run
+SHARED_VIEW = "mlflow.sharedViewState."   # + key: a runs-table view (#/experiments/<id>/runs?viewStateShareKey=<key>)
+
+
+def describe_experiment(uri: str, experiment: str, note: str, views: Mapping[str, str] | None = None) -> None:
+    """The experiment's description (markdown) and its shared runs-table views ({key: the view's JSON})."""
+    client = client_for(uri)
+    exp_id = experiment_id(client, experiment, uri)
+    client.set_experiment_tag(exp_id, NOTE, note)
+    for key, view in (views or {}).items():
+        client.set_experiment_tag(exp_id, SHARED_VIEW + key, view)
+
+
+def describe_run(uri: str, run_id: str, note: str, metrics: Mapping[str, float] | None = None) -> None:
+    """A run's description (markdown) and metrics of its own (a parent run's headline numbers)."""
+    now = int(time.time() * 1000)
+    client_for(uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                              tags=[RunTag(NOTE, note)])
+
+
+def launch_results(uri: str, parent_run_id: str, earlier_run_ids: Sequence[str] = ()) -> list[dict]:
+    """The points of a launch, in start order: its child runs and the runs of earlier launches it skipped or continues
+    (`earlier_run_ids`), each {"run_id", "name", "status", "metrics", "earlier": not a child of this launch}."""
+    client = client_for(uri)
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    queries = [f"tags.mlflow.parentRunId = '{parent_run_id}'"]
+    ids = [i for i in dict.fromkeys(earlier_run_ids) if i]
+    queries += [f"attributes.run_id IN ({', '.join(repr(i) for i in ids[k:k + 100])})" for k in range(0, len(ids), 100)]
+    runs = {run.info.run_id: run for query in queries for run in client.search_runs([exp_id], query, max_results=1000)}
+    return [{"run_id": run_id, "name": run.info.run_name, "metrics": dict(run.data.metrics),
+             "status": run.data.tags.get("status", run.info.status.lower()),
+             "earlier": run.data.tags.get("mlflow.parentRunId") != parent_run_id}
+            for run_id, run in sorted(runs.items(), key=lambda item: item[1].info.start_time or 0)]
 
 
 def close_stale_parents(uri: str, experiment: str, alive) -> list[str]:
