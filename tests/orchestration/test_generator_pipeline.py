@@ -76,7 +76,7 @@ def test_continuous_path_and_sampling_from_a_checkpoint(tmp_path):
     assert by_name["diffusion-2c"].data.metrics["total_bits"] == by_name["mbm-8b"].data.metrics["total_bits"] * 4
 
     ckpt = by_name["mbm-8b"].data.params["generator.checkpoint"]
-    sampled = run_cli(["profile=smoke", "tokenizer.bits=8", "tokenizer.channels=2",   # the point's tokenizer
+    sampled = run_cli(["profile=smoke", "tokenizer.bits=8",   # the point's tokenizer
                        "stage=sample", f"checkpoint={ckpt}", "generator.sample.num_samples=12",
                        "generator.sample.batch_size=5"], tmp_path)
     assert sampled.returncode == 0, sampled.stderr[-3000:]
