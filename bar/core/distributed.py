@@ -67,7 +67,9 @@ def _env_from_submitit() -> dict | None:
             return None
     except Exception:  # not inside a submitit job
         return None
-    port = os.environ.get("MASTER_PORT") or str(random.Random(f"bar-{env.job_id}").randint(20000, 60000))
+    # below Linux's ephemeral range (32768-60999): a port there can be taken by any outgoing connection on the node
+    # (seen: EADDRINUSE on rank 0, rank 1 left waiting in the rendezvous)
+    port = os.environ.get("MASTER_PORT") or str(random.Random(f"bar-{env.job_id}").randint(20000, 32000))
     return {"rank": env.global_rank, "world_size": env.num_tasks, "local_rank": env.local_rank,
             "master_addr": env.hostnames[0] if env.num_nodes > 1 else "127.0.0.1", "master_port": port}
 
