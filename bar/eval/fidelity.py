@@ -89,6 +89,10 @@ class FidelityEvaluator:
         loader = DataLoader(_Images(images, self.name == INCEPTION_EXTRACTOR), batch_size=self.batch_size,
                             num_workers=workers, pin_memory=self.device.type == "cuda")
         parts = [self.batch_features(batch) for batch in loader]
+        if not parts:   # a rank holding no images (fewer than ranks): one blank image gives the features' widths
+            side = getattr(self.extractor, "resolution", 299)
+            blank = torch.zeros(1, getattr(self.extractor, "in_channels", 3), side, side, dtype=torch.uint8)
+            parts = [{k: v[:0] for k, v in self.batch_features(blank).items()}]
         return {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
 
     def _reference_key(self, name: str) -> str:
